@@ -1,0 +1,107 @@
+# e2e/registry/lib.sh — shared helpers for the registry test scripts.
+#
+# Sourced (not run) by e2e/registry/conformance and e2e/registry/clients.
+# It starts a registry on a free loopback port with a throw-away data
+# directory and stops it again, for two implementations with different CLIs:
+#   berth         berth-registry serve --listen ADDR --data DIR [--tls-cert F --tls-key F]
+#   distribution  CNCF Distribution v3 (`registry serve CONFIG`), the baseline
+# Everything listens on 127.0.0.1 only.
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BERTH_CACHE="${BERTH_CACHE:-$HOME/.cache/berth}"
+export PATH="$BERTH_CACHE/bin:$PATH"
+
+REGISTRY_PID=""
+
+die() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
+note() { printf '# %s\n' "$*"; }
+
+# need_tools NAME...: fail early, pointing at the installer.
+need_tools() {
+  local t missing=()
+  for t in "$@"; do command -v "$t" >/dev/null || missing+=("$t"); done
+  ((${#missing[@]} == 0)) || die "missing ${missing[*]}: run e2e/tools/install"
+}
+
+# free_port: print a TCP port that is free on 127.0.0.1 right now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# registry_impl BINARY: print "berth" or "distribution" for a registry binary.
+registry_impl() {
+  if "$1" --version 2>&1 | grep -q 'distribution/distribution'; then
+    echo distribution
+  else
+    echo berth
+  fi
+}
+
+# registry_start IMPL BINARY DATA_DIR PORT LOG_FILE [TLS_CERT TLS_KEY]
+# Starts the registry in the background, sets REGISTRY_PID, and waits until
+# GET /v2/ answers (30 s at most).
+registry_start() {
+  local impl=$1 bin=$2 data=$3 port=$4 logf=$5 cert=${6:-} key=${7:-}
+  local addr="127.0.0.1:$port" scheme=http
+  [[ -n $cert ]] && scheme=https
+  mkdir -p "$data"
+  case $impl in
+    berth)
+      local args=(serve --listen "$addr" --data "$data")
+      [[ -n $cert ]] && args+=(--tls-cert "$cert" --tls-key "$key")
+      "$bin" "${args[@]}" >"$logf" 2>&1 &
+      ;;
+    distribution)
+      local conf="$data.yml"
+      {
+        echo "version: 0.1"
+        echo "log: {level: warn}"
+        echo "storage:"
+        echo "  filesystem: {rootdirectory: \"$data\"}"
+        echo "  delete: {enabled: true}"
+        echo "http:"
+        echo "  addr: \"$addr\""
+        echo "  secret: berth-e2e-not-a-secret"
+        if [[ -n $cert ]]; then
+          echo "  tls: {certificate: \"$cert\", key: \"$key\"}"
+        fi
+      } >"$conf"
+      # Distribution v3 exports traces over OTLP unless told not to.
+      OTEL_TRACES_EXPORTER=none "$bin" serve "$conf" >"$logf" 2>&1 &
+      ;;
+    *) die "unknown registry implementation: $impl" ;;
+  esac
+  REGISTRY_PID=$!
+  local curl_tls=()
+  [[ -n $cert ]] && curl_tls=(--cacert "${REGISTRY_CA:-$cert}")
+  local i code
+  for ((i = 0; i < 300; i++)); do
+    if ! kill -0 "$REGISTRY_PID" 2>/dev/null; then
+      REGISTRY_PID=""
+      cat "$logf" >&2
+      die "$impl registry exited during start-up (log above)"
+    fi
+    code=$(curl -s -o /dev/null -w '%{http_code}' "${curl_tls[@]}" "$scheme://$addr/v2/" || true)
+    if [[ $code == 200 || $code == 401 ]]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  cat "$logf" >&2
+  die "$impl registry did not answer GET $scheme://$addr/v2/ within 30s"
+}
+
+# registry_stop: stop the registry started by registry_start (safe to repeat).
+registry_stop() {
+  if [[ -n $REGISTRY_PID ]]; then
+    kill "$REGISTRY_PID" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 100; i++)); do # 10 s to shut down, then SIGKILL
+      kill -0 "$REGISTRY_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$REGISTRY_PID" 2>/dev/null || true
+    wait "$REGISTRY_PID" 2>/dev/null || true
+    REGISTRY_PID=""
+  fi
+}
