@@ -66,8 +66,12 @@ registry_start() {
           echo "  tls: {certificate: \"$cert\", key: \"$key\"}"
         fi
       } >"$conf"
-      # Distribution v3 exports traces over OTLP unless told not to.
-      OTEL_TRACES_EXPORTER=none "$bin" serve "$conf" >"$logf" 2>&1 &
+      # Distribution reads any REGISTRY_* variable as a configuration
+      # override (skopeo's REGISTRY_AUTH_FILE among them): drop them all.
+      # It also exports traces over OTLP unless told not to.
+      local unset=() v
+      for v in $(compgen -e); do [[ $v == REGISTRY_* ]] && unset+=(-u "$v"); done
+      env "${unset[@]}" OTEL_TRACES_EXPORTER=none "$bin" serve "$conf" >"$logf" 2>&1 &
       ;;
     *) die "unknown registry implementation: $impl" ;;
   esac
