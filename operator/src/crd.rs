@@ -1,0 +1,618 @@
+//! The `Registry` custom resource (`registries.berth.dev/v1alpha1`).
+//!
+//! Only types live here. Every field has a default, so `spec: {}` is a
+//! complete, working registry; the defaults are written into the schema too,
+//! so the apiserver stores them and `kubectl get -o yaml` shows what the
+//! operator will do. Cross-field rules are CEL (`x-kubernetes-validations`)
+//! so that a bad `Registry` is refused at `kubectl apply` with a sentence,
+//! instead of surfacing later as a failed reconcile.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A DNS-1123 subdomain: what Kubernetes accepts as a Secret or class name,
+/// and the shape of a host name clients can put in an image reference.
+const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// A Go `time.ParseDuration` string, as `metav1.Duration` and cert-manager use
+/// (`2160h`, `90m`, `1h30m`).
+const GO_DURATION: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+/// A Kubernetes resource quantity with an optional binary or decimal suffix.
+const QUANTITY: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
+
+/// A private OCI registry that berth deploys, serves over TLS and makes every
+/// node trust.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "berth.dev",
+    version = "v1alpha1",
+    kind = "Registry",
+    plural = "registries",
+    shortname = "reg",
+    category = "berth",
+    namespaced,
+    status = "RegistryStatus",
+    derive = "PartialEq",
+    doc = "A private OCI container registry deployed by berth: TLS with a CA that every node trusts, storage, a Service and optionally an Ingress.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        description = "The host name to use in image references",
+        json_path = ".status.endpoints.node"
+    ),
+    printcolumn(
+        name = "Cert expiry",
+        type_ = "string",
+        description = "notAfter of the serving certificate",
+        json_path = ".status.certificate.notAfter"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message"
+    )
+)]
+#[x_kube(validation = Rule::new("!has(self.storage.filesystem) || self.replicas <= 1").message("filesystem storage is one ReadWriteOnce volume that a single replica can use: set replicas to 0 or 1, or use s3 storage to run more"))]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrySpec {
+    /// How many registry pods to run. 0 stops the registry and keeps its data.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 16))]
+    pub replicas: i32,
+
+    /// The registry image. Unset means the berth-registry image built with this
+    /// operator, which is the one it is tested with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// When the kubelet pulls the registry image.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+
+    /// Where image data is kept. Exactly one backend.
+    #[serde(default)]
+    pub storage: Storage,
+
+    /// How the serving certificate is obtained and renewed.
+    #[serde(default)]
+    pub tls: Tls,
+
+    /// The Service in front of the registry pods.
+    #[serde(default)]
+    pub service: ServiceSpec,
+
+    /// Expose the registry outside the cluster through an Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+
+    /// Make every (selected) node's container runtime trust this registry's
+    /// CA and reach it by `status.endpoints.node`.
+    #[serde(default)]
+    pub node_trust: NodeTrust,
+
+    /// Who may push and pull.
+    #[serde(default)]
+    pub auth: Auth,
+
+    /// CPU and memory for the registry container. Unset: requests of
+    /// 50m CPU and 64Mi memory, a 512Mi memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// `requests` and `limits` only: the full `ResourceRequirements` schema
+/// repeats the Quantity essay for every map and adds `claims`, which a
+/// registry has no use for.
+fn resources_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let quantities = serde_json::json!({
+        "type": "object",
+        "additionalProperties": {"x-kubernetes-int-or-string": true},
+    });
+    schemars::json_schema!({
+        "description": "CPU and memory for the registry container. Unset: requests of 50m CPU and 64Mi memory, a 512Mi memory limit.",
+        "type": "object",
+        "properties": {"requests": quantities, "limits": quantities},
+    })
+}
+
+impl Default for RegistrySpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            image: None,
+            image_pull_policy: PullPolicy::default(),
+            storage: Storage::default(),
+            tls: Tls::default(),
+            service: ServiceSpec::default(),
+            ingress: None,
+            node_trust: NodeTrust::default(),
+            auth: Auth::default(),
+            resources: None,
+        }
+    }
+}
+
+/// When the kubelet pulls the registry image.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Where image data is kept: set exactly one of `filesystem` or `s3`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("(has(self.filesystem) ? 1 : 0) + (has(self.s3) ? 1 : 0) == 1").message("storage needs exactly one backend: set either storage.filesystem or storage.s3"))]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// A PersistentVolumeClaim mounted into the registry pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<FilesystemStorage>,
+
+    /// An S3-compatible bucket. Not served by the bundled registry yet: the
+    /// operator reports StorageReady=False and starts no pods for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Storage>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            filesystem: Some(FilesystemStorage::default()),
+            s3: None,
+        }
+    }
+}
+
+/// A PersistentVolumeClaim (`<name>-data`, ReadWriteOnce) for image data.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FilesystemStorage {
+    /// Requested volume size. It can grow (if the storage class allows
+    /// expansion) but not shrink.
+    #[serde(default = "default_size")]
+    #[schemars(regex(pattern = QUANTITY), length(max = 32))]
+    #[x_kube(validation = Rule::new("quantity(self).compareTo(quantity('64Mi')) >= 0").message("storage.filesystem.size must be at least 64Mi"))]
+    #[x_kube(validation = Rule::new("quantity(self).compareTo(quantity(oldSelf)) >= 0").message("storage.filesystem.size cannot shrink: a PersistentVolumeClaim can only grow"))]
+    pub size: String,
+
+    /// The StorageClass of the claim. Unset: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage.filesystem.storageClassName cannot change once the volume exists"))]
+    pub storage_class_name: Option<String>,
+
+    /// What happens to the volume when the Registry is deleted. `Retain`
+    /// (the default) keeps the claim and its images; `Delete` removes them.
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
+}
+
+fn default_size() -> String {
+    "20Gi".to_owned()
+}
+
+impl Default for FilesystemStorage {
+    fn default() -> Self {
+        Self {
+            size: default_size(),
+            storage_class_name: None,
+            reclaim_policy: ReclaimPolicy::default(),
+        }
+    }
+}
+
+/// What happens to stored images when the Registry is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ReclaimPolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
+/// An S3-compatible bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Storage {
+    /// Bucket name.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"))]
+    pub bucket: String,
+
+    /// Region, e.g. `us-east-1`.
+    #[schemars(length(min = 1, max = 64))]
+    pub region: String,
+
+    /// Endpoint URL of an S3-compatible server. Unset: AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"), length(max = 512))]
+    pub endpoint: Option<String>,
+
+    /// A Secret in the Registry's namespace with keys `accessKeyId` and
+    /// `secretAccessKey`.
+    pub credentials_secret: SecretName,
+}
+
+/// A reference to a Secret in the Registry's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretName {
+    #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// How the serving certificate is obtained and renewed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.mode != 'Secret' || has(self.secretName)").message("tls.mode Secret needs tls.secretName: the name of a kubernetes.io/tls Secret in the Registry's namespace"))]
+#[x_kube(validation = Rule::new("self.mode == 'Secret' || !has(self.secretName)").message("tls.secretName is only used when tls.mode is Secret"))]
+#[x_kube(validation = Rule::new("self.mode != 'CertManager' || has(self.issuerRef)").message("tls.mode CertManager needs tls.issuerRef naming a cert-manager Issuer or ClusterIssuer"))]
+#[x_kube(validation = Rule::new("self.mode == 'CertManager' || !has(self.issuerRef)").message("tls.issuerRef is only used when tls.mode is CertManager"))]
+#[x_kube(validation = Rule::new("duration(self.renewBefore) < duration(self.duration)").message("tls.renewBefore must be shorter than tls.duration, or the certificate would be renewed as soon as it is issued"))]
+#[serde(rename_all = "camelCase")]
+pub struct Tls {
+    /// `SelfSigned`: berth keeps a CA per Registry and issues the serving
+    /// certificate from it. `Secret`: you provide a kubernetes.io/tls Secret.
+    /// `CertManager`: a cert-manager Certificate from `issuerRef`.
+    #[serde(default)]
+    pub mode: TlsMode,
+
+    /// Lifetime of the serving certificate (Go duration, e.g. `2160h`).
+    #[serde(default = "default_duration")]
+    #[schemars(regex(pattern = GO_DURATION), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("tls.duration must be at least 1h"))]
+    pub duration: String,
+
+    /// How long before `notAfter` the certificate is renewed (Go duration).
+    #[serde(default = "default_renew_before")]
+    #[schemars(regex(pattern = GO_DURATION), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('5m')").message("tls.renewBefore must be at least 5m"))]
+    pub renew_before: String,
+
+    /// For mode `Secret`: a kubernetes.io/tls Secret in the Registry's
+    /// namespace. Its `ca.crt`, if present, is what nodes are told to trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+
+    /// For mode `CertManager`: the issuer of the Certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+
+    /// More DNS names or IP addresses to put in the certificate, beside the
+    /// Service names, the ClusterIP, the ingress host and the node host name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new("self.all(n, isIP(n) || n.matches('^(\\\\*\\\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))").message("tls.extraNames holds lower-case DNS names (optionally starting with *.) or IP addresses"))]
+    pub extra_names: Vec<String>,
+}
+
+fn default_duration() -> String {
+    "2160h".to_owned()
+}
+
+fn default_renew_before() -> String {
+    "720h".to_owned()
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            mode: TlsMode::default(),
+            duration: default_duration(),
+            renew_before: default_renew_before(),
+            secret_name: None,
+            issuer_ref: None,
+            extra_names: Vec::new(),
+        }
+    }
+}
+
+/// Where the serving certificate comes from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TlsMode {
+    #[default]
+    SelfSigned,
+    Secret,
+    CertManager,
+}
+
+/// A cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct IssuerRef {
+    #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
+    pub name: String,
+
+    #[serde(default)]
+    pub kind: IssuerKind,
+
+    /// API group of the issuer.
+    #[serde(default = "default_issuer_group")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: String,
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".to_owned()
+}
+
+/// The kind of a cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum IssuerKind {
+    #[default]
+    Issuer,
+    ClusterIssuer,
+}
+
+/// The Service in front of the registry pods (named like the Registry).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.type != 'ClusterIP' || !has(self.nodePort)").message("service.nodePort needs service.type NodePort or LoadBalancer"))]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+
+    /// The port clients connect to.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// A fixed node port, for type NodePort or LoadBalancer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub node_port: Option<i32>,
+
+    /// Annotations for the Service (e.g. for a load balancer controller).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn default_port() -> i32 {
+    443
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        Self {
+            type_: ServiceType::default(),
+            port: default_port(),
+            node_port: None,
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// The type of the registry's Service.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// An Ingress for the registry. The registry itself speaks HTTPS, so the
+/// ingress controller must proxy to an HTTPS backend (for ingress-nginx, the
+/// annotation `nginx.ingress.kubernetes.io/backend-protocol: HTTPS`) and
+/// allow large bodies for layer uploads.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// The external host name; it is added to the certificate.
+    #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
+    pub host: String,
+
+    /// The IngressClass. Unset: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+
+    /// Annotations for the Ingress (controller-specific settings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Node trust: the node agent writes this registry's CA and host mapping
+/// into each selected node's container runtime configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeTrust {
+    /// Off: nodes are not configured, and pulls by the kubelet need the CA
+    /// installed some other way.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Only nodes with these labels. Empty: every node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// The host name pods use in image references (`status.endpoints.node`).
+    /// It need not resolve on the node: the node's runtime is told to reach
+    /// it at the Service's ClusterIP. Unset: the Service's cluster DNS name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
+    pub host_name: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for NodeTrust {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            node_selector: BTreeMap::new(),
+            host_name: None,
+        }
+    }
+}
+
+/// Who may push and pull.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("self.mode != 'Htpasswd' || has(self.secretName)").message("auth.mode Htpasswd needs auth.secretName: a Secret with an `htpasswd` key"))]
+#[x_kube(validation = Rule::new("self.mode == 'Htpasswd' || !has(self.secretName)").message("auth.secretName is only used when auth.mode is Htpasswd"))]
+#[serde(rename_all = "camelCase")]
+pub struct Auth {
+    /// `None`: anyone who reaches the Service may push and pull.
+    /// `Htpasswd`: users from a Secret. `Kubernetes`: service account tokens
+    /// (TokenReview + SubjectAccessReview). Only `None` is served by the
+    /// bundled registry yet: for the others the operator starts no pods and
+    /// says so in the Ready condition, rather than serve without auth.
+    #[serde(default)]
+    pub mode: AuthMode,
+
+    /// For mode `Htpasswd`: a Secret with key `htpasswd` (bcrypt entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+}
+
+/// How clients authenticate.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AuthMode {
+    #[default]
+    None,
+    Htpasswd,
+    Kubernetes,
+}
+
+/// What the operator last observed and did.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `CertificateReady`, `StorageReady`, `NodeTrustReady`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Endpoints>,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateStatus>,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeCounts>,
+}
+
+/// Where clients reach the registry (host or host:port, no scheme).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct Endpoints {
+    /// The Service's cluster DNS name, for pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<String>,
+    /// The ingress host, for clients outside the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<String>,
+    /// The name to use in a pod's `image:`; every trusting node resolves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// Facts about the serving certificate in use.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// When the serving certificate expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Time>,
+    /// When the operator will renew it (notAfter − renewBefore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<Time>,
+    /// `sha256:<hex>` of the DER of the CA certificate nodes trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
+}
+
+/// How many selected nodes trust the current CA.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct NodeCounts {
+    pub trusted: i32,
+    pub total: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_spec_deserializes_to_a_working_registry() {
+        let spec: RegistrySpec = serde_json::from_str("{}").expect("empty spec");
+        assert_eq!(spec, RegistrySpec::default());
+        assert_eq!(spec.replicas, 1);
+        assert_eq!(
+            spec.storage.filesystem.as_ref().map(|f| f.size.as_str()),
+            Some("20Gi")
+        );
+        assert_eq!(spec.tls.mode, TlsMode::SelfSigned);
+        assert_eq!(
+            (spec.tls.duration.as_str(), spec.tls.renew_before.as_str()),
+            ("2160h", "720h")
+        );
+        assert_eq!(
+            (spec.service.type_, spec.service.port),
+            (ServiceType::ClusterIP, 443)
+        );
+        assert!(spec.node_trust.enabled);
+        assert_eq!(spec.auth.mode, AuthMode::None);
+    }
+
+    #[test]
+    fn a_spec_serializes_without_nulls() {
+        let text = serde_json::to_string(&RegistrySpec::default()).expect("json");
+        assert!(!text.contains("null"), "{text}");
+    }
+}

@@ -1,0 +1,9 @@
+//! berth-operator: turns a `Registry` resource into a running registry that
+//! every node trusts.
+//!
+//! Pure parts (the CRD types, certificate issuance, the desired child objects
+//! and the status computation) are kept apart from the parts that talk to the
+//! cluster, so most behaviour is tested without one.
+
+pub mod crd;
+pub mod crdgen;

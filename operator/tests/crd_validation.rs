@@ -1,0 +1,276 @@
+//! What the apiserver will accept and refuse, checked by evaluating the CRD's
+//! CEL rules (`x-kubernetes-validations`) with kube's client-side CEL
+//! evaluator, after applying the schema's defaults as the apiserver does.
+//!
+//! This checks rules and messages without a cluster; the OpenAPI part
+//! (types, enums, patterns, bounds) is pinned by `crd_schema_shape` below and
+//! enforced by a real apiserver in the integration tests.
+
+use berth_operator::crdgen::schema;
+use kube::core::cel::{ErrorKind, Validator, compile_schema};
+use serde_json::{Value, json};
+
+fn object(spec: Value) -> Value {
+    json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Registry", "metadata": {"name": "hub", "namespace": "team"}, "spec": spec})
+}
+
+/// The messages of every rule the object breaks; empty when it is accepted.
+fn refusals(spec: Value) -> Vec<String> {
+    refusals_on_update(spec, None)
+}
+
+fn refusals_on_update(spec: Value, old: Option<Value>) -> Vec<String> {
+    let schema = schema().expect("schema");
+    let old = old.map(object);
+    match Validator::new().validate(&schema, &object(spec), old.as_ref()) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .as_slice()
+            .iter()
+            .map(|e| {
+                assert_eq!(
+                    e.kind,
+                    ErrorKind::ValidationFailure,
+                    "rule `{}` did not evaluate: {}",
+                    e.rule,
+                    e.message
+                );
+                e.message.clone()
+            })
+            .collect(),
+    }
+}
+
+fn assert_refused(spec: Value, message_part: &str) {
+    let messages = refusals(spec.clone());
+    assert!(
+        messages.iter().any(|m| m.contains(message_part)),
+        "expected `{message_part}` refusing {spec}, got {messages:?}"
+    );
+}
+
+#[test]
+fn every_cel_rule_compiles() {
+    fn walk(node: &kube::core::cel::CompiledSchema, path: &str, errors: &mut Vec<String>) {
+        errors.extend(
+            node.compilation_errors()
+                .iter()
+                .map(|e| format!("{path}: {e}")),
+        );
+        for (name, child) in &node.properties {
+            walk(child, &format!("{path}.{name}"), errors);
+        }
+        if let Some(items) = &node.items {
+            walk(items, &format!("{path}[]"), errors);
+        }
+    }
+    let compiled = compile_schema(&schema().expect("schema"));
+    let mut errors = Vec::new();
+    walk(&compiled, "", &mut errors);
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn an_empty_spec_is_accepted() {
+    assert_eq!(refusals(json!({})), Vec::<String>::new());
+}
+
+#[test]
+fn storage_without_a_backend_is_refused() {
+    assert_refused(json!({"storage": {}}), "exactly one backend");
+}
+
+#[test]
+fn storage_with_two_backends_is_refused() {
+    let spec = json!({"storage": {
+        "filesystem": {"size": "1Gi"},
+        "s3": {"bucket": "images", "region": "us-east-1", "credentialsSecret": {"name": "s3"}}
+    }});
+    assert_refused(spec, "exactly one backend");
+}
+
+#[test]
+fn more_than_one_replica_on_a_filesystem_volume_is_refused() {
+    assert_refused(json!({"replicas": 2}), "ReadWriteOnce");
+}
+
+#[test]
+fn several_replicas_on_object_storage_are_accepted() {
+    let spec = json!({"replicas": 3, "storage": {"s3": {"bucket": "images", "region": "us-east-1", "credentialsSecret": {"name": "s3"}}}});
+    assert_eq!(refusals(spec), Vec::<String>::new());
+}
+
+#[test]
+fn secret_tls_mode_without_a_secret_name_is_refused() {
+    assert_refused(json!({"tls": {"mode": "Secret"}}), "needs tls.secretName");
+}
+
+#[test]
+fn secret_tls_mode_with_a_secret_name_is_accepted() {
+    assert_eq!(
+        refusals(json!({"tls": {"mode": "Secret", "secretName": "hub-cert"}})),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_secret_name_outside_secret_mode_is_refused() {
+    assert_refused(
+        json!({"tls": {"secretName": "hub-cert"}}),
+        "only used when tls.mode is Secret",
+    );
+}
+
+#[test]
+fn cert_manager_mode_without_an_issuer_is_refused() {
+    assert_refused(
+        json!({"tls": {"mode": "CertManager"}}),
+        "needs tls.issuerRef",
+    );
+}
+
+#[test]
+fn cert_manager_mode_with_an_issuer_is_accepted() {
+    let spec = json!({"tls": {"mode": "CertManager", "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}});
+    assert_eq!(refusals(spec), Vec::<String>::new());
+}
+
+#[test]
+fn renew_before_not_shorter_than_duration_is_refused() {
+    assert_refused(
+        json!({"tls": {"duration": "24h", "renewBefore": "24h"}}),
+        "renewBefore must be shorter",
+    );
+    assert_refused(
+        json!({"tls": {"duration": "24h", "renewBefore": "48h"}}),
+        "renewBefore must be shorter",
+    );
+}
+
+#[test]
+fn a_default_renew_before_longer_than_a_short_duration_is_refused() {
+    // 720h (the default renewBefore) does not fit in a 48h certificate.
+    assert_refused(
+        json!({"tls": {"duration": "48h"}}),
+        "renewBefore must be shorter",
+    );
+}
+
+#[test]
+fn a_certificate_shorter_than_an_hour_is_refused() {
+    assert_refused(
+        json!({"tls": {"duration": "30m", "renewBefore": "10m"}}),
+        "at least 1h",
+    );
+}
+
+#[test]
+fn a_node_port_on_a_cluster_ip_service_is_refused() {
+    assert_refused(
+        json!({"service": {"nodePort": 30443}}),
+        "needs service.type NodePort",
+    );
+    assert_eq!(
+        refusals(json!({"service": {"type": "NodePort", "nodePort": 30443}})),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn htpasswd_auth_without_a_secret_is_refused() {
+    assert_refused(
+        json!({"auth": {"mode": "Htpasswd"}}),
+        "needs auth.secretName",
+    );
+}
+
+#[test]
+fn extra_names_accept_dns_names_and_ip_addresses_only() {
+    let ok = json!({"tls": {"extraNames": ["registry.corp.example", "*.hub.example", "10.0.0.7", "fd00::7"]}});
+    assert_eq!(refusals(ok), Vec::<String>::new());
+    assert_refused(json!({"tls": {"extraNames": ["Not A Name"]}}), "extraNames");
+}
+
+#[test]
+fn a_tiny_volume_is_refused() {
+    assert_refused(
+        json!({"storage": {"filesystem": {"size": "1Mi"}}}),
+        "at least 64Mi",
+    );
+}
+
+#[test]
+fn the_volume_can_grow_but_not_shrink() {
+    let old = json!({"storage": {"filesystem": {"size": "20Gi"}}});
+    let shrunk = refusals_on_update(
+        json!({"storage": {"filesystem": {"size": "10Gi"}}}),
+        Some(old.clone()),
+    );
+    assert!(
+        shrunk.iter().any(|m| m.contains("cannot shrink")),
+        "{shrunk:?}"
+    );
+    let grown = refusals_on_update(
+        json!({"storage": {"filesystem": {"size": "50Gi"}}}),
+        Some(old),
+    );
+    assert_eq!(grown, Vec::<String>::new());
+}
+
+#[test]
+fn the_storage_class_cannot_change() {
+    let old = json!({"storage": {"filesystem": {"storageClassName": "fast"}}});
+    let changed = refusals_on_update(
+        json!({"storage": {"filesystem": {"storageClassName": "slow"}}}),
+        Some(old),
+    );
+    assert!(
+        changed.iter().any(|m| m.contains("cannot change")),
+        "{changed:?}"
+    );
+}
+
+/// The OpenAPI constraints the CEL evaluator does not check.
+#[test]
+fn crd_schema_shape() {
+    let schema = schema().expect("schema");
+    let spec = &schema["properties"]["spec"]["properties"];
+    assert_eq!(spec["replicas"]["minimum"], json!(0.0));
+    assert_eq!(spec["replicas"]["default"], json!(1));
+    assert_eq!(
+        spec["tls"]["properties"]["mode"]["enum"],
+        json!(["SelfSigned", "Secret", "CertManager"])
+    );
+    assert_eq!(
+        spec["tls"]["default"],
+        json!({"mode": "SelfSigned", "duration": "2160h", "renewBefore": "720h"})
+    );
+    assert_eq!(
+        spec["storage"]["default"],
+        json!({"filesystem": {"size": "20Gi", "reclaimPolicy": "Retain"}})
+    );
+    assert_eq!(
+        spec["service"]["default"],
+        json!({"type": "ClusterIP", "port": 443})
+    );
+    assert_eq!(
+        spec["service"]["properties"]["port"]["maximum"],
+        json!(65535.0)
+    );
+    assert_eq!(spec["nodeTrust"]["default"], json!({"enabled": true}));
+    assert_eq!(spec["auth"]["default"], json!({"mode": "None"}));
+    assert_eq!(
+        spec["auth"]["properties"]["mode"]["enum"],
+        json!(["None", "Htpasswd", "Kubernetes"])
+    );
+    assert!(spec["tls"]["properties"]["duration"]["pattern"].is_string());
+    assert!(spec["ingress"]["properties"]["host"]["pattern"].is_string());
+    let conditions = &schema["properties"]["status"]["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], json!("map"));
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+    assert!(
+        !serde_json::to_string(&schema)
+            .expect("json")
+            .contains("nullable")
+    );
+}
