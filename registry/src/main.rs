@@ -1,1 +1,100 @@
-fn main() {}
+//! `berth-registry serve`: the command line. Every flag can also come from
+//! an environment variable, which is how the operator configures it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "berth-registry", version, about = "An OCI Distribution Spec v1.1 container registry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the registry API.
+    Serve(Serve),
+}
+
+#[derive(clap::Args)]
+struct Serve {
+    /// Address to listen on, e.g. 0.0.0.0:5000 or 127.0.0.1:5443.
+    #[arg(long, env = "BERTH_LISTEN", default_value = "0.0.0.0:5000")]
+    listen: SocketAddr,
+    /// Directory holding blobs, manifests and upload sessions (created if missing).
+    #[arg(long, env = "BERTH_DATA", default_value = "/var/lib/registry")]
+    data: PathBuf,
+    /// PEM certificate chain; with --tls-key, serve HTTPS. Re-read when the file changes.
+    #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert. Re-read when the file changes.
+    #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Log format: "text" for people, "json" for log collectors.
+    #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    init_tracing(&args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(args))
+}
+
+fn init_tracing(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(args: Serve) -> anyhow::Result<()> {
+    let store = berth_registry::filesystem_store(&args.data)
+        .with_context(|| format!("cannot use {} as the data directory; check it exists or can be created, and is writable", args.data.display()))?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(berth_registry::tls::server_config(cert.clone(), key.clone()).context("cannot serve TLS")?),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; is the port free?", args.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        data = %args.data.display(),
+        tls = tls.is_some(),
+        version = env!("CARGO_PKG_VERSION"),
+        "berth-registry serving"
+    );
+    let app = berth_registry::router(store);
+    berth_registry::server::serve(listener, app, tls, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

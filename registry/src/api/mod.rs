@@ -1,0 +1,302 @@
+//! The HTTP API under `/v2/`: one pure [`parse`] from path to [`Endpoint`]
+//! (repository names have any number of `/` components, so a route per
+//! depth would not do), then one handler module per spec area.
+
+mod base;
+mod blobs;
+mod catalog;
+mod manifests;
+mod referrers;
+mod tags;
+mod uploads;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt};
+
+use crate::AppState;
+use crate::error::{Code, Error, Result};
+use crate::oci::Name;
+use crate::storage::upload::BodyChunk;
+
+/// What a `/v2/...` path addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Base,
+    Catalog,
+    Tags(Name),
+    Manifest(Name, String),
+    Blob(Name, String),
+    UploadStart(Name),
+    Upload(Name, String),
+    Referrers(Name, String),
+}
+
+impl Endpoint {
+    /// A low-cardinality label for metrics and logs.
+    pub fn route(&self) -> &'static str {
+        match self {
+            Endpoint::Base => "base",
+            Endpoint::Catalog => "catalog",
+            Endpoint::Tags(_) => "tags",
+            Endpoint::Manifest(..) => "manifest",
+            Endpoint::Blob(..) => "blob",
+            Endpoint::UploadStart(_) => "upload_start",
+            Endpoint::Upload(..) => "upload",
+            Endpoint::Referrers(..) => "referrers",
+        }
+    }
+}
+
+/// Maps a path (starting with `/v2`) to an endpoint. Pure: no I/O.
+///
+/// Segments are percent-decoded one by one, so an encoded `/` cannot make
+/// a new segment; names are then validated by [`Name`]'s grammar.
+pub fn parse(path: &str) -> Result<Endpoint> {
+    let not_found = || Error::new(Code::NameUnknown, format!("no API endpoint at {path:?}")).with_status(StatusCode::NOT_FOUND);
+    let rest = path.strip_prefix("/v2").ok_or_else(not_found)?;
+    if rest.is_empty() || rest == "/" {
+        return Ok(Endpoint::Base);
+    }
+    let rest = rest.strip_prefix('/').ok_or_else(not_found)?;
+    if rest == "_catalog" {
+        return Ok(Endpoint::Catalog);
+    }
+    let segs: Vec<String> = rest
+        .split('/')
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let n = segs.len();
+    let name = |upto: usize| -> Result<Name> {
+        if upto == 0 {
+            return Err(not_found());
+        }
+        let parts = &segs[..upto];
+        if let Some(bad) = parts.iter().find(|s| s.contains('/')) {
+            return Err(Error::new(Code::NameInvalid, format!("repository name component {bad:?} contains an encoded '/'")));
+        }
+        Ok(parts.join("/").parse::<Name>()?)
+    };
+    let last = segs[n - 1].clone();
+    let at = |i: usize, s: &str| n > i && segs[n - 1 - i] == s;
+    if at(1, "tags") && last == "list" {
+        return Ok(Endpoint::Tags(name(n - 2)?));
+    }
+    if at(2, "blobs") && at(1, "uploads") {
+        return if last.is_empty() {
+            Ok(Endpoint::UploadStart(name(n - 3)?))
+        } else {
+            Ok(Endpoint::Upload(name(n - 3)?, last))
+        };
+    }
+    if at(1, "blobs") && last == "uploads" {
+        return Ok(Endpoint::UploadStart(name(n - 2)?));
+    }
+    if at(1, "manifests") {
+        return Ok(Endpoint::Manifest(name(n - 2)?, last));
+    }
+    if at(1, "blobs") {
+        return Ok(Endpoint::Blob(name(n - 2)?, last));
+    }
+    if at(1, "referrers") {
+        return Ok(Endpoint::Referrers(name(n - 2)?, last));
+    }
+    Err(not_found())
+}
+
+/// The request's query parameters, decoded.
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn from_request(req: &Request) -> Self {
+        let raw = req.uri().query().unwrap_or("");
+        Query(form_urlencoded::parse(raw.as_bytes()).into_owned().collect())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Everything a handler needs from the request.
+pub struct Ctx {
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub query: Query,
+}
+
+impl Ctx {
+    pub fn header(&self, name: HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn content_length(&self) -> Option<u64> {
+        self.header(header::CONTENT_LENGTH).and_then(|v| v.parse().ok())
+    }
+
+    /// The body as a stream of chunks, for storage to consume.
+    pub fn body_stream(body: Body) -> impl Stream<Item = BodyChunk> + Send + Unpin {
+        body.into_data_stream().map(|r| r.map_err(|e| e.to_string()))
+    }
+}
+
+/// The entry point for every `/v2/...` request.
+pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let endpoint = parse(req.uri().path());
+    let route = endpoint.as_ref().map(Endpoint::route).unwrap_or("unknown");
+    let query = Query::from_request(&req);
+    let (parts, body) = req.into_parts();
+    let ctx = Ctx { method: parts.method, headers: parts.headers, query };
+    let result = match endpoint {
+        Ok(e) => dispatch(&state, e, ctx, body).await,
+        Err(e) => Err(e),
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::error!(route, %method, error = %e.message, "request failed");
+            } else {
+                tracing::debug!(route, %method, code = e.code.describe().0, error = %e.message, "request refused");
+            }
+            e.into_response()
+        }
+    };
+    resp.headers_mut().insert(
+        HeaderName::from_static("docker-distribution-api-version"),
+        HeaderValue::from_static("registry/2.0"),
+    );
+    crate::metrics::request(route, method.as_str(), resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn dispatch(state: &AppState, endpoint: Endpoint, ctx: Ctx, body: Body) -> Result<Response> {
+    use Method as M;
+    let store = &state.store;
+    match (endpoint, ctx.method.clone()) {
+        (Endpoint::Base, M::GET | M::HEAD) => Ok(base::get()),
+        (Endpoint::Catalog, M::GET) => catalog::get(store, &ctx).await,
+        (Endpoint::Tags(name), M::GET) => tags::get(store, &name, &ctx).await,
+        (Endpoint::Manifest(name, r), M::GET | M::HEAD) => manifests::get(store, &name, &r, &ctx).await,
+        (Endpoint::Manifest(name, r), M::PUT) => manifests::put(store, &name, &r, &ctx, body).await,
+        (Endpoint::Manifest(name, r), M::DELETE) => manifests::delete(store, &name, &r).await,
+        (Endpoint::Blob(name, d), M::GET | M::HEAD) => blobs::get(store, &name, &d, &ctx).await,
+        (Endpoint::Blob(name, d), M::DELETE) => blobs::delete(store, &name, &d).await,
+        (Endpoint::UploadStart(name), M::POST) => uploads::start(store, &name, &ctx, body).await,
+        (Endpoint::Upload(name, id), M::GET) => uploads::status(store, &name, &id).await,
+        (Endpoint::Upload(name, id), M::PATCH) => uploads::patch(store, &name, &id, &ctx, body).await,
+        (Endpoint::Upload(name, id), M::PUT) => uploads::put(store, &name, &id, &ctx, body).await,
+        (Endpoint::Upload(name, id), M::DELETE) => uploads::cancel(store, &name, &id).await,
+        (Endpoint::Referrers(name, d), M::GET) => referrers::get(store, &name, &d, &ctx).await,
+        (e, m) => Err(Error::new(Code::Unsupported, format!("{m} is not supported on the {} endpoint", e.route()))),
+    }
+}
+
+/// A response with no body.
+fn empty(status: StatusCode, headers: &[(HeaderName, String)]) -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name.clone(), v);
+        }
+    }
+    resp
+}
+
+pub(crate) const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+pub(crate) const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+pub(crate) const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+pub(crate) const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
+pub(crate) const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+/// Parses the `n` page-size parameter of list endpoints.
+fn page_size(q: &Query) -> Result<Option<usize>> {
+    q.get("n")
+        .map(|n| n.parse::<usize>().map_err(|_| Error::new(Code::Unsupported, format!("n={n:?} is not a page size; use a non-negative integer")).with_status(StatusCode::BAD_REQUEST)))
+        .transpose()
+}
+
+/// Applies `last` and `n` to a sorted list; returns the page and, when more
+/// remain, the `Link` header value for the next page.
+fn paginate(items: Vec<String>, q: &Query, base: &str) -> Result<(Vec<String>, Option<String>)> {
+    let n = page_size(q)?;
+    let mut items: Vec<String> = match q.get("last") {
+        Some(last) => items.into_iter().filter(|i| i.as_str() > last).collect(),
+        None => items,
+    };
+    let Some(n) = n else { return Ok((items, None)) };
+    if items.len() <= n {
+        return Ok((items, None));
+    }
+    items.truncate(n);
+    let link = items.last().map(|last| {
+        let q: String = form_urlencoded::Serializer::new(String::new()).append_pair("n", &n.to_string()).append_pair("last", last).finish();
+        format!("<{base}?{q}>; rel=\"next\"")
+    });
+    Ok((items, link))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn routes_every_endpoint_at_any_depth() {
+        assert_eq!(parse("/v2/").unwrap(), Endpoint::Base);
+        assert_eq!(parse("/v2").unwrap(), Endpoint::Base);
+        assert_eq!(parse("/v2/_catalog").unwrap(), Endpoint::Catalog);
+        assert_eq!(parse("/v2/a/b/c/d/e/f/g/h/tags/list").unwrap(), Endpoint::Tags(name("a/b/c/d/e/f/g/h")));
+        assert_eq!(parse("/v2/x/manifests/latest").unwrap(), Endpoint::Manifest(name("x"), "latest".into()));
+        assert_eq!(parse("/v2/x/y/blobs/sha256:ab").unwrap(), Endpoint::Blob(name("x/y"), "sha256:ab".into()));
+        assert_eq!(parse("/v2/x/blobs/uploads/").unwrap(), Endpoint::UploadStart(name("x")));
+        assert_eq!(parse("/v2/x/blobs/uploads").unwrap(), Endpoint::UploadStart(name("x")));
+        assert_eq!(parse("/v2/x/blobs/uploads/abc").unwrap(), Endpoint::Upload(name("x"), "abc".into()));
+        assert_eq!(parse("/v2/x/referrers/sha256:ab").unwrap(), Endpoint::Referrers(name("x"), "sha256:ab".into()));
+    }
+
+    #[test]
+    fn names_may_contain_endpoint_words() {
+        assert_eq!(parse("/v2/blobs/manifests/manifests/v1").unwrap(), Endpoint::Manifest(name("blobs/manifests"), "v1".into()));
+        assert_eq!(parse("/v2/tags/list/tags/list").unwrap(), Endpoint::Tags(name("tags/list")));
+    }
+
+    #[test]
+    fn decodes_percent_escapes_per_segment() {
+        assert_eq!(parse("/v2/x/blobs/sha256%3Aab").unwrap(), Endpoint::Blob(name("x"), "sha256:ab".into()));
+        assert_eq!(parse("/v2/a%2Fb/tags/list").unwrap_err().code, Code::NameInvalid);
+    }
+
+    #[test]
+    fn refuses_path_tricks_with_name_invalid() {
+        for p in ["/v2/../etc/manifests/x", "/v2/a/../b/blobs/sha256:x", "/v2/A/tags/list", "/v2//manifests/x"] {
+            assert_eq!(parse(p).unwrap_err().code, Code::NameInvalid, "{p}");
+        }
+        assert_eq!(parse("/v2/x/unknown").unwrap_err().status(), StatusCode::NOT_FOUND);
+        assert_eq!(parse("/v3/x").unwrap_err().status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn paginates_with_last_and_a_next_link() {
+        let q = Query(vec![("n".into(), "2".into()), ("last".into(), "a".into())]);
+        let (page, link) = paginate(vec!["a".into(), "b".into(), "c".into(), "d".into()], &q, "/v2/x/tags/list").unwrap();
+        assert_eq!(page, ["b", "c"]);
+        assert_eq!(link.as_deref(), Some("</v2/x/tags/list?n=2&last=c>; rel=\"next\""));
+        let all = Query(vec![]);
+        assert_eq!(paginate(vec!["a".into()], &all, "/").unwrap(), (vec!["a".to_string()], None));
+    }
+}

@@ -1,0 +1,163 @@
+//! Blob uploads: `POST /v2/<name>/blobs/uploads/` (monolithic with
+//! `?digest=`, cross-repository mount with `?mount=&from=`, or a session),
+//! then `PATCH` chunks, `PUT ?digest=` to finish, `GET` status, `DELETE`.
+
+use axum::body::Body;
+use axum::http::{HeaderName, StatusCode, header};
+use axum::response::Response;
+
+use super::blobs::hv;
+use super::{Ctx, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, empty};
+use crate::error::{Code, Error, Result};
+use crate::oci::range::parse_content_range;
+use crate::oci::{Algorithm, Digest, Name};
+use crate::storage::{Store, UploadError};
+
+pub async fn start(store: &Store, name: &Name, ctx: &Ctx, body: Body) -> Result<Response> {
+    if let Some(mount) = ctx.query.get("mount") {
+        let digest: Digest = mount.parse()?;
+        // A source we cannot parse is a source we cannot mount from: fall back to an upload.
+        let from = ctx.query.get("from").map(|f| f.parse::<Name>());
+        let mounted = match &from {
+            Some(Ok(source)) => store.blob_mount(name, &digest, Some(source)).await?,
+            Some(Err(_)) => None,
+            None => store.blob_mount(name, &digest, None).await?,
+        };
+        if mounted.is_some() {
+            return Ok(created(name, &digest));
+        }
+    }
+    let digest: Option<Digest> = ctx.query.get("digest").map(str::parse).transpose()?;
+    let algorithm = digest.as_ref().map(Digest::algorithm).or_else(|| {
+        ctx.query.get("digest-algorithm").and_then(|a| match a {
+            "sha512" => Some(Algorithm::Sha512),
+            _ => None,
+        })
+    });
+    let id = store.upload_start(name, algorithm).await?;
+    let Some(digest) = digest else {
+        return Ok(session(StatusCode::ACCEPTED, name, &id, 0));
+    };
+    // Monolithic: the whole blob is this request's body.
+    let declared = ctx.content_length();
+    let body = Ctx::body_stream(body);
+    if let Err(e) = store.upload_complete(name, &id, &digest, declared, body).await {
+        // The session was this request's alone: leave nothing behind.
+        if let Err(cleanup) = store.upload_cancel(name, &id).await {
+            tracing::debug!(upload = id, error = %cleanup, "monolithic upload already cleaned up");
+        }
+        return Err(upload_error(e, name, &id));
+    }
+    Ok(created(name, &digest))
+}
+
+pub async fn status(store: &Store, name: &Name, id: &str) -> Result<Response> {
+    check_id(id)?;
+    let size = store.upload_size(name, id).await.map_err(|e| upload_error(e, name, id))?;
+    Ok(session(StatusCode::NO_CONTENT, name, id, size))
+}
+
+pub async fn patch(store: &Store, name: &Name, id: &str, ctx: &Ctx, body: Body) -> Result<Response> {
+    check_id(id)?;
+    let (start, declared) = chunk_bounds(&ctx)?;
+    let body = Ctx::body_stream(body);
+    let size = store
+        .upload_append(name, id, start, declared, body)
+        .await
+        .map_err(|e| upload_error(e, name, id))?;
+    Ok(session(StatusCode::ACCEPTED, name, id, size))
+}
+
+pub async fn put(store: &Store, name: &Name, id: &str, ctx: &Ctx, body: Body) -> Result<Response> {
+    check_id(id)?;
+    let digest: Digest = ctx
+        .query
+        .get("digest")
+        .ok_or_else(|| Error::new(Code::DigestInvalid, "finishing an upload needs ?digest=<algorithm>:<hex> of the whole blob"))?
+        .parse()?;
+    let (start, declared) = chunk_bounds(&ctx)?;
+    if let Some(start) = start {
+        let size = store.upload_size(name, id).await.map_err(|e| upload_error(e, name, id))?;
+        if start != size {
+            return Err(upload_error(UploadError::OutOfOrder { size, got: start }, name, id));
+        }
+    }
+    let body = Ctx::body_stream(body);
+    store
+        .upload_complete(name, id, &digest, declared, body)
+        .await
+        .map_err(|e| upload_error(e, name, id))?;
+    Ok(created(name, &digest))
+}
+
+pub async fn cancel(store: &Store, name: &Name, id: &str) -> Result<Response> {
+    check_id(id)?;
+    store.upload_cancel(name, id).await.map_err(|e| upload_error(e, name, id))?;
+    Ok(empty(StatusCode::NO_CONTENT, &[]))
+}
+
+/// Session ids are UUIDs we minted; anything else names no session (and
+/// must never reach storage as a path component).
+fn check_id(id: &str) -> Result<()> {
+    match uuid::Uuid::try_parse(id) {
+        Ok(u) if u.hyphenated().to_string() == id => Ok(()),
+        _ => Err(Error::new(Code::BlobUploadUnknown, format!("upload {id:?} does not exist"))),
+    }
+}
+
+/// Where a chunk claims to start and how long it claims to be, from
+/// `Content-Range` and `Content-Length` (which must agree).
+fn chunk_bounds(ctx: &Ctx) -> Result<(Option<u64>, Option<u64>)> {
+    let length = ctx.content_length();
+    let Some(raw) = ctx.header(header::CONTENT_RANGE) else { return Ok((None, length)) };
+    let range = parse_content_range(raw).ok_or_else(|| {
+        Error::new(Code::RangeInvalid, format!("Content-Range {raw:?} is not <start>-<end>"))
+    })?;
+    let len = range.end() - range.start() + 1;
+    if length.is_some_and(|l| l != len) {
+        return Err(Error::new(Code::RangeInvalid, format!("Content-Range {raw:?} covers {len} bytes but Content-Length is {}", length.unwrap_or(0))));
+    }
+    Ok((Some(*range.start()), Some(len)))
+}
+
+fn location(name: &Name, id: &str) -> String {
+    format!("/v2/{name}/blobs/uploads/{id}")
+}
+
+/// The `Range` header of an upload holding `size` bytes.
+fn range_header(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+fn session(status: StatusCode, name: &Name, id: &str, size: u64) -> Response {
+    empty(
+        status,
+        &[
+            (header::LOCATION, location(name, id)),
+            (header::RANGE, range_header(size)),
+            (DOCKER_UPLOAD_UUID, id.to_owned()),
+        ],
+    )
+}
+
+fn created(name: &Name, digest: &Digest) -> Response {
+    empty(
+        StatusCode::CREATED,
+        &[(header::LOCATION, format!("/v2/{name}/blobs/{digest}")), (DOCKER_CONTENT_DIGEST, digest.to_string())],
+    )
+}
+
+fn upload_error(e: UploadError, name: &Name, id: &str) -> Error {
+    let msg = e.to_string();
+    match e {
+        UploadError::Unknown => Error::new(Code::BlobUploadUnknown, msg),
+        UploadError::OutOfOrder { size, .. } => Error::new(Code::RangeInvalid, msg)
+            .with_header(header::LOCATION, hv(&location(name, id)))
+            .with_header(header::RANGE, hv(&range_header(size)))
+            .with_header(HeaderName::from_static("docker-upload-uuid"), hv(id)),
+        UploadError::SizeMismatch { .. } => Error::new(Code::SizeInvalid, msg),
+        UploadError::DigestMismatch { .. } => Error::new(Code::DigestInvalid, msg),
+        UploadError::Body(_) => Error::new(Code::BlobUploadInvalid, msg),
+        UploadError::Storage(s) => s.into(),
+    }
+}

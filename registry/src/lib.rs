@@ -1,0 +1,45 @@
+//! berth's registry: the OCI Distribution Spec v1.1 over HTTP(S).
+//!
+//! [`router`] builds the whole HTTP application from a [`Store`], so tests
+//! drive it in process; [`server`] puts it on a socket, with or without TLS.
+
+pub mod api;
+pub mod error;
+pub mod metrics;
+pub mod oci;
+pub mod server;
+pub mod storage;
+pub mod tls;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+pub use storage::Store;
+
+/// Shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+}
+
+/// The application: `/v2/...` (the distribution API), `/healthz`, `/metrics`.
+pub fn router(store: Arc<Store>) -> Router {
+    let state = AppState { store };
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(|| async {
+            ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics::render())
+                .into_response()
+        }))
+        .fallback(api::handle)
+        .with_state(state)
+}
+
+/// A store on the local filesystem under `root`.
+pub fn filesystem_store(root: &std::path::Path) -> std::io::Result<Arc<Store>> {
+    Ok(Arc::new(Store::new(Arc::new(storage::fs::FsDriver::new(root)?))))
+}

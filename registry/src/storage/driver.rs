@@ -1,0 +1,62 @@
+//! The small contract a storage backend fulfils. The registry's operations
+//! ([`super::Store`]) are written once over it, so a new backend (object
+//! storage) implements these few methods and passes the same test suite.
+//!
+//! Keys are `/`-separated paths built only by [`super::layout`] from
+//! validated names and digests; a driver never sees client-chosen text.
+
+use std::io;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+
+/// A stream of an object's bytes.
+pub type Reader = Pin<Box<dyn AsyncRead + Send>>;
+
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// Reads a small object whole (links, tags, manifests); `None` if absent.
+    async fn get(&self, key: &str) -> io::Result<Option<Bytes>>;
+
+    /// Writes a small object atomically and durably: a reader sees the old
+    /// value or the new one, never a part, even across a crash.
+    async fn put(&self, key: &str, data: Bytes) -> io::Result<()>;
+
+    /// The object's size in bytes; `None` if absent.
+    async fn size(&self, key: &str) -> io::Result<Option<u64>>;
+
+    /// Streams an object from `offset`; `None` if absent.
+    async fn reader(&self, key: &str, offset: u64) -> io::Result<Option<Reader>>;
+
+    /// Opens an object for appending (created empty if absent).
+    async fn appender(&self, key: &str) -> io::Result<Box<dyn Appender>>;
+
+    /// Durably moves `from` to `to`, replacing `to` if present. `to`
+    /// appears whole or not at all. Used to publish a verified upload.
+    async fn commit(&self, from: &str, to: &str) -> io::Result<()>;
+
+    /// Names of the direct children of `prefix`, unsorted; empty if none.
+    async fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
+
+    /// Removes an object or everything under a prefix; absent is not an error.
+    async fn delete(&self, key: &str) -> io::Result<()>;
+}
+
+/// Appends to one object. Dropped without [`Appender::finish`] or
+/// [`Appender::abort`], what was written so far stays (and is a correct
+/// prefix of what the client sent).
+#[async_trait]
+pub trait Appender: Send {
+    /// Size of the object, including what this appender wrote.
+    fn offset(&self) -> u64;
+
+    async fn write(&mut self, data: &[u8]) -> io::Result<()>;
+
+    /// Flushes what was written (durability comes with [`Driver::commit`]).
+    async fn finish(self: Box<Self>) -> io::Result<()>;
+
+    /// Drops what this appender wrote, leaving the object as it was.
+    async fn abort(self: Box<Self>) -> io::Result<()>;
+}

@@ -1,0 +1,202 @@
+//! The filesystem driver: one file per key under a root directory.
+//!
+//! Atomic writes go to a hidden temporary file in the destination directory,
+//! are fsynced, renamed over the destination, and the directory is fsynced,
+//! so a killed process leaves either the old object or the new one.
+
+use std::fs;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use super::driver::{Appender, Driver, Reader};
+
+/// Temporary files start with this; [`Driver::list`] never shows them.
+const TMP_PREFIX: &str = ".tmp-";
+
+pub struct FsDriver {
+    root: PathBuf,
+}
+
+impl FsDriver {
+    pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root)?;
+        Ok(FsDriver { root })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        debug_assert!(!key.split('/').any(|c| c == ".." || c.is_empty()), "unsafe key {key}");
+        self.root.join(key)
+    }
+}
+
+fn not_found_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("/"))
+}
+
+/// Writes `data` to `path` atomically and durably (temp file + rename).
+fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = parent(path);
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+#[async_trait]
+impl Driver for FsDriver {
+    async fn get(&self, key: &str) -> io::Result<Option<Bytes>> {
+        let path = self.path(key);
+        not_found_is_none(tokio::fs::read(path).await).map(|o| o.map(Bytes::from))
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> io::Result<()> {
+        let path = self.path(key);
+        blocking(move || write_atomic(&path, &data)).await
+    }
+
+    async fn size(&self, key: &str) -> io::Result<Option<u64>> {
+        let meta = not_found_is_none(tokio::fs::metadata(self.path(key)).await)?;
+        Ok(meta.filter(|m| m.is_file()).map(|m| m.len()))
+    }
+
+    async fn reader(&self, key: &str, offset: u64) -> io::Result<Option<Reader>> {
+        let Some(mut file) = not_found_is_none(tokio::fs::File::open(self.path(key)).await)? else {
+            return Ok(None);
+        };
+        if offset > 0 {
+            file.seek(io::SeekFrom::Start(offset)).await?;
+        }
+        Ok(Some(Box::pin(file)))
+    }
+
+    async fn appender(&self, key: &str) -> io::Result<Box<dyn Appender>> {
+        let path = self.path(key);
+        let dir = parent(&path).to_owned();
+        tokio::fs::create_dir_all(&dir).await?;
+        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
+        let start = file.metadata().await?.len();
+        Ok(Box::new(FsAppender { file, start, offset: start, buf: Vec::with_capacity(WRITE_BUFFER) }))
+    }
+
+    async fn commit(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from, to) = (self.path(from), self.path(to));
+        blocking(move || {
+            fs::File::open(&from)?.sync_all()?;
+            let dir = parent(&to);
+            fs::create_dir_all(dir)?;
+            fs::rename(&from, &to)?;
+            sync_dir(dir)
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let path = self.path(prefix);
+        blocking(move || {
+            let Some(entries) = not_found_is_none(fs::read_dir(&path))? else { return Ok(Vec::new()) };
+            let mut names = Vec::new();
+            for entry in entries {
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                if !name.starts_with(TMP_PREFIX) {
+                    names.push(name);
+                }
+            }
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> io::Result<()> {
+        let path = self.path(key);
+        blocking(move || {
+            let meta = match fs::symlink_metadata(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                other => other?,
+            };
+            let removed = if meta.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            match removed {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+}
+
+/// Appends are gathered to this size before a write: network frames are
+/// small (~16 KiB), and each file write costs a hop to a blocking thread.
+const WRITE_BUFFER: usize = 1 << 20;
+
+struct FsAppender {
+    file: tokio::fs::File,
+    start: u64,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl FsAppender {
+    async fn drain(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Appender for FsAppender {
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.buf.extend_from_slice(data);
+        self.offset += data.len() as u64;
+        if self.buf.len() >= WRITE_BUFFER {
+            self.drain().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> io::Result<()> {
+        self.drain().await?;
+        self.file.flush().await
+    }
+
+    async fn abort(mut self: Box<Self>) -> io::Result<()> {
+        self.buf.clear();
+        self.file.flush().await?;
+        self.file.set_len(self.start).await
+    }
+}

@@ -1,0 +1,264 @@
+//! The registry's storage operations, written once over a [`Driver`].
+//!
+//! Every operation that makes content visible does so last: bytes are
+//! written and verified first, then a small link is written atomically. A
+//! crash in between leaves unreferenced bytes (for GC), never a visible
+//! partial object.
+
+pub mod driver;
+pub mod fs;
+pub mod layout;
+pub mod upload;
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use driver::{Driver, Reader};
+pub use upload::UploadError;
+
+use crate::oci::manifest::{self, Descriptor};
+use crate::oci::{Digest, Name, Reference, Tag};
+
+/// An I/O failure in the storage backend, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("storage {op} of {key} failed: {source}")]
+pub struct StorageError {
+    op: &'static str,
+    key: String,
+    #[source]
+    source: io::Error,
+}
+
+impl StorageError {
+    pub fn new(op: &'static str, key: &str, source: io::Error) -> Self {
+        StorageError { op, key: key.to_owned(), source }
+    }
+}
+
+/// A manifest as stored: its digest, media type and exact bytes.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+pub struct Store {
+    driver: Arc<dyn Driver>,
+    sessions: upload::Sessions,
+}
+
+impl Store {
+    pub fn new(driver: Arc<dyn Driver>) -> Self {
+        Store { driver, sessions: upload::Sessions::default() }
+    }
+
+    // Thin wrappers that attach the operation and key to I/O errors.
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        self.driver.get(key).await.map_err(|e| StorageError::new("get", key, e))
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.driver.put(key, data).await.map_err(|e| StorageError::new("put", key, e))
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        self.driver.size(key).await.map_err(|e| StorageError::new("stat", key, e))
+    }
+
+    async fn commit(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        self.driver.commit(from, to).await.map_err(|e| StorageError::new("commit", to, e))
+    }
+
+    async fn list(&self, key: &str) -> Result<Vec<String>, StorageError> {
+        self.driver.list(key).await.map_err(|e| StorageError::new("list", key, e))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.driver.delete(key).await.map_err(|e| StorageError::new("delete", key, e))
+    }
+
+    // Blobs.
+
+    /// The size of a blob linked into `name`; `None` if it is not there.
+    pub async fn blob_size(&self, name: &Name, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        if self.size(&layout::layer_link(name, digest)).await?.is_none() {
+            return Ok(None);
+        }
+        self.size(&layout::blob(digest)).await
+    }
+
+    /// Streams a blob from `offset`; `None` if it vanished since it was sized.
+    pub async fn blob_reader(&self, digest: &Digest, offset: u64) -> Result<Option<Reader>, StorageError> {
+        let key = layout::blob(digest);
+        self.driver.reader(&key, offset).await.map_err(|e| StorageError::new("read", &key, e))
+    }
+
+    /// Links an existing blob into `name` without moving bytes. With `from`,
+    /// the blob must be linked there; without, anywhere in the registry.
+    /// Returns the blob's size, or `None` if there is nothing to mount.
+    pub async fn blob_mount(&self, name: &Name, digest: &Digest, from: Option<&Name>) -> Result<Option<u64>, StorageError> {
+        let size = match from {
+            Some(source) => self.blob_size(source, digest).await?,
+            None => self.size(&layout::blob(digest)).await?,
+        };
+        if size.is_some() {
+            self.put(&layout::layer_link(name, digest), Bytes::new()).await?;
+        }
+        Ok(size)
+    }
+
+    /// Removes a blob from a repository; the bytes stay until GC finds them
+    /// unreferenced. Returns whether it was linked.
+    pub async fn blob_unlink(&self, name: &Name, digest: &Digest) -> Result<bool, StorageError> {
+        let link = layout::layer_link(name, digest);
+        let existed = self.size(&link).await?.is_some();
+        self.delete(&link).await?;
+        Ok(existed)
+    }
+
+    // Manifests.
+
+    /// Whether a manifest revision is in `name`.
+    pub async fn manifest_exists(&self, name: &Name, digest: &Digest) -> Result<bool, StorageError> {
+        Ok(self.size(&layout::manifest_revision(name, digest)).await?.is_some())
+    }
+
+    /// Stores a verified manifest, then makes it visible: referrer entry,
+    /// revision link, and last the tags.
+    pub async fn manifest_put(
+        &self,
+        name: &Name,
+        m: &StoredManifest,
+        parsed: &manifest::Manifest,
+        tags: &[Tag],
+    ) -> Result<(), StorageError> {
+        let blob = layout::blob(&m.digest);
+        if self.size(&blob).await? != Some(m.body.len() as u64) {
+            self.put(&blob, m.body.clone()).await?;
+        }
+        if let Some(subject) = &parsed.subject {
+            let descriptor = Descriptor {
+                media_type: m.media_type.clone(),
+                digest: m.digest.clone(),
+                size: m.body.len() as u64,
+                artifact_type: parsed.effective_artifact_type(),
+                annotations: parsed.annotations.clone(),
+                urls: Vec::new(),
+                data: None,
+            };
+            let json = serde_json::to_vec(&descriptor).map_err(|e| StorageError::new("encode", &blob, io::Error::other(e)))?;
+            self.put(&layout::referrer(name, &subject.digest, &m.digest), json.into()).await?;
+        }
+        self.put(&layout::manifest_revision(name, &m.digest), Bytes::from(m.media_type.clone())).await?;
+        for tag in tags {
+            self.put(&layout::tag(name, tag), Bytes::from(m.digest.to_string())).await?;
+        }
+        Ok(())
+    }
+
+    /// The digest a tag points at.
+    pub async fn tag_target(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, StorageError> {
+        let Some(raw) = self.get(&layout::tag(name, tag)).await? else { return Ok(None) };
+        Ok(std::str::from_utf8(&raw).ok().and_then(|s| s.trim().parse().ok()))
+    }
+
+    /// Looks a manifest up by tag or digest.
+    pub async fn manifest_get(&self, name: &Name, reference: &Reference) -> Result<Option<StoredManifest>, StorageError> {
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => match self.tag_target(name, t).await? {
+                Some(d) => d,
+                None => return Ok(None),
+            },
+        };
+        let Some(media_type) = self.get(&layout::manifest_revision(name, &digest)).await? else {
+            return Ok(None);
+        };
+        let Some(body) = self.get(&layout::blob(&digest)).await? else { return Ok(None) };
+        let media_type = String::from_utf8_lossy(&media_type).into_owned();
+        Ok(Some(StoredManifest { digest, media_type, body }))
+    }
+
+    /// Deletes a manifest revision, every tag pointing at it, and its
+    /// referrer entry. Returns whether it existed.
+    pub async fn manifest_delete(&self, name: &Name, digest: &Digest) -> Result<bool, StorageError> {
+        let Some(m) = self.manifest_get(name, &Reference::Digest(digest.clone())).await? else {
+            return Ok(false);
+        };
+        for tag in self.tags(name).await?.unwrap_or_default() {
+            let Ok(tag) = tag.parse::<Tag>() else { continue };
+            if self.tag_target(name, &tag).await?.as_ref() == Some(digest) {
+                self.delete(&layout::tag(name, &tag)).await?;
+            }
+        }
+        self.delete(&layout::manifest_revision(name, digest)).await?;
+        if let Ok(parsed) = manifest::parse(&m.body, Some(&m.media_type)) {
+            if let Some(subject) = parsed.subject {
+                self.delete(&layout::referrer(name, &subject.digest, digest)).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Removes a tag (the manifest stays). Returns whether it existed.
+    pub async fn tag_delete(&self, name: &Name, tag: &Tag) -> Result<bool, StorageError> {
+        let key = layout::tag(name, tag);
+        let existed = self.size(&key).await?.is_some();
+        self.delete(&key).await?;
+        Ok(existed)
+    }
+
+    /// Whether anything was ever pushed to `name`.
+    pub async fn repository_exists(&self, name: &Name) -> Result<bool, StorageError> {
+        Ok(!self.list(&layout::repository(name)).await?.is_empty())
+    }
+
+    /// The repository's tags, sorted; `None` if the repository is unknown.
+    pub async fn tags(&self, name: &Name) -> Result<Option<Vec<String>>, StorageError> {
+        let mut tags = self.list(&layout::tags_dir(name)).await?;
+        if tags.is_empty() && self.list(&layout::manifests_dir(name)).await?.is_empty() && !self.repository_exists(name).await? {
+            return Ok(None);
+        }
+        tags.sort_unstable();
+        Ok(Some(tags))
+    }
+
+    /// Descriptors of the manifests whose subject is `subject`.
+    pub async fn referrers(&self, name: &Name, subject: &Digest) -> Result<Vec<Descriptor>, StorageError> {
+        let dir = layout::referrers_dir(name, subject);
+        let mut entries = self.list(&dir).await?;
+        entries.sort_unstable();
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let key = format!("{dir}/{entry}");
+            let Some(raw) = self.get(&key).await? else { continue };
+            match serde_json::from_slice::<Descriptor>(&raw) {
+                Ok(d) => out.push(d),
+                Err(e) => tracing::warn!(key, error = %e, "skipping unreadable referrer entry"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every repository that holds a manifest or a blob, sorted.
+    pub async fn repositories(&self) -> Result<Vec<String>, StorageError> {
+        let mut found = Vec::new();
+        let mut stack = vec![String::new()];
+        while let Some(prefix) = stack.pop() {
+            let dir = if prefix.is_empty() { layout::REPOSITORIES.to_owned() } else { format!("{}/{prefix}", layout::REPOSITORIES) };
+            let children = self.list(&dir).await?;
+            if children.iter().any(|c| c == "_manifests" || c == "_layers") {
+                found.push(prefix.clone());
+            }
+            for child in children.into_iter().filter(|c| !layout::is_reserved(c)) {
+                stack.push(if prefix.is_empty() { child } else { format!("{prefix}/{child}") });
+            }
+        }
+        found.sort_unstable();
+        Ok(found)
+    }
+}
