@@ -7,6 +7,10 @@
 //! so that a bad `Registry` is refused at `kubectl apply` with a sentence,
 //! instead of surfacing later as a failed reconcile.
 
+// Each `printcolumn(...)` repeats `type_ = ...`; clippy takes that for a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;

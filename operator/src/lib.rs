@@ -7,3 +7,5 @@
 
 pub mod crd;
 pub mod crdgen;
+pub mod names;
+pub mod pki;

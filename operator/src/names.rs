@@ -1,0 +1,200 @@
+//! Every name the operator derives from a `Registry`: its child objects, the
+//! DNS names of its Service, and the endpoints clients use.
+//!
+//! Kept in one place because the same names appear in the certificate's
+//! SANs, the child objects, the node agent's files and the status; if two
+//! modules spelled them separately, a client would eventually meet a
+//! certificate that does not name the host it dialled.
+
+use crate::crd::{Registry, RegistrySpec};
+
+/// Names for one `Registry` (`name` in `namespace`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    pub name: String,
+    pub namespace: String,
+    /// The cluster's DNS domain (`cluster.local` unless the cluster says
+    /// otherwise); the operator is told it by a flag.
+    pub cluster_domain: String,
+}
+
+impl Names {
+    pub fn new(
+        name: impl Into<String>,
+        namespace: impl Into<String>,
+        cluster_domain: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+            cluster_domain: cluster_domain.into(),
+        }
+    }
+
+    /// Names for a Registry object read from the cluster, which always has a
+    /// name and a namespace (the resource is namespaced).
+    pub fn of(registry: &Registry, cluster_domain: &str) -> Option<Self> {
+        Some(Self::new(
+            registry.metadata.name.clone()?,
+            registry.metadata.namespace.clone()?,
+            cluster_domain,
+        ))
+    }
+
+    /// The Deployment and the Service share the Registry's name.
+    pub fn deployment(&self) -> String {
+        self.name.clone()
+    }
+
+    pub fn service(&self) -> String {
+        self.name.clone()
+    }
+
+    /// The kubernetes.io/tls Secret the registry serves from.
+    pub fn tls_secret(&self) -> String {
+        format!("{}-tls", self.name)
+    }
+
+    /// The Secret holding the per-Registry CA's certificate and private key
+    /// (SelfSigned mode). Never mounted into the registry pod.
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca-key", self.name)
+    }
+
+    /// The ConfigMap with the CA bundle (`ca.crt`) clients and nodes trust.
+    pub fn ca_config_map(&self) -> String {
+        format!("{}-ca", self.name)
+    }
+
+    pub fn data_claim(&self) -> String {
+        format!("{}-data", self.name)
+    }
+
+    pub fn ingress(&self) -> String {
+        self.name.clone()
+    }
+
+    /// The cert-manager Certificate (CertManager mode).
+    pub fn certificate(&self) -> String {
+        self.name.clone()
+    }
+
+    /// Every DNS name the Service answers to inside the cluster, shortest
+    /// first: `<svc>`, `<svc>.<ns>`, `<svc>.<ns>.svc`,
+    /// `<svc>.<ns>.svc.<cluster domain>`.
+    pub fn service_dns_names(&self) -> Vec<String> {
+        let svc = self.service();
+        let ns = &self.namespace;
+        vec![
+            svc.clone(),
+            format!("{svc}.{ns}"),
+            format!("{svc}.{ns}.svc"),
+            format!("{svc}.{ns}.svc.{}", self.cluster_domain),
+        ]
+    }
+
+    /// The fully qualified Service name.
+    pub fn service_fqdn(&self) -> String {
+        format!(
+            "{}.{}.svc.{}",
+            self.service(),
+            self.namespace,
+            self.cluster_domain
+        )
+    }
+
+    /// The host name nodes and pods use in image references: the one the
+    /// spec names, or else the Service's fully qualified name.
+    pub fn node_host(&self, spec: &RegistrySpec) -> String {
+        spec.node_trust
+            .host_name
+            .clone()
+            .unwrap_or_else(|| self.service_fqdn())
+    }
+
+    /// Where clients reach the registry, as `host` or `host:port` (no scheme),
+    /// the form an image reference starts with.
+    pub fn endpoints(&self, spec: &RegistrySpec) -> crate::crd::Endpoints {
+        let port = spec.service.port;
+        crate::crd::Endpoints {
+            internal: Some(host_port(&self.service_fqdn(), port)),
+            external: spec.ingress.as_ref().map(|ingress| ingress.host.clone()),
+            node: Some(host_port(&self.node_host(spec), port)),
+        }
+    }
+}
+
+/// `host` alone on the HTTPS port, `host:port` otherwise: what a client
+/// writes before the repository in an image reference.
+pub fn host_port(host: &str, port: i32) -> String {
+    if port == 443 {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::IngressSpec;
+
+    fn names() -> Names {
+        Names::new("hub", "team", "cluster.local")
+    }
+
+    #[test]
+    fn service_dns_names_cover_every_form_a_pod_may_use() {
+        assert_eq!(
+            names().service_dns_names(),
+            [
+                "hub",
+                "hub.team",
+                "hub.team.svc",
+                "hub.team.svc.cluster.local"
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoints_omit_the_default_https_port() {
+        let endpoints = names().endpoints(&RegistrySpec::default());
+        assert_eq!(
+            endpoints.internal.as_deref(),
+            Some("hub.team.svc.cluster.local")
+        );
+        assert_eq!(
+            endpoints.node.as_deref(),
+            Some("hub.team.svc.cluster.local")
+        );
+        assert_eq!(endpoints.external, None);
+    }
+
+    #[test]
+    fn endpoints_carry_a_non_default_port_and_the_chosen_node_host() {
+        let mut spec = RegistrySpec::default();
+        spec.service.port = 5000;
+        spec.node_trust.host_name = Some("hub.berth.internal".into());
+        spec.ingress = Some(IngressSpec {
+            host: "registry.example.com".into(),
+            class_name: None,
+            annotations: Default::default(),
+        });
+        let endpoints = names().endpoints(&spec);
+        assert_eq!(
+            endpoints.internal.as_deref(),
+            Some("hub.team.svc.cluster.local:5000")
+        );
+        assert_eq!(endpoints.node.as_deref(), Some("hub.berth.internal:5000"));
+        assert_eq!(endpoints.external.as_deref(), Some("registry.example.com"));
+    }
+
+    #[test]
+    fn child_object_names_are_derived_from_the_registry_name() {
+        let n = names();
+        assert_eq!(n.tls_secret(), "hub-tls");
+        assert_eq!(n.ca_config_map(), "hub-ca");
+        assert_eq!(n.ca_secret(), "hub-ca-key");
+        assert_eq!(n.data_claim(), "hub-data");
+    }
+}
