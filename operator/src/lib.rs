@@ -7,5 +7,8 @@
 
 pub mod crd;
 pub mod crdgen;
+pub mod desired;
+pub mod fixtures;
 pub mod names;
 pub mod pki;
+pub mod status;

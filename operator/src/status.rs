@@ -1,0 +1,439 @@
+//! The Registry's status as a pure function of what the controller observed.
+//!
+//! Conditions follow the Kubernetes conventions: one entry per type, a
+//! CamelCase reason, a sentence for people, the generation it describes,
+//! and a `lastTransitionTime` that moves only when the status flips. The
+//! last rule is what makes a reconcile with nothing new write nothing: the
+//! computed status equals the stored one.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::{CertificateStatus, Endpoints, NodeCounts, RegistryStatus};
+use crate::desired::Unsupported;
+
+pub const READY: &str = "Ready";
+pub const CERTIFICATE_READY: &str = "CertificateReady";
+pub const STORAGE_READY: &str = "StorageReady";
+pub const NODE_TRUST_READY: &str = "NodeTrustReady";
+
+/// The serving certificate, as the controller found or made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertState {
+    Issued {
+        not_after: Timestamp,
+        renewal_time: Timestamp,
+        ca_fingerprint: String,
+    },
+    /// Waiting on something outside the operator (a user's Secret, cert-manager).
+    Pending {
+        reason: &'static str,
+        message: String,
+    },
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// The storage backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageState {
+    /// The data claim is bound.
+    Bound,
+    /// The claim exists but is not bound yet (phase, or "not found yet").
+    Pending(String),
+    /// The claim lost its volume.
+    Lost,
+    Unsupported(String),
+}
+
+/// The registry pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkloadState {
+    Running {
+        ready: i32,
+        wanted: i32,
+    },
+    /// `replicas: 0`.
+    ScaledToZero,
+    /// No Deployment is run (an unsupported spec); the reason is elsewhere.
+    NotRun,
+}
+
+/// Node trust, as reported by the node agents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeTrustState {
+    Disabled,
+    /// No node agent has reported for this Registry yet.
+    NotReported,
+    Counted {
+        trusted: i32,
+        total: i32,
+    },
+}
+
+/// Everything status is computed from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    pub generation: Option<i64>,
+    pub certificate: CertState,
+    pub storage: StorageState,
+    pub workload: WorkloadState,
+    pub node_trust: NodeTrustState,
+    pub unsupported: Option<Unsupported>,
+    pub endpoints: Endpoints,
+}
+
+struct Verdict {
+    status: bool,
+    reason: &'static str,
+    message: String,
+}
+
+fn verdict(status: bool, reason: &'static str, message: impl Into<String>) -> Verdict {
+    Verdict {
+        status,
+        reason,
+        message: message.into(),
+    }
+}
+
+fn certificate(obs: &Observed) -> Verdict {
+    match &obs.certificate {
+        CertState::Issued {
+            not_after,
+            renewal_time,
+            ..
+        } => verdict(
+            true,
+            "Issued",
+            format!("serving certificate valid until {not_after}, renewed at {renewal_time}"),
+        ),
+        CertState::Pending { reason, message } | CertState::Failed { reason, message } => {
+            verdict(false, reason, message)
+        }
+    }
+}
+
+fn storage(obs: &Observed) -> Verdict {
+    match &obs.storage {
+        StorageState::Bound => verdict(true, "Bound", "the data volume is bound"),
+        StorageState::Pending(phase) => verdict(
+            false,
+            "ClaimPending",
+            format!("the data volume is not bound yet: {phase}"),
+        ),
+        StorageState::Lost => verdict(
+            false,
+            "ClaimLost",
+            "the data volume's PersistentVolume is gone",
+        ),
+        StorageState::Unsupported(message) => verdict(false, "BackendUnsupported", message.clone()),
+    }
+}
+
+fn node_trust(obs: &Observed) -> Verdict {
+    match obs.node_trust {
+        NodeTrustState::Disabled => verdict(
+            true,
+            "Disabled",
+            "nodeTrust.enabled is false: nodes are not configured",
+        ),
+        NodeTrustState::NotReported => verdict(
+            false,
+            "AwaitingNodeAgents",
+            "no node agent has reported trusting this registry's CA yet",
+        ),
+        NodeTrustState::Counted { trusted, total } if trusted >= total => verdict(
+            true,
+            "AllNodesTrust",
+            format!("{trusted} of {total} nodes trust the current CA"),
+        ),
+        NodeTrustState::Counted { trusted, total } => verdict(
+            false,
+            "NodesPending",
+            format!("{trusted} of {total} nodes trust the current CA"),
+        ),
+    }
+}
+
+/// Ready means: a client can push and pull now. Node trust is reported on
+/// its own condition and does not hold Ready back.
+fn ready(obs: &Observed, cert: &Verdict, storage: &Verdict) -> Verdict {
+    if let Some(unsupported) = &obs.unsupported {
+        return verdict(false, unsupported.reason, unsupported.message.clone());
+    }
+    if !cert.status {
+        return verdict(false, "CertificateNotReady", cert.message.clone());
+    }
+    if !storage.status {
+        return verdict(false, "StorageNotReady", storage.message.clone());
+    }
+    match obs.workload {
+        WorkloadState::ScaledToZero => {
+            verdict(false, "ScaledToZero", "replicas is 0: no registry pod runs")
+        }
+        WorkloadState::NotRun => verdict(false, "NotRun", "no registry pods are run for this spec"),
+        WorkloadState::Running { ready, wanted } if ready >= wanted && ready > 0 => verdict(
+            true,
+            "Available",
+            format!("{ready} of {wanted} registry pods ready"),
+        ),
+        WorkloadState::Running { ready, wanted } => verdict(
+            false,
+            "PodsNotReady",
+            format!("{ready} of {wanted} registry pods ready"),
+        ),
+    }
+}
+
+/// The conditions for `obs`, keeping each condition's `lastTransitionTime`
+/// from `previous` when its status did not change.
+pub fn conditions(obs: &Observed, previous: &[Condition], now: Timestamp) -> Vec<Condition> {
+    let cert = certificate(obs);
+    let storage = storage(obs);
+    let ready = ready(obs, &cert, &storage);
+    let trust = node_trust(obs);
+    [
+        (READY, ready),
+        (CERTIFICATE_READY, cert),
+        (STORAGE_READY, storage),
+        (NODE_TRUST_READY, trust),
+    ]
+    .into_iter()
+    .map(|(type_, v)| {
+        let status = if v.status { "True" } else { "False" };
+        let last_transition_time = previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now));
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: v.reason.to_owned(),
+            message: v.message,
+            observed_generation: obs.generation,
+            last_transition_time,
+        }
+    })
+    .collect()
+}
+
+/// The whole status for `obs`, given the stored one.
+pub fn status(obs: &Observed, previous: Option<&RegistryStatus>, now: Timestamp) -> RegistryStatus {
+    let previous_conditions = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let certificate = match &obs.certificate {
+        CertState::Issued {
+            not_after,
+            renewal_time,
+            ca_fingerprint,
+        } => Some(CertificateStatus {
+            not_after: Some(Time(*not_after)),
+            renewal_time: Some(Time(*renewal_time)),
+            ca_fingerprint: Some(ca_fingerprint.clone()),
+        }),
+        _ => previous.and_then(|s| s.certificate.clone()),
+    };
+    let nodes = match obs.node_trust {
+        NodeTrustState::Counted { trusted, total } => Some(NodeCounts { trusted, total }),
+        _ => None,
+    };
+    RegistryStatus {
+        observed_generation: obs.generation,
+        conditions: conditions(obs, previous_conditions, now),
+        endpoints: Some(obs.endpoints.clone()),
+        certificate,
+        nodes,
+    }
+}
+
+/// Whether the Ready condition in `status` is True.
+pub fn is_ready(status: &RegistryStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    fn healthy() -> Observed {
+        Observed {
+            generation: Some(3),
+            certificate: CertState::Issued {
+                not_after: t("2027-02-22T12:00:00Z"),
+                renewal_time: t("2027-01-23T12:00:00Z"),
+                ca_fingerprint: "sha256:00".into(),
+            },
+            storage: StorageState::Bound,
+            workload: WorkloadState::Running {
+                ready: 1,
+                wanted: 1,
+            },
+            node_trust: NodeTrustState::Counted {
+                trusted: 3,
+                total: 3,
+            },
+            unsupported: None,
+            endpoints: Endpoints {
+                internal: Some("hub.team.svc.cluster.local".into()),
+                external: None,
+                node: None,
+            },
+        }
+    }
+
+    fn condition<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+        conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition present")
+    }
+
+    #[test]
+    fn a_healthy_registry_is_ready_with_every_condition_true() {
+        let now = t("2026-11-24T12:00:00Z");
+        let s = status(&healthy(), None, now);
+        assert!(is_ready(&s));
+        for c in &s.conditions {
+            assert_eq!(c.status, "True", "{c:?}");
+            assert_eq!(c.observed_generation, Some(3));
+            assert_eq!(c.last_transition_time, Time(now));
+        }
+        let types: Vec<_> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(
+            types,
+            [READY, CERTIFICATE_READY, STORAGE_READY, NODE_TRUST_READY]
+        );
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(
+            s.nodes,
+            Some(NodeCounts {
+                trusted: 3,
+                total: 3
+            })
+        );
+        let cert = s.certificate.expect("certificate");
+        assert_eq!(cert.not_after, Some(Time(t("2027-02-22T12:00:00Z"))));
+        assert_eq!(cert.ca_fingerprint.as_deref(), Some("sha256:00"));
+    }
+
+    #[test]
+    fn recomputing_an_unchanged_status_yields_the_stored_status() {
+        let first = status(&healthy(), None, t("2026-11-24T12:00:00Z"));
+        let second = status(&healthy(), Some(&first), t("2026-11-24T12:05:00Z"));
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn a_flip_moves_only_that_conditions_transition_time() {
+        let first = status(&healthy(), None, t("2026-11-24T12:00:00Z"));
+        let mut obs = healthy();
+        obs.workload = WorkloadState::Running {
+            ready: 0,
+            wanted: 1,
+        };
+        let later = t("2026-11-24T12:05:00Z");
+        let second = status(&obs, Some(&first), later);
+        let ready = condition(&second.conditions, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "PodsNotReady")
+        );
+        assert_eq!(ready.last_transition_time, Time(later));
+        let cert = condition(&second.conditions, CERTIFICATE_READY);
+        assert_eq!(cert.last_transition_time, Time(t("2026-11-24T12:00:00Z")));
+    }
+
+    #[test]
+    fn a_pending_certificate_holds_ready_back_and_says_why() {
+        let mut obs = healthy();
+        obs.certificate = CertState::Pending {
+            reason: "SecretNotFound",
+            message: "Secret team/corp-cert not found".into(),
+        };
+        let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
+        let cert = condition(&s.conditions, CERTIFICATE_READY);
+        assert_eq!(
+            (cert.status.as_str(), cert.reason.as_str()),
+            ("False", "SecretNotFound")
+        );
+        let ready = condition(&s.conditions, READY);
+        assert_eq!(ready.reason, "CertificateNotReady");
+        assert!(ready.message.contains("corp-cert"));
+    }
+
+    #[test]
+    fn an_unbound_volume_holds_ready_back() {
+        let mut obs = healthy();
+        obs.storage = StorageState::Pending("Pending".into());
+        let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
+        assert_eq!(
+            condition(&s.conditions, STORAGE_READY).reason,
+            "ClaimPending"
+        );
+        assert_eq!(condition(&s.conditions, READY).reason, "StorageNotReady");
+    }
+
+    #[test]
+    fn an_unsupported_spec_is_the_ready_reason() {
+        let mut obs = healthy();
+        obs.unsupported = Some(Unsupported {
+            reason: "AuthModeUnsupported",
+            message: "auth".into(),
+            storage: false,
+        });
+        obs.workload = WorkloadState::NotRun;
+        let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
+        assert_eq!(
+            condition(&s.conditions, READY).reason,
+            "AuthModeUnsupported"
+        );
+    }
+
+    #[test]
+    fn node_trust_does_not_hold_ready_back() {
+        let mut obs = healthy();
+        obs.node_trust = NodeTrustState::Counted {
+            trusted: 1,
+            total: 3,
+        };
+        let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
+        assert!(is_ready(&s));
+        let trust = condition(&s.conditions, NODE_TRUST_READY);
+        assert_eq!(
+            (trust.status.as_str(), trust.message.as_str()),
+            ("False", "1 of 3 nodes trust the current CA")
+        );
+    }
+
+    #[test]
+    fn zero_replicas_is_not_ready() {
+        let mut obs = healthy();
+        obs.workload = WorkloadState::ScaledToZero;
+        let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
+        assert_eq!(condition(&s.conditions, READY).reason, "ScaledToZero");
+    }
+
+    #[test]
+    fn the_last_known_certificate_facts_survive_a_failed_renewal() {
+        let first = status(&healthy(), None, t("2026-11-24T12:00:00Z"));
+        let mut obs = healthy();
+        obs.certificate = CertState::Failed {
+            reason: "IssueFailed",
+            message: "boom".into(),
+        };
+        let second = status(&obs, Some(&first), t("2026-11-24T12:05:00Z"));
+        assert_eq!(second.certificate, first.certificate);
+    }
+}
