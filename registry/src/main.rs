@@ -38,6 +38,9 @@ struct Serve {
     /// PEM private key for --tls-cert. Re-read when the file changes.
     #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Upload sessions idle this many hours are removed (checked hourly).
+    #[arg(long, env = "BERTH_UPLOAD_MAX_AGE_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..))]
+    upload_max_age_hours: u64,
     /// Log format: "text" for people, "json" for log collectors.
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -79,9 +82,23 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "berth-registry serving"
     );
+    tokio::spawn(purge_uploads(store.clone(), std::time::Duration::from_secs(args.upload_max_age_hours * 3600)));
     let app = berth_registry::router(store);
     berth_registry::server::serve(listener, app, tls, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Hourly (and at start), drop upload sessions older than `max_age`.
+async fn purge_uploads(store: std::sync::Arc<berth_registry::Store>, max_age: std::time::Duration) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match store.purge_stale_uploads(max_age).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "removed abandoned upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "could not purge abandoned upload sessions"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

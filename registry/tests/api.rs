@@ -453,3 +453,17 @@ async fn blob_delete_unlinks_from_the_repository_only() {
     assert_eq!(reg.get(&format!("/v2/one/blobs/{d}")).await.code(), "BLOB_UNKNOWN");
     assert_eq!(reg.get(&format!("/v2/two/blobs/{d}")).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn abandoned_upload_sessions_are_purged_and_fresh_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = berth_registry::filesystem_store(dir.path()).unwrap();
+    let name = "team/app".parse().unwrap();
+    let old = store.upload_start(&name, None).await.unwrap();
+    let fresh = store.upload_start(&name, None).await.unwrap();
+    let started = dir.path().join(format!("repositories/team/app/_uploads/{old}/startedat"));
+    std::fs::write(&started, "1000").unwrap();
+    assert_eq!(store.purge_stale_uploads(std::time::Duration::from_secs(3600)).await.unwrap(), 1);
+    assert!(store.upload_size(&name, &old).await.is_err());
+    assert_eq!(store.upload_size(&name, &fresh).await.unwrap(), 0);
+}

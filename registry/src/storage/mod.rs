@@ -246,12 +246,22 @@ impl Store {
 
     /// Every repository that holds a manifest or a blob, sorted.
     pub async fn repositories(&self) -> Result<Vec<String>, StorageError> {
+        self.repositories_holding(&["_manifests", "_layers"]).await
+    }
+
+    /// Repositories with upload sessions (possibly nothing else yet).
+    async fn repositories_with_uploads(&self) -> Result<Vec<String>, StorageError> {
+        self.repositories_holding(&["_uploads"]).await
+    }
+
+    /// Walks the repository tree for directories holding any of `markers`.
+    async fn repositories_holding(&self, markers: &[&str]) -> Result<Vec<String>, StorageError> {
         let mut found = Vec::new();
         let mut stack = vec![String::new()];
         while let Some(prefix) = stack.pop() {
             let dir = if prefix.is_empty() { layout::REPOSITORIES.to_owned() } else { format!("{}/{prefix}", layout::REPOSITORIES) };
             let children = self.list(&dir).await?;
-            if children.iter().any(|c| c == "_manifests" || c == "_layers") {
+            if children.iter().any(|c| markers.contains(&c.as_str())) {
                 found.push(prefix.clone());
             }
             for child in children.into_iter().filter(|c| !layout::is_reserved(c)) {

@@ -56,6 +56,10 @@ impl Sessions {
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 /// Reads the next chunk of a request body, bounded by what the client declared.
 pub type BodyChunk = Result<Bytes, String>;
 
@@ -64,11 +68,7 @@ impl Store {
     /// any, so the running hash is of the right kind.
     pub async fn upload_start(&self, name: &Name, algorithm: Option<Algorithm>) -> Result<String, StorageError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.put(&layout::upload_started(name, &id), Bytes::from(now.to_string())).await?;
+        self.put(&layout::upload_started(name, &id), Bytes::from(unix_now().to_string())).await?;
         self.put(&layout::upload_data(name, &id), Bytes::new()).await?;
         let session = self.sessions.get(&id);
         session.lock().await.state = Some((0, algorithm.unwrap_or(Algorithm::Sha256).hasher()));
@@ -138,6 +138,30 @@ impl Store {
         self.put(&layout::layer_link(name, expected), Bytes::new()).await?;
         self.upload_cancel_locked(name, id).await?;
         Ok(size)
+    }
+
+    /// Removes sessions started more than `max_age` ago: clients that
+    /// vanished mid-push would otherwise hold their bytes forever.
+    /// Returns how many were removed.
+    pub async fn purge_stale_uploads(&self, max_age: std::time::Duration) -> Result<usize, StorageError> {
+        let now = unix_now();
+        let mut purged = 0;
+        for repo in self.repositories_with_uploads().await? {
+            let Ok(name) = repo.parse::<Name>() else { continue };
+            for id in self.list(&format!("{}/_uploads", layout::repository(&name))).await? {
+                let started = self
+                    .get(&layout::upload_started(&name, &id))
+                    .await?
+                    .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.trim().parse::<u64>().ok()));
+                // A session with no start time is a crash between its two writes: stale too.
+                if started.is_none_or(|t| now.saturating_sub(t) > max_age.as_secs()) {
+                    self.delete(&layout::upload_dir(&name, &id)).await?;
+                    self.sessions.forget(&id);
+                    purged += 1;
+                }
+            }
+        }
+        Ok(purged)
     }
 
     /// Abandons a session and its data.
