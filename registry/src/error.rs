@@ -149,6 +149,7 @@ impl IntoResponse for Error {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The registry API driven in process, on a real filesystem store: the
 //! behaviours a client relies on and the bad input it must refuse cleanly.
 //! (The conformance suite and real clients run against the binary in e2e.)

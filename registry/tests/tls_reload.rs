@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! A rotated certificate is picked up without a restart: new connections
 //! get the new certificate, and a connection opened before keeps working.
 

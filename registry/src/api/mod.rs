@@ -248,6 +248,7 @@ fn paginate(items: Vec<String>, q: &Query, base: &str) -> Result<(Vec<String>, O
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

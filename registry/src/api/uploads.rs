@@ -59,7 +59,7 @@ pub async fn status(store: &Store, name: &Name, id: &str) -> Result<Response> {
 
 pub async fn patch(store: &Store, name: &Name, id: &str, ctx: &Ctx, body: Body) -> Result<Response> {
     check_id(id)?;
-    let (start, declared) = chunk_bounds(&ctx)?;
+    let (start, declared) = chunk_bounds(ctx)?;
     let body = Ctx::body_stream(body);
     let size = store
         .upload_append(name, id, start, declared, body)
@@ -75,7 +75,7 @@ pub async fn put(store: &Store, name: &Name, id: &str, ctx: &Ctx, body: Body) ->
         .get("digest")
         .ok_or_else(|| Error::new(Code::DigestInvalid, "finishing an upload needs ?digest=<algorithm>:<hex> of the whole blob"))?
         .parse()?;
-    let (start, declared) = chunk_bounds(&ctx)?;
+    let (start, declared) = chunk_bounds(ctx)?;
     if let Some(start) = start {
         let size = store.upload_size(name, id).await.map_err(|e| upload_error(e, name, id))?;
         if start != size {

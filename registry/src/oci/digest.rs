@@ -174,6 +174,7 @@ impl<'de> serde::Deserialize<'de> for Digest {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

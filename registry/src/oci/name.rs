@@ -151,6 +151,7 @@ impl fmt::Display for Reference {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

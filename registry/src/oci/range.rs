@@ -60,6 +60,7 @@ pub fn parse_content_range(value: &str) -> Option<RangeInclusive<u64>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

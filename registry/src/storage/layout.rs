@@ -75,6 +75,7 @@ pub fn upload_started(name: &Name, id: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

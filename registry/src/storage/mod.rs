@@ -196,11 +196,10 @@ impl Store {
             }
         }
         self.delete(&layout::manifest_revision(name, digest)).await?;
-        if let Ok(parsed) = manifest::parse(&m.body, Some(&m.media_type)) {
-            if let Some(subject) = parsed.subject {
+        if let Ok(parsed) = manifest::parse(&m.body, Some(&m.media_type))
+            && let Some(subject) = parsed.subject {
                 self.delete(&layout::referrer(name, &subject.digest, digest)).await?;
             }
-        }
         Ok(true)
     }
 

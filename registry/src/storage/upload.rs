@@ -97,11 +97,10 @@ impl Store {
         let session = self.sessions.get(id);
         let mut cache = session.lock().await;
         let size = self.upload_size(name, id).await?;
-        if let Some(got) = start {
-            if got != size {
+        if let Some(got) = start
+            && got != size {
                 return Err(UploadError::OutOfOrder { size, got });
             }
-        }
         self.append_locked(&mut cache, name, id, size, declared, body).await
     }
 
@@ -215,7 +214,7 @@ impl Store {
             }
             hasher.update(&chunk);
         };
-        let failure = failure.or_else(|| match declared {
+        let failure = failure.or(match declared {
             Some(want) if want != received => Some(UploadError::SizeMismatch { want, got: received }),
             _ => None,
         });
