@@ -305,7 +305,8 @@ async fn manifests_refuse_bad_bodies_and_leave_the_old_tag_in_place() {
     let r = reg.put_manifest("x", "v1", &missing).await;
     assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"));
 
-    let huge = format!("{}{}\"}}", &good[..good.len() - 1], format!(",\"annotations\":{{\"x\":\"{}", "a".repeat(5 << 20)));
+    let padding = "a".repeat(5 << 20);
+    let huge = format!("{},\"annotations\":{{\"x\":\"{padding}\"}}}}", &good[..good.len() - 1]);
     let r = reg.put_manifest("x", "v1", &huge).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
 
