@@ -5,10 +5,15 @@
 //! and the status computation) are kept apart from the parts that talk to the
 //! cluster, so most behaviour is tested without one.
 
+pub mod apply;
+pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod desired;
 pub mod fixtures;
+pub mod http;
+pub mod leader;
+pub mod metrics;
 pub mod names;
 pub mod pki;
 pub mod status;

@@ -112,6 +112,34 @@ impl Names {
             .unwrap_or_else(|| self.service_fqdn())
     }
 
+    /// The Secret the registry serves from: the user's in Secret mode, the
+    /// operator's `<name>-tls` otherwise (SelfSigned, or cert-manager writing
+    /// into it).
+    pub fn serving_secret(&self, spec: &RegistrySpec) -> String {
+        match (&spec.tls.mode, &spec.tls.secret_name) {
+            (crate::crd::TlsMode::Secret, Some(user)) => user.clone(),
+            _ => self.tls_secret(),
+        }
+    }
+
+    /// Every name the serving certificate must carry, without repeats: the
+    /// Service's DNS forms, its ClusterIP (what nodes dial), the node host
+    /// name, the ingress host and the spec's extra names.
+    pub fn certificate_names(&self, spec: &RegistrySpec, cluster_ip: Option<&str>) -> Vec<String> {
+        let mut names = self.service_dns_names();
+        names.extend(
+            cluster_ip
+                .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+                .map(str::to_owned),
+        );
+        names.push(self.node_host(spec));
+        names.extend(spec.ingress.as_ref().map(|i| i.host.clone()));
+        names.extend(spec.tls.extra_names.iter().cloned());
+        let mut seen = std::collections::BTreeSet::new();
+        names.retain(|n| seen.insert(n.to_ascii_lowercase()));
+        names
+    }
+
     /// Where clients reach the registry, as `host` or `host:port` (no scheme),
     /// the form an image reference starts with.
     pub fn endpoints(&self, spec: &RegistrySpec) -> crate::crd::Endpoints {
@@ -187,6 +215,47 @@ mod tests {
         );
         assert_eq!(endpoints.node.as_deref(), Some("hub.berth.internal:5000"));
         assert_eq!(endpoints.external.as_deref(), Some("registry.example.com"));
+    }
+
+    #[test]
+    fn the_certificate_names_every_way_in_once() {
+        let mut spec = RegistrySpec::default();
+        spec.node_trust.host_name = Some("hub.berth.internal".into());
+        spec.ingress = Some(IngressSpec {
+            host: "registry.example.com".into(),
+            class_name: None,
+            annotations: Default::default(),
+        });
+        spec.tls.extra_names = vec!["hub.team".into(), "192.0.2.7".into()];
+        assert_eq!(
+            names().certificate_names(&spec, Some("10.96.0.42")),
+            [
+                "hub",
+                "hub.team",
+                "hub.team.svc",
+                "hub.team.svc.cluster.local",
+                "10.96.0.42",
+                "hub.berth.internal",
+                "registry.example.com",
+                "192.0.2.7"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_headless_or_unassigned_cluster_ip_is_left_out() {
+        let spec = RegistrySpec::default();
+        assert_eq!(names().certificate_names(&spec, Some("None")).len(), 4);
+        assert_eq!(names().certificate_names(&spec, None).len(), 4);
+    }
+
+    #[test]
+    fn secret_mode_serves_from_the_users_secret() {
+        let mut spec = RegistrySpec::default();
+        assert_eq!(names().serving_secret(&spec), "hub-tls");
+        spec.tls.mode = crate::crd::TlsMode::Secret;
+        spec.tls.secret_name = Some("corp-cert".into());
+        assert_eq!(names().serving_secret(&spec), "corp-cert");
     }
 
     #[test]

@@ -153,7 +153,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                         Volume {
                             name: "tls".into(),
                             secret: Some(SecretVolumeSource {
-                                secret_name: Some(names.tls_secret()),
+                                secret_name: Some(names.serving_secret(spec)),
                                 default_mode: Some(0o440),
                                 ..SecretVolumeSource::default()
                             }),

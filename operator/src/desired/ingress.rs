@@ -34,7 +34,7 @@ pub fn ingress(registry: &Registry, names: &Names) -> Option<Ingress> {
             ingress_class_name: wanted.class_name.clone(),
             tls: Some(vec![IngressTLS {
                 hosts: Some(vec![wanted.host.clone()]),
-                secret_name: Some(names.tls_secret()),
+                secret_name: Some(names.serving_secret(&registry.spec)),
             }]),
             rules: Some(vec![IngressRule {
                 host: Some(wanted.host.clone()),

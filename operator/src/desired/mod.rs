@@ -8,6 +8,7 @@
 //! changes nothing.
 
 pub mod ca_bundle;
+pub mod certificate;
 pub mod deployment;
 pub mod ingress;
 pub mod labels;

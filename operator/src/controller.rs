@@ -1,0 +1,726 @@
+//! The Registry controller: watches, `reconcile` and the error policy.
+//!
+//! A reconcile observes what it needs, builds the desired children with the
+//! pure builders in [`crate::desired`], applies them with [`crate::apply`],
+//! and writes the status computed by [`crate::status`] only when it changed.
+//! Every child is watched, so a deleted or hand-edited child brings its
+//! Registry back here and is put back as it should be.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::Api;
+use kube::core::GroupVersionKind;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use crate::apply;
+use crate::crd::{Registry, TlsMode};
+use crate::desired::{self, ca_bundle, labels, tls};
+use crate::metrics::Metrics;
+use crate::names::Names;
+use crate::pki::{self, CertPolicy, KeyedCert, PkiError, Verdict};
+use crate::status::{self, CertState, NodeTrustState, Observed, StorageState, WorkloadState};
+
+/// With nothing else to wake it, a Registry is looked at again after this
+/// long (or at its certificate's renewal time, if sooner): it catches
+/// changes to objects the operator does not watch, such as a user's TLS
+/// Secret.
+pub const RESYNC: Duration = Duration::from_secs(3600);
+
+/// Operator-wide settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub cluster_domain: String,
+    /// The registry image for Registries that name none.
+    pub default_image: String,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per Registry (`namespace/name`), for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: apply::FIELD_MANAGER.into(),
+                instance: None,
+            },
+        );
+        Self {
+            client,
+            config,
+            recorder,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn record_failure(&self, key: &str) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(key.to_owned()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn clear_failures(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the Registry has no name or namespace")]
+    MissingMetadata,
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+impl Error {
+    /// A short, stable name for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::MissingMetadata => "MissingMetadata",
+            Self::Kube { .. } => "Kube",
+            Self::Pki(_) => "Pki",
+        }
+    }
+}
+
+fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}
+
+/// How long to wait before retrying after `failures` consecutive failures:
+/// 5 s doubling to at most 5 minutes, so a transient error is retried soon
+/// and a persistent one does not hammer the apiserver.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_secs(5 * (1 << exp)).min(Duration::from_secs(300))
+}
+
+fn key(registry: &Registry) -> String {
+    format!(
+        "{}/{}",
+        registry.namespace().unwrap_or_default(),
+        registry.name_any()
+    )
+}
+
+pub fn error_policy(registry: Arc<Registry>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.record_failure(&key(&registry));
+    ctx.metrics.failed(error.kind());
+    let delay = backoff(failures);
+    tracing::warn!(registry = %key(&registry), error = %error, failures, retry_in = ?delay, "reconcile failed");
+    let note = error.to_string();
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        publish(
+            &ctx,
+            &registry,
+            EventType::Warning,
+            "ReconcileFailed",
+            "Reconcile",
+            note,
+        )
+        .await;
+    });
+    Action::requeue(delay)
+}
+
+async fn publish(
+    ctx: &Context,
+    registry: &Registry,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &registry.object_ref(&()))
+        .await
+    {
+        tracing::warn!(error = %e, reason, "publishing an event failed");
+    }
+}
+
+pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&registry, &ctx).await;
+    ctx.metrics.reconciled(started.elapsed());
+    if result.is_ok() {
+        ctx.clear_failures(&key(&registry));
+    }
+    result
+}
+
+async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, Error> {
+    let names = Names::of(registry, &ctx.config.cluster_domain).ok_or(Error::MissingMetadata)?;
+    let client = &ctx.client;
+    let spec = &registry.spec;
+    let now = Timestamp::now();
+    let unsupported = desired::unsupported(spec);
+    tracing::debug!(registry = %key(registry), "reconciling");
+
+    let storage = match desired::pvc::data_claim(registry, &names) {
+        Some(claim) => claim_state(
+            &apply::apply(client, &claim)
+                .await
+                .map_err(kube_err("applying the data claim"))?,
+        ),
+        None => StorageState::Unsupported(
+            unsupported
+                .as_ref()
+                .filter(|u| u.storage)
+                .map(|u| u.message.clone())
+                .unwrap_or_default(),
+        ),
+    };
+
+    let service = apply::apply(client, &desired::service::service(registry, &names))
+        .await
+        .map_err(kube_err("applying the Service"))?;
+    let cluster_ip = service.spec.and_then(|s| s.cluster_ip);
+    let cert_names = names.certificate_names(spec, cluster_ip.as_deref());
+
+    let (certificate, renew_at) = match spec.tls.mode {
+        TlsMode::SelfSigned => self_signed(ctx, registry, &names, &cert_names, now).await?,
+        TlsMode::Secret => user_secret(ctx, registry, &names, &cert_names).await?,
+        TlsMode::CertManager => cert_manager(ctx, registry, &names, &cert_names).await?,
+    };
+
+    let workload = if unsupported.is_some() {
+        apply::delete_owned::<Deployment>(client, registry, &names.namespace, &names.deployment())
+            .await
+            .map_err(kube_err("removing the Deployment of an unsupported spec"))?;
+        WorkloadState::NotRun
+    } else {
+        let deployment =
+            desired::deployment::deployment(registry, &names, &ctx.config.default_image);
+        workload_state(
+            &apply::apply(client, &deployment)
+                .await
+                .map_err(kube_err("applying the Deployment"))?,
+            spec.replicas,
+        )
+    };
+
+    match desired::ingress::ingress(registry, &names) {
+        Some(ingress) => {
+            apply::apply(client, &ingress)
+                .await
+                .map_err(kube_err("applying the Ingress"))?;
+        }
+        None => {
+            apply::delete_owned::<Ingress>(client, registry, &names.namespace, &names.ingress())
+                .await
+                .map_err(kube_err("removing the Ingress"))?;
+        }
+    }
+
+    // The node agent (see the node trust design) reports per node; until it
+    // exists nothing is counted.
+    let node_trust = if spec.node_trust.enabled {
+        NodeTrustState::NotReported
+    } else {
+        NodeTrustState::Disabled
+    };
+
+    let observed = Observed {
+        generation: registry.metadata.generation,
+        certificate,
+        storage,
+        workload,
+        node_trust,
+        unsupported,
+        endpoints: names.endpoints(spec),
+    };
+    let new_status = status::status(&observed, registry.status.as_ref(), now);
+    if registry.status.as_ref() != Some(&new_status) {
+        let was_ready = registry.status.as_ref().is_some_and(status::is_ready);
+        apply::apply_status(client, registry, &new_status)
+            .await
+            .map_err(kube_err("writing the status"))?;
+        if status::is_ready(&new_status) && !was_ready {
+            let endpoint = observed.endpoints.node.clone().unwrap_or_default();
+            publish(
+                ctx,
+                registry,
+                EventType::Normal,
+                "Ready",
+                "Reconcile",
+                format!("serving at {endpoint}"),
+            )
+            .await;
+        }
+    }
+
+    let requeue = renew_at.map_or(RESYNC, |at| pki::until(now, at).min(RESYNC));
+    Ok(Action::requeue(requeue))
+}
+
+fn claim_state(claim: &PersistentVolumeClaim) -> StorageState {
+    match claim.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Bound") => StorageState::Bound,
+        Some("Lost") => StorageState::Lost,
+        Some(phase) => StorageState::Pending(format!("claim phase {phase}")),
+        None => StorageState::Pending("the claim has no phase yet".into()),
+    }
+}
+
+fn workload_state(deployment: &Deployment, wanted: i32) -> WorkloadState {
+    if wanted == 0 {
+        return WorkloadState::ScaledToZero;
+    }
+    let status = deployment.status.clone().unwrap_or_default();
+    // Only pods of the current template count, once the Deployment
+    // controller has seen the current generation.
+    let current = status.observed_generation >= deployment.metadata.generation;
+    let ready = if current {
+        status
+            .updated_replicas
+            .unwrap_or(0)
+            .min(status.available_replicas.unwrap_or(0))
+    } else {
+        0
+    };
+    WorkloadState::Running { ready, wanted }
+}
+
+type CertOutcome = (CertState, Option<Timestamp>);
+
+/// SelfSigned: keep (or make) the CA, publish the trust bundle, keep (or
+/// issue) the serving certificate. Renewal is due at the returned time.
+async fn self_signed(
+    ctx: &Context,
+    registry: &Registry,
+    names: &Names,
+    cert_names: &[String],
+    now: Timestamp,
+) -> Result<CertOutcome, Error> {
+    let client = &ctx.client;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &names.namespace);
+    let policy = CertPolicy::from_tls(&registry.spec.tls)?;
+
+    let stored_ca = secrets
+        .get_opt(&names.ca_secret())
+        .await
+        .map_err(kube_err("reading the CA Secret"))?;
+    let stored_ca = stored_ca.as_ref().and_then(tls::keyed_cert);
+    let ca = match stored_ca {
+        Some(ca) if pki::ca_is_usable(&ca, now) => ca,
+        previous => {
+            let ca = pki::issue_ca(&format!("berth {}/{} CA", names.namespace, names.name), now)?;
+            let (reason, note) = match previous {
+                Some(_) => (
+                    "CARotated",
+                    "the CA was unusable or close to expiry; a new CA was made",
+                ),
+                None => ("CAIssued", "made this Registry's CA"),
+            };
+            apply::apply(client, &tls::ca_secret(registry, names, &ca))
+                .await
+                .map_err(kube_err("storing the CA"))?;
+            publish(
+                ctx,
+                registry,
+                EventType::Normal,
+                reason,
+                "IssueCA",
+                note.into(),
+            )
+            .await;
+            ca
+        }
+    };
+    let ca_info = pki::parse_cert(&ca.cert_pem, "the CA")?;
+
+    let previous_bundle = config_maps
+        .get_opt(&names.ca_config_map())
+        .await
+        .map_err(kube_err("reading the CA bundle"))?;
+    let bundle = pki::trust_bundle(
+        &ca.cert_pem,
+        previous_bundle.as_ref().and_then(ca_bundle::bundle_of),
+        now,
+    );
+    apply::apply(
+        client,
+        &ca_bundle::ca_bundle(registry, names, &bundle, &ca_info.fingerprint),
+    )
+    .await
+    .map_err(kube_err("applying the CA bundle"))?;
+
+    let existing = secrets
+        .get_opt(&names.tls_secret())
+        .await
+        .map_err(kube_err("reading the TLS Secret"))?;
+    let existing = existing.as_ref().and_then(tls::keyed_cert);
+    let pair = existing
+        .as_ref()
+        .map(|k| (k.cert_pem.as_str(), k.key_pem.as_str()));
+    let serving = match (
+        pki::serving_verdict(pair, &ca.cert_pem, cert_names, policy, now),
+        existing,
+    ) {
+        (Verdict::Keep { .. }, Some(existing)) => existing,
+        (verdict, _) => {
+            let issued = pki::issue_serving(&ca, cert_names, now, policy.validity)?;
+            let why = match verdict {
+                Verdict::Reissue(reason) => reason.to_string(),
+                Verdict::Keep { .. } => "no serving certificate yet".to_owned(),
+            };
+            publish(
+                ctx,
+                registry,
+                EventType::Normal,
+                "CertificateIssued",
+                "IssueCertificate",
+                format!("issued the serving certificate: {why}"),
+            )
+            .await;
+            issued
+        }
+    };
+    apply::apply(
+        client,
+        &tls::serving_secret(registry, names, &serving, &bundle),
+    )
+    .await
+    .map_err(kube_err("applying the TLS Secret"))?;
+
+    let info = pki::parse_cert(&serving.cert_pem, "the serving certificate")?;
+    let renew_at = info.renewal_time(policy.renew_before);
+    let state = CertState::Issued {
+        not_after: info.not_after,
+        renewal_time: renew_at,
+        ca_fingerprint: ca_info.fingerprint,
+    };
+    Ok((state, Some(renew_at)))
+}
+
+/// Secret mode: the user's kubernetes.io/tls Secret is served as it is; the
+/// operator only reads it, publishes its CA and reports its expiry.
+async fn user_secret(
+    ctx: &Context,
+    registry: &Registry,
+    names: &Names,
+    cert_names: &[String],
+) -> Result<CertOutcome, Error> {
+    let secret_name = names.serving_secret(&registry.spec);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let Some(secret) = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(kube_err("reading the user's TLS Secret"))?
+    else {
+        let message = format!(
+            "Secret {}/{secret_name} (tls.secretName) does not exist yet",
+            names.namespace
+        );
+        return Ok((
+            CertState::Pending {
+                reason: "SecretNotFound",
+                message,
+            },
+            None,
+        ));
+    };
+    observe_served_secret(ctx, registry, names, &secret, cert_names, "SecretInvalid").await
+}
+
+/// CertManager mode: apply a cert-manager Certificate that writes
+/// `<name>-tls`, once cert-manager is installed.
+async fn cert_manager(
+    ctx: &Context,
+    registry: &Registry,
+    names: &Names,
+    cert_names: &[String],
+) -> Result<CertOutcome, Error> {
+    let gvk = GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate");
+    if kube::discovery::pinned_kind(&ctx.client, &gvk)
+        .await
+        .is_err()
+    {
+        let message = "cert-manager's Certificate API (cert-manager.io/v1) is not installed: install cert-manager, or use tls.mode SelfSigned".to_owned();
+        return Ok((
+            CertState::Pending {
+                reason: "CertManagerNotInstalled",
+                message,
+            },
+            None,
+        ));
+    }
+    if let Some(certificate) = desired::certificate::certificate(registry, names, cert_names) {
+        apply::apply_dynamic(
+            &ctx.client,
+            &desired::certificate::api_resource(),
+            &certificate,
+        )
+        .await
+        .map_err(kube_err("applying the cert-manager Certificate"))?;
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let Some(secret) = secrets
+        .get_opt(&names.tls_secret())
+        .await
+        .map_err(kube_err("reading the TLS Secret"))?
+    else {
+        let message = format!(
+            "waiting for cert-manager to issue {}/{}",
+            names.namespace,
+            names.tls_secret()
+        );
+        return Ok((
+            CertState::Pending {
+                reason: "AwaitingCertManager",
+                message,
+            },
+            None,
+        ));
+    };
+    observe_served_secret(
+        ctx,
+        registry,
+        names,
+        &secret,
+        cert_names,
+        "CertificateInvalid",
+    )
+    .await
+}
+
+/// For a Secret the operator does not write: check it, publish the CA that
+/// nodes should trust (its `ca.crt`, else the last certificate of its
+/// chain) and report its expiry.
+async fn observe_served_secret(
+    ctx: &Context,
+    registry: &Registry,
+    names: &Names,
+    secret: &Secret,
+    cert_names: &[String],
+    invalid_reason: &'static str,
+) -> Result<CertOutcome, Error> {
+    let failed = |message: String| {
+        Ok((
+            CertState::Failed {
+                reason: invalid_reason,
+                message,
+            },
+            None,
+        ))
+    };
+    let Some(KeyedCert { cert_pem, .. }) = tls::keyed_cert(secret) else {
+        return failed(format!(
+            "Secret {} has no tls.crt and tls.key",
+            secret.name_any()
+        ));
+    };
+    let chain = match pki::parse_bundle(&cert_pem, "tls.crt") {
+        Ok(chain) => chain,
+        Err(e) => return failed(e.to_string()),
+    };
+    let leaf = &chain[0];
+    let missing: Vec<&String> = cert_names.iter().filter(|n| !leaf.covers(n)).collect();
+    if !missing.is_empty() {
+        let list = missing
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return failed(format!(
+            "the certificate in {} does not name {list}",
+            secret.name_any()
+        ));
+    }
+    let ca_pem = tls::ca_of(secret).unwrap_or_else(|| last_certificate(&cert_pem));
+    let ca_fingerprint = match pki::parse_cert(&ca_pem, "ca.crt") {
+        Ok(ca) => ca.fingerprint,
+        Err(e) => return failed(e.to_string()),
+    };
+    apply::apply(
+        &ctx.client,
+        &ca_bundle::ca_bundle(registry, names, &ca_pem, &ca_fingerprint),
+    )
+    .await
+    .map_err(kube_err("applying the CA bundle"))?;
+    let renew_before = CertPolicy::from_tls(&registry.spec.tls)
+        .map(|p| p.renew_before)
+        .unwrap_or_default();
+    let state = CertState::Issued {
+        not_after: leaf.not_after,
+        renewal_time: leaf.renewal_time(renew_before),
+        ca_fingerprint,
+    };
+    Ok((state, None))
+}
+
+/// The last PEM certificate of a chain (its root or top intermediate).
+fn last_certificate(chain_pem: &str) -> String {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    chain_pem
+        .rfind(BEGIN)
+        .map(|start| chain_pem[start..].trim().to_owned() + "\n")
+        .unwrap_or_default()
+}
+
+/// Map a labelled child back to its Registry: what `.owns()` does through
+/// owner references, for children that have none (a retained data volume,
+/// a Secret written by cert-manager).
+fn by_label<K: Resource>(child: K) -> Option<ObjectRef<Registry>> {
+    let name = child.labels().get(labels::REGISTRY_LABEL)?.clone();
+    Some(ObjectRef::new(&name).within(&child.namespace()?))
+}
+
+/// Run the controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let children = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={}",
+        labels::MANAGED_BY
+    ));
+    Controller::new(
+        Api::<Registry>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(Api::<Deployment>::all(client.clone()), children.clone())
+    .owns(Api::<Service>::all(client.clone()), children.clone())
+    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
+    .owns(Api::<Ingress>::all(client.clone()), children.clone())
+    // Secrets and claims by label: the owned ones and the unowned ones alike.
+    .watches(
+        Api::<Secret>::all(client.clone()),
+        children.clone(),
+        by_label,
+    )
+    .watches(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        children,
+        by_label,
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((object, _)) => tracing::debug!(registry = %object, "reconciled"),
+            Err(e) => tracing::debug!(error = %e, "controller event"),
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::DeploymentStatus;
+    use k8s_openapi::api::core::v1::PersistentVolumeClaimStatus;
+
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_five_seconds_up_to_five_minutes() {
+        let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn a_bound_claim_is_ready_storage() {
+        let mut claim = PersistentVolumeClaim::default();
+        assert_eq!(
+            claim_state(&claim),
+            StorageState::Pending("the claim has no phase yet".into())
+        );
+        claim.status = Some(PersistentVolumeClaimStatus {
+            phase: Some("Bound".into()),
+            ..Default::default()
+        });
+        assert_eq!(claim_state(&claim), StorageState::Bound);
+    }
+
+    #[test]
+    fn pods_of_an_old_generation_do_not_count_as_ready() {
+        let mut deployment = Deployment::default();
+        deployment.metadata.generation = Some(2);
+        deployment.status = Some(DeploymentStatus {
+            observed_generation: Some(1),
+            updated_replicas: Some(1),
+            available_replicas: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(
+            workload_state(&deployment, 1),
+            WorkloadState::Running {
+                ready: 0,
+                wanted: 1
+            }
+        );
+        deployment
+            .status
+            .as_mut()
+            .expect("status")
+            .observed_generation = Some(2);
+        assert_eq!(
+            workload_state(&deployment, 1),
+            WorkloadState::Running {
+                ready: 1,
+                wanted: 1
+            }
+        );
+        assert_eq!(workload_state(&deployment, 0), WorkloadState::ScaledToZero);
+    }
+
+    #[test]
+    fn children_map_back_to_their_registry_by_label() {
+        let mut claim = PersistentVolumeClaim::default();
+        claim.metadata.namespace = Some("team".into());
+        claim.metadata.labels =
+            Some([(labels::REGISTRY_LABEL.to_owned(), "hub".to_owned())].into());
+        assert_eq!(by_label(claim), Some(ObjectRef::new("hub").within("team")));
+        assert_eq!(by_label(PersistentVolumeClaim::default()), None);
+    }
+
+    #[test]
+    fn the_last_certificate_of_a_chain_is_its_top() {
+        let chain = "-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            last_certificate(chain),
+            "-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n"
+        );
+    }
+}
