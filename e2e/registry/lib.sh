@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # e2e/registry/lib.sh — shared helpers for the registry test scripts.
 #
 # Sourced (not run) by e2e/registry/conformance and e2e/registry/clients.
@@ -7,6 +8,7 @@
 #   distribution  CNCF Distribution v3 (`registry serve CONFIG`), the baseline
 # Everything listens on 127.0.0.1 only.
 
+# shellcheck disable=SC2034 # used by the scripts that source this file
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BERTH_CACHE="${BERTH_CACHE:-$HOME/.cache/berth}"
 export PATH="$BERTH_CACHE/bin:$PATH"
