@@ -301,13 +301,13 @@ pub struct Tls {
     /// Lifetime of the serving certificate (Go duration, e.g. `2160h`).
     #[serde(default = "default_duration")]
     #[schemars(regex(pattern = GO_DURATION), length(max = 32))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("tls.duration must be at least 1h"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('2m')").message("tls.duration must be at least 2m (short lifetimes are for testing rotation; production certificates usually last weeks)"))]
     pub duration: String,
 
     /// How long before `notAfter` the certificate is renewed (Go duration).
     #[serde(default = "default_renew_before")]
     #[schemars(regex(pattern = GO_DURATION), length(max = 32))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('5m')").message("tls.renewBefore must be at least 5m"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('30s')").message("tls.renewBefore must be at least 30s, so the new certificate reaches the registry before the old one expires"))]
     pub renew_before: String,
 
     /// For mode `Secret`: a kubernetes.io/tls Secret in the Registry's

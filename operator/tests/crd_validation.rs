@@ -157,10 +157,10 @@ fn a_default_renew_before_longer_than_a_short_duration_is_refused() {
 }
 
 #[test]
-fn a_certificate_shorter_than_an_hour_is_refused() {
+fn a_certificate_shorter_than_two_minutes_is_refused() {
     assert_refused(
-        json!({"tls": {"duration": "30m", "renewBefore": "10m"}}),
-        "at least 1h",
+        json!({"tls": {"duration": "90s", "renewBefore": "30s"}}),
+        "at least 2m",
     );
 }
 
