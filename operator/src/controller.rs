@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -25,12 +26,14 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
 use crate::apply;
-use crate::crd::{Registry, TlsMode};
+use crate::crd::{NodeTrustStatus, Registry, TlsMode};
 use crate::desired::{self, ca_bundle, labels, tls};
 use crate::metrics::Metrics;
-use crate::names::Names;
+use crate::names::{self, Names};
+use crate::node_agent::report;
 use crate::pki::{self, CertPolicy, KeyedCert, PkiError, Verdict};
 use crate::status::{self, CertState, NodeTrustState, Observed, StorageState, WorkloadState};
+use crate::trust::{self, Reports, Signer};
 
 /// With nothing else to wake it, a Registry is looked at again after this
 /// long (or at its certificate's renewal time, if sooner): it catches
@@ -44,6 +47,19 @@ pub struct Config {
     pub cluster_domain: String,
     /// The registry image for Registries that name none.
     pub default_image: String,
+    /// Where the node agents report; `None`: reports are not read, and
+    /// NodeTrustReady stays AwaitingNodeAgents.
+    pub node_agent: Option<NodeAgentRef>,
+}
+
+/// The node agents' report Leases, and their DaemonSet.
+#[derive(Clone, Debug)]
+pub struct NodeAgentRef {
+    /// The namespace of the report Leases (and the DaemonSet).
+    pub namespace: String,
+    /// The agent DaemonSet, whose `desiredNumberScheduled` says how many
+    /// agents should report; `None`: count the reports only.
+    pub daemonset: Option<String>,
 }
 
 /// What every reconcile shares.
@@ -219,8 +235,28 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
     let cluster_ip = service.spec.and_then(|s| s.cluster_ip);
     let cert_names = names.certificate_names(spec, cluster_ip.as_deref());
 
-    let (certificate, renew_at) = match spec.tls.mode {
-        TlsMode::SelfSigned => self_signed(ctx, registry, &names, &cert_names, now).await?,
+    let reports = if spec.node_trust.enabled {
+        observe_reports(ctx).await?
+    } else {
+        Reports::default()
+    };
+    let node_trust_of = |fingerprint: Option<&str>| {
+        if spec.node_trust.enabled {
+            let uid = registry.uid().unwrap_or_default();
+            trust::count(&reports, &key(registry), &uid, fingerprint)
+        } else {
+            NodeTrustState::Disabled
+        }
+    };
+
+    let CertOutcome {
+        state: certificate,
+        renew_at,
+        bundle,
+    } = match spec.tls.mode {
+        TlsMode::SelfSigned => {
+            self_signed(ctx, registry, &names, &cert_names, &node_trust_of, now).await?
+        }
         TlsMode::Secret => user_secret(ctx, registry, &names, &cert_names).await?,
         TlsMode::CertManager => cert_manager(ctx, registry, &names, &cert_names).await?,
     };
@@ -254,12 +290,22 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         }
     }
 
-    // The node agent (see the node trust design) reports per node; until it
-    // exists nothing is counted.
-    let node_trust = if spec.node_trust.enabled {
-        NodeTrustState::NotReported
-    } else {
-        NodeTrustState::Disabled
+    // What every selected node's agent installs, and how many have.
+    let fingerprint = match &certificate {
+        CertState::Issued { ca_fingerprint, .. } => Some(ca_fingerprint.as_str()),
+        _ => None,
+    };
+    let node_trust = node_trust_of(fingerprint);
+    let upstream = cluster_ip
+        .as_deref()
+        .and_then(|ip| names::upstream(ip, spec.service.port));
+    let node_trust_publish = match (spec.node_trust.enabled, upstream, bundle) {
+        (true, Some(upstream), Some(ca_bundle)) => Some(NodeTrustStatus {
+            hosts: names.node_trust_hosts(spec),
+            upstream,
+            ca_bundle,
+        }),
+        _ => None,
     };
 
     let observed = Observed {
@@ -268,6 +314,7 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         storage,
         workload,
         node_trust,
+        node_trust_publish,
         unsupported,
         endpoints: names.endpoints(spec),
     };
@@ -323,15 +370,72 @@ fn workload_state(deployment: &Deployment, wanted: i32) -> WorkloadState {
     WorkloadState::Running { ready, wanted }
 }
 
-type CertOutcome = (CertState, Option<Timestamp>);
+/// The serving certificate's state, when to look at it again, and the CA
+/// bundle nodes should trust (when known).
+struct CertOutcome {
+    state: CertState,
+    renew_at: Option<Timestamp>,
+    bundle: Option<String>,
+}
+
+impl CertOutcome {
+    fn waiting(state: CertState) -> Self {
+        Self {
+            state,
+            renew_at: None,
+            bundle: None,
+        }
+    }
+}
+
+/// The node agents' reports and how many agents there should be.
+async fn observe_reports(ctx: &Context) -> Result<Reports, Error> {
+    let Some(agent) = &ctx.config.node_agent else {
+        return Ok(Reports::default());
+    };
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &agent.namespace);
+    let listed = leases
+        .list(&ListParams::default().labels(&format!("{}=true", report::REPORT_LABEL)))
+        .await
+        .map_err(kube_err("listing the node agents' report Leases"))?;
+    let nodes = listed.items.iter().filter_map(report::parse).collect();
+    let mut reports = Reports {
+        nodes,
+        scheduled: None,
+        agent_missing: None,
+    };
+    if let Some(name) = &agent.daemonset {
+        let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &agent.namespace);
+        match daemonsets
+            .get_opt(name)
+            .await
+            .map_err(kube_err("reading the node agent DaemonSet"))?
+        {
+            Some(ds) => reports.scheduled = ds.status.map(|s| s.desired_number_scheduled),
+            None => {
+                reports.agent_missing = Some(format!(
+                    "the node agent DaemonSet {}/{name} does not exist: install the chart with nodeAgent.enabled=true",
+                    agent.namespace
+                ));
+            }
+        }
+    }
+    Ok(reports)
+}
 
 /// SelfSigned: keep (or make) the CA, publish the trust bundle, keep (or
 /// issue) the serving certificate. Renewal is due at the returned time.
+///
+/// A CA close to expiry is replaced, and the old one kept in the CA Secret
+/// as `previous`: both are published, and the serving certificate stays
+/// one from the previous CA until `node_trust_of` the new CA says every
+/// selected node trusts it ([`trust::signer`]).
 async fn self_signed(
     ctx: &Context,
     registry: &Registry,
     names: &Names,
     cert_names: &[String],
+    node_trust_of: &(dyn Fn(Option<&str>) -> NodeTrustState + Sync),
     now: Timestamp,
 ) -> Result<CertOutcome, Error> {
     let client = &ctx.client;
@@ -339,25 +443,25 @@ async fn self_signed(
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &names.namespace);
     let policy = CertPolicy::from_tls(&registry.spec.tls)?;
 
-    let stored_ca = secrets
+    let stored = secrets
         .get_opt(&names.ca_secret())
         .await
         .map_err(kube_err("reading the CA Secret"))?;
-    let stored_ca = stored_ca.as_ref().and_then(tls::keyed_cert);
-    let ca = match stored_ca {
-        Some(ca) if pki::ca_is_usable(&ca, now) => ca,
-        previous => {
+    let stored_ca = stored.as_ref().and_then(tls::keyed_cert);
+    let stored_previous = stored.as_ref().and_then(tls::previous_ca);
+    let (ca, previous) = match stored_ca {
+        Some(ca) if pki::ca_is_usable(&ca, now) => {
+            (ca, stored_previous.filter(|p| pki::can_sign(p, now)))
+        }
+        old => {
             let ca = pki::issue_ca(&format!("berth {}/{} CA", names.namespace, names.name), now)?;
-            let (reason, note) = match previous {
+            let (reason, note) = match old {
                 Some(_) => (
                     "CARotated",
-                    "the CA was unusable or close to expiry; a new CA was made",
+                    "the CA was unusable or close to expiry; a new CA was made and is published beside the old one until every node trusts it",
                 ),
                 None => ("CAIssued", "made this Registry's CA"),
             };
-            apply::apply(client, &tls::ca_secret(registry, names, &ca))
-                .await
-                .map_err(kube_err("storing the CA"))?;
             publish(
                 ctx,
                 registry,
@@ -367,7 +471,7 @@ async fn self_signed(
                 note.into(),
             )
             .await;
-            ca
+            (ca, old.filter(|p| pki::can_sign(p, now)))
         }
     };
     let ca_info = pki::parse_cert(&ca.cert_pem, "the CA")?;
@@ -376,17 +480,42 @@ async fn self_signed(
         .get_opt(&names.ca_config_map())
         .await
         .map_err(kube_err("reading the CA bundle"))?;
-    let bundle = pki::trust_bundle(
-        &ca.cert_pem,
-        previous_bundle.as_ref().and_then(ca_bundle::bundle_of),
-        now,
-    );
+    let mut earlier = previous_bundle
+        .as_ref()
+        .and_then(ca_bundle::bundle_of)
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(previous) = &previous {
+        earlier.push('\n');
+        earlier.push_str(&previous.cert_pem);
+    }
+    let bundle = pki::trust_bundle(&ca.cert_pem, Some(&earlier), now);
     apply::apply(
         client,
         &ca_bundle::ca_bundle(registry, names, &bundle, &ca_info.fingerprint),
     )
     .await
     .map_err(kube_err("applying the CA bundle"))?;
+
+    let previous_not_after = previous
+        .as_ref()
+        .and_then(|p| pki::parse_cert(&p.cert_pem, "the previous CA").ok())
+        .map(|p| p.not_after);
+    let trust = node_trust_of(Some(&ca_info.fingerprint));
+    let signer = trust::signer(previous_not_after, policy.renew_before, &trust, now);
+    let (signing, keep_previous) = match (signer, &previous) {
+        (Signer::Previous, Some(previous)) => {
+            tracing::info!(registry = %key(registry), "serving from the previous CA until every node trusts the new one");
+            (previous, Some(previous))
+        }
+        _ => (&ca, None),
+    };
+    let ca_secret = tls::ca_secret(registry, names, &ca, keep_previous);
+    if stored.as_ref().and_then(|s| s.data.as_ref()) != ca_secret.data.as_ref() {
+        apply::apply(client, &ca_secret)
+            .await
+            .map_err(kube_err("storing the CA"))?;
+    }
 
     let existing = secrets
         .get_opt(&names.tls_secret())
@@ -397,12 +526,12 @@ async fn self_signed(
         .as_ref()
         .map(|k| (k.cert_pem.as_str(), k.key_pem.as_str()));
     let serving = match (
-        pki::serving_verdict(pair, &ca.cert_pem, cert_names, policy, now),
+        pki::serving_verdict(pair, &signing.cert_pem, cert_names, policy, now),
         existing,
     ) {
         (Verdict::Keep { .. }, Some(existing)) => existing,
         (verdict, _) => {
-            let issued = pki::issue_serving(&ca, cert_names, now, policy.validity)?;
+            let issued = pki::issue_serving(signing, cert_names, now, policy.validity)?;
             let why = match verdict {
                 Verdict::Reissue(reason) => reason.to_string(),
                 Verdict::Keep { .. } => "no serving certificate yet".to_owned(),
@@ -433,7 +562,11 @@ async fn self_signed(
         renewal_time: renew_at,
         ca_fingerprint: ca_info.fingerprint,
     };
-    Ok((state, Some(renew_at)))
+    Ok(CertOutcome {
+        state,
+        renew_at: Some(renew_at),
+        bundle: Some(bundle),
+    })
 }
 
 /// Secret mode: the user's kubernetes.io/tls Secret is served as it is; the
@@ -455,13 +588,10 @@ async fn user_secret(
             "Secret {}/{secret_name} (tls.secretName) does not exist yet",
             names.namespace
         );
-        return Ok((
-            CertState::Pending {
-                reason: "SecretNotFound",
-                message,
-            },
-            None,
-        ));
+        return Ok(CertOutcome::waiting(CertState::Pending {
+            reason: "SecretNotFound",
+            message,
+        }));
     };
     observe_served_secret(ctx, registry, names, &secret, cert_names, "SecretInvalid").await
 }
@@ -480,13 +610,10 @@ async fn cert_manager(
         .is_err()
     {
         let message = "cert-manager's Certificate API (cert-manager.io/v1) is not installed: install cert-manager, or use tls.mode SelfSigned".to_owned();
-        return Ok((
-            CertState::Pending {
-                reason: "CertManagerNotInstalled",
-                message,
-            },
-            None,
-        ));
+        return Ok(CertOutcome::waiting(CertState::Pending {
+            reason: "CertManagerNotInstalled",
+            message,
+        }));
     }
     if let Some(certificate) = desired::certificate::certificate(registry, names, cert_names) {
         apply::apply_dynamic(
@@ -508,13 +635,10 @@ async fn cert_manager(
             names.namespace,
             names.tls_secret()
         );
-        return Ok((
-            CertState::Pending {
-                reason: "AwaitingCertManager",
-                message,
-            },
-            None,
-        ));
+        return Ok(CertOutcome::waiting(CertState::Pending {
+            reason: "AwaitingCertManager",
+            message,
+        }));
     };
     observe_served_secret(
         ctx,
@@ -539,13 +663,10 @@ async fn observe_served_secret(
     invalid_reason: &'static str,
 ) -> Result<CertOutcome, Error> {
     let failed = |message: String| {
-        Ok((
-            CertState::Failed {
-                reason: invalid_reason,
-                message,
-            },
-            None,
-        ))
+        Ok(CertOutcome::waiting(CertState::Failed {
+            reason: invalid_reason,
+            message,
+        }))
     };
     let Some(KeyedCert { cert_pem, .. }) = tls::keyed_cert(secret) else {
         return failed(format!(
@@ -589,7 +710,11 @@ async fn observe_served_secret(
         renewal_time: leaf.renewal_time(renew_before),
         ca_fingerprint,
     };
-    Ok((state, None))
+    Ok(CertOutcome {
+        state,
+        renew_at: None,
+        bundle: Some(ca_pem),
+    })
 }
 
 /// The last PEM certificate of a chain (its root or top intermediate).
@@ -609,6 +734,20 @@ fn by_label<K: Resource>(child: K) -> Option<ObjectRef<Registry>> {
     Some(ObjectRef::new(&name).within(&child.namespace()?))
 }
 
+/// The Registries a node's report Lease speaks about: a changed report
+/// brings each of them back to be counted.
+fn reported_registries(lease: Lease) -> Vec<ObjectRef<Registry>> {
+    report::parse(&lease)
+        .map(|r| {
+            r.registries
+                .keys()
+                .filter_map(|key| key.split_once('/'))
+                .map(|(namespace, name)| ObjectRef::new(name).within(namespace))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Run the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
@@ -616,7 +755,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         "app.kubernetes.io/managed-by={}",
         labels::MANAGED_BY
     ));
-    Controller::new(
+    let mut controller = Controller::new(
         Api::<Registry>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
@@ -634,16 +773,24 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         Api::<PersistentVolumeClaim>::all(client.clone()),
         children,
         by_label,
-    )
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => tracing::debug!(registry = %object, "reconciled"),
-            Err(e) => tracing::debug!(error = %e, "controller event"),
-        }
-    })
-    .await;
+    );
+    if let Some(agent) = &ctx.config.node_agent {
+        controller = controller.watches(
+            Api::<Lease>::namespaced(client.clone(), &agent.namespace),
+            watcher::Config::default().labels(&format!("{}=true", report::REPORT_LABEL)),
+            reported_registries,
+        );
+    }
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(registry = %object, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]
@@ -713,6 +860,28 @@ mod tests {
             Some([(labels::REGISTRY_LABEL.to_owned(), "hub".to_owned())].into());
         assert_eq!(by_label(claim), Some(ObjectRef::new("hub").within("team")));
         assert_eq!(by_label(PersistentVolumeClaim::default()), None);
+    }
+
+    #[test]
+    fn a_report_lease_maps_to_the_registries_it_names() {
+        let now = "2026-11-24T12:00:00Z".parse().expect("ts");
+        let node_report = report::NodeReport {
+            node: "n1".into(),
+            registries: [
+                ("team/hub".to_owned(), report::RegistryReport::default()),
+                ("ops/cache".to_owned(), report::RegistryReport::default()),
+            ]
+            .into(),
+        };
+        let lease = report::lease("berth-system", None, &node_report, now);
+        assert_eq!(
+            reported_registries(lease),
+            [
+                ObjectRef::new("cache").within("ops"),
+                ObjectRef::new("hub").within("team")
+            ]
+        );
+        assert!(reported_registries(Lease::default()).is_empty());
     }
 
     #[test]

@@ -550,6 +550,12 @@ pub struct RegistryStatus {
 
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<NodeCounts>,
+
+    /// What the node agent writes on every selected node. Published here so
+    /// the agent needs read access to Registries only (no Secrets,
+    /// ConfigMaps or Services); CA certificates are public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_trust: Option<NodeTrustStatus>,
 }
 
 /// Where clients reach the registry (host or host:port, no scheme).
@@ -586,6 +592,25 @@ pub struct CertificateStatus {
 pub struct NodeCounts {
     pub trusted: i32,
     pub total: i32,
+}
+
+/// The node agent's instructions for this Registry: trust `caBundle` for
+/// each of `hosts`, and reach them at `upstream`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeTrustStatus {
+    /// Every `host` or `host:port` a pod may put before the repository in
+    /// `image:` (the first is `status.endpoints.node`). Each becomes a
+    /// directory under the runtimes' `certs.d`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Where the node's runtime connects instead of resolving the host
+    /// name: `https://<ClusterIP>:<port>`. The serving certificate names
+    /// the ClusterIP.
+    pub upstream: String,
+    /// The PEM CA certificates to trust: the current CA first, then, during
+    /// a rotation, the previous one.
+    pub ca_bundle: String,
 }
 
 #[cfg(test)]

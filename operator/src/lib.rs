@@ -15,5 +15,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod node_agent;
 pub mod pki;
 pub mod status;
+pub mod trust;

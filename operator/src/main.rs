@@ -1,15 +1,18 @@
-//! `berth-operator`: `run` the controller, or print the `crd`.
+//! `berth-operator`: `run` the controller, run the `node-agent`, or print
+//! the `crd`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use berth_operator::controller::{self, Config, Context};
+use berth_operator::controller::{self, Config, Context, NodeAgentRef};
 use berth_operator::crd::Registry;
 use berth_operator::http::{self, Health};
 use berth_operator::leader::{self, LeaseConfig};
+use berth_operator::node_agent::{self, AgentConfig, layout::Layout};
 use clap::{Args, Parser, Subcommand};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
@@ -30,6 +33,43 @@ enum Command {
     Crd,
     /// Run the controller.
     Run(RunArgs),
+    /// Run the node agent (one per node, as a DaemonSet): write each
+    /// Registry's CA and host mapping into this node's containerd and docker
+    /// trust directories, and report what is installed.
+    NodeAgent(NodeAgentArgs),
+}
+
+#[derive(Args)]
+struct NodeAgentArgs {
+    /// This node's name (the chart sets it from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// containerd's `config_path` on the host (k3s:
+    /// /var/lib/rancher/k3s/agent/etc/containerd/certs.d). Empty: skip containerd.
+    #[arg(
+        long,
+        env = "BERTH_CONTAINERD_CERTS_DIR",
+        default_value = "/etc/containerd/certs.d"
+    )]
+    containerd_certs_dir: String,
+    /// docker's certs.d on the host. Empty: skip docker.
+    #[arg(
+        long,
+        env = "BERTH_DOCKER_CERTS_DIR",
+        default_value = "/etc/docker/certs.d"
+    )]
+    docker_certs_dir: String,
+    /// Where the host's filesystem is seen from here: files are written to
+    /// <host-root>/<certs dir>, while hosts.toml names the host's own path.
+    #[arg(long, env = "BERTH_HOST_ROOT", default_value = "/")]
+    host_root: PathBuf,
+    /// Namespace of the per-node report Lease. Empty: do not report.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+    report_namespace: String,
+    /// Seconds between passes when nothing changes (repairs files removed
+    /// on the host).
+    #[arg(long, env = "BERTH_RESYNC_SECONDS", default_value_t = 60)]
+    resync_seconds: u64,
 }
 
 #[derive(Args)]
@@ -54,6 +94,18 @@ struct RunArgs {
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Read the node agents' report Leases (in --node-agent-namespace) to
+    /// count trusting nodes and pace CA rotations.
+    #[arg(long, env = "BERTH_NODE_REPORTS", default_value_t = true, action = clap::ArgAction::Set)]
+    node_reports: bool,
+    /// Namespace of the node agents' report Leases and DaemonSet. Unset:
+    /// the --lease-namespace.
+    #[arg(long, env = "BERTH_NODE_AGENT_NAMESPACE")]
+    node_agent_namespace: Option<String>,
+    /// The node agent DaemonSet, to know how many nodes should report.
+    /// Unset: count the reports only.
+    #[arg(long, env = "BERTH_NODE_AGENT_DAEMONSET")]
+    node_agent_daemonset: Option<String>,
 }
 
 #[tokio::main]
@@ -67,10 +119,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run(args).await,
+        Command::NodeAgent(args) => node_agent(args).await,
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+fn init_logs() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -78,6 +131,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
         .json()
         .init();
+}
+
+async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
+    init_logs();
+    let layout = Layout::new(
+        &args.containerd_certs_dir,
+        &args.docker_certs_dir,
+        &args.host_root,
+    )
+    .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        !layout.bases.is_empty(),
+        "both --containerd-certs-dir and --docker-certs-dir are empty: nothing to do"
+    );
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let config = AgentConfig {
+        node_name: args.node_name,
+        layout,
+        report_namespace: Some(args.report_namespace).filter(|n| !n.is_empty()),
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+    };
+    node_agent::run(client, config, shutdown_signal()).await
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logs();
 
     let health = Health::default();
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -111,6 +192,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Config {
             cluster_domain: args.cluster_domain,
             default_image: args.registry_image,
+            node_agent: args.node_reports.then(|| NodeAgentRef {
+                namespace: args
+                    .node_agent_namespace
+                    .clone()
+                    .unwrap_or_else(|| args.lease_namespace.clone()),
+                daemonset: args.node_agent_daemonset.clone().filter(|n| !n.is_empty()),
+            }),
         },
         health.metrics.clone(),
     ));

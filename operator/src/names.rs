@@ -140,6 +140,25 @@ impl Names {
         names
     }
 
+    /// Every `host` or `host:port` a pod may write before the repository in
+    /// `image:`, for which nodes are told to trust the CA: the node host
+    /// first (`status.endpoints.node`), then the Service's DNS forms that an
+    /// image reference reads as a registry host. A bare `hub` on port 443
+    /// is left out: `hub/app:v1` means `docker.io/hub/app:v1`.
+    pub fn node_trust_hosts(&self, spec: &RegistrySpec) -> Vec<String> {
+        let port = spec.service.port;
+        let mut hosts = vec![host_port(&self.node_host(spec), port)];
+        for name in self.service_dns_names() {
+            let host = host_port(&name, port);
+            if host.contains(['.', ':']) {
+                hosts.push(host);
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        hosts.retain(|h| seen.insert(h.to_ascii_lowercase()));
+        hosts
+    }
+
     /// Where clients reach the registry, as `host` or `host:port` (no scheme),
     /// the form an image reference starts with.
     pub fn endpoints(&self, spec: &RegistrySpec) -> crate::crd::Endpoints {
@@ -150,6 +169,15 @@ impl Names {
             node: Some(host_port(&self.node_host(spec), port)),
         }
     }
+}
+
+/// `https://<ip>:<port>` (IPv6 in brackets): where a node's runtime
+/// connects for the registry. `None` when `cluster_ip` is not an address
+/// (`None` for a headless Service, or not assigned yet).
+pub fn upstream(cluster_ip: &str, port: i32) -> Option<String> {
+    let ip: std::net::IpAddr = cluster_ip.parse().ok()?;
+    let port = u16::try_from(port).ok()?;
+    Some(format!("https://{}", std::net::SocketAddr::new(ip, port)))
 }
 
 /// `host` alone on the HTTPS port, `host:port` otherwise: what a client
@@ -247,6 +275,41 @@ mod tests {
         let spec = RegistrySpec::default();
         assert_eq!(names().certificate_names(&spec, Some("None")).len(), 4);
         assert_eq!(names().certificate_names(&spec, None).len(), 4);
+    }
+
+    #[test]
+    fn nodes_trust_every_host_form_an_image_reference_can_carry() {
+        assert_eq!(
+            names().node_trust_hosts(&RegistrySpec::default()),
+            ["hub.team.svc.cluster.local", "hub.team", "hub.team.svc"]
+        );
+        let mut spec = RegistrySpec::default();
+        spec.service.port = 5000;
+        spec.node_trust.host_name = Some("hub.berth.internal".into());
+        assert_eq!(
+            names().node_trust_hosts(&spec),
+            [
+                "hub.berth.internal:5000",
+                "hub:5000",
+                "hub.team:5000",
+                "hub.team.svc:5000",
+                "hub.team.svc.cluster.local:5000"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_upstream_is_the_cluster_ip_with_its_port() {
+        assert_eq!(
+            upstream("10.96.0.42", 443).as_deref(),
+            Some("https://10.96.0.42:443")
+        );
+        assert_eq!(
+            upstream("fd00::2a", 5000).as_deref(),
+            Some("https://[fd00::2a]:5000")
+        );
+        assert_eq!(upstream("None", 443), None);
+        assert_eq!(upstream("", 443), None);
     }
 
     #[test]

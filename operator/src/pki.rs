@@ -417,6 +417,14 @@ pub fn ca_is_usable(ca: &KeyedCert, now: Timestamp) -> bool {
     })
 }
 
+/// Whether a stored CA can still sign at all: readable, a CA, its key
+/// matches, not expired. (A CA being rotated out is past
+/// [`ca_is_usable`] but still signs until every node trusts its successor.)
+pub fn can_sign(ca: &KeyedCert, now: Timestamp) -> bool {
+    parse_cert(&ca.cert_pem, "the CA")
+        .is_ok_and(|cert| cert.is_ca && key_matches(&cert, &ca.key_pem) && now < cert.not_after)
+}
+
 /// The PEM bundle nodes and clients are told to trust: the current CA first,
 /// then any earlier CAs that have not expired yet, so certificates from the
 /// previous CA keep verifying while every node learns the new one.
@@ -784,6 +792,25 @@ mod tests {
             .checked_add(SignedDuration::try_from(CA_VALIDITY - 180 * DAY).expect("d"))
             .expect("ts");
         assert!(!ca_is_usable(&ca, nine_and_a_half_years));
+    }
+
+    #[test]
+    fn a_ca_being_rotated_out_can_still_sign_until_it_expires() {
+        let ca = issue_ca("hub", now()).expect("ca");
+        let nine_and_a_half_years = now()
+            .checked_add(SignedDuration::try_from(CA_VALIDITY - 180 * DAY).expect("d"))
+            .expect("ts");
+        assert!(can_sign(&ca, nine_and_a_half_years));
+        let after = now()
+            .checked_add(SignedDuration::try_from(CA_VALIDITY + DAY).expect("d"))
+            .expect("ts");
+        assert!(!can_sign(&ca, after));
+        let other = issue_ca("other", now()).expect("ca");
+        let mismatched = KeyedCert {
+            cert_pem: ca.cert_pem.clone(),
+            key_pem: other.key_pem,
+        };
+        assert!(!can_sign(&mismatched, now()));
     }
 
     #[test]

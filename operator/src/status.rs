@@ -9,7 +9,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{CertificateStatus, Endpoints, NodeCounts, RegistryStatus};
+use crate::crd::{CertificateStatus, Endpoints, NodeCounts, NodeTrustStatus, RegistryStatus};
 use crate::desired::Unsupported;
 
 pub const READY: &str = "Ready";
@@ -61,16 +61,40 @@ pub enum WorkloadState {
     NotRun,
 }
 
-/// Node trust, as reported by the node agents.
+/// Node trust, as reported by the node agents (see [`crate::trust::count`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeTrustState {
     Disabled,
-    /// No node agent has reported for this Registry yet.
+    /// No node agent has reported yet.
     NotReported,
+    /// The node agent DaemonSet is not there; the message says which.
+    AgentNotInstalled(String),
     Counted {
+        /// Selected nodes that have installed the current CA.
         trusted: i32,
+        /// Selected nodes, counting agents that have not reported.
         total: i32,
+        /// Agents that have not reported on this Registry yet.
+        unreported: i32,
+        /// What agents said went wrong, by node.
+        problems: Vec<String>,
     },
+}
+
+impl NodeTrustState {
+    /// Whether no selected node is left that might not trust the current CA.
+    pub fn every_node_trusts(&self) -> bool {
+        match self {
+            Self::Disabled => true,
+            Self::Counted {
+                trusted,
+                total,
+                unreported,
+                ..
+            } => trusted >= total && *unreported == 0,
+            Self::NotReported | Self::AgentNotInstalled(_) => false,
+        }
+    }
 }
 
 /// Everything status is computed from.
@@ -81,6 +105,9 @@ pub struct Observed {
     pub storage: StorageState,
     pub workload: WorkloadState,
     pub node_trust: NodeTrustState,
+    /// What the node agents should install (`status.nodeTrust`); `None`
+    /// when it is not known yet (no ClusterIP or CA) or node trust is off.
+    pub node_trust_publish: Option<NodeTrustStatus>,
     pub unsupported: Option<Unsupported>,
     pub endpoints: Endpoints,
 }
@@ -134,7 +161,7 @@ fn storage(obs: &Observed) -> Verdict {
 }
 
 fn node_trust(obs: &Observed) -> Verdict {
-    match obs.node_trust {
+    match &obs.node_trust {
         NodeTrustState::Disabled => verdict(
             true,
             "Disabled",
@@ -145,16 +172,35 @@ fn node_trust(obs: &Observed) -> Verdict {
             "AwaitingNodeAgents",
             "no node agent has reported trusting this registry's CA yet",
         ),
-        NodeTrustState::Counted { trusted, total } if trusted >= total => verdict(
-            true,
-            "AllNodesTrust",
-            format!("{trusted} of {total} nodes trust the current CA"),
-        ),
-        NodeTrustState::Counted { trusted, total } => verdict(
+        NodeTrustState::AgentNotInstalled(message) => {
+            verdict(false, "NodeAgentNotInstalled", message.clone())
+        }
+        NodeTrustState::Counted { total: 0, .. } => verdict(
             false,
-            "NodesPending",
-            format!("{trusted} of {total} nodes trust the current CA"),
+            "NoNodesSelected",
+            "no node running the berth node agent matches nodeTrust.nodeSelector",
         ),
+        NodeTrustState::Counted {
+            trusted,
+            total,
+            unreported,
+            problems,
+        } => {
+            let mut message = format!("{trusted} of {total} nodes trust the current CA");
+            if *unreported > 0 {
+                message.push_str(&format!(
+                    "; {unreported} node agent(s) have not reported yet"
+                ));
+            }
+            if !problems.is_empty() {
+                message.push_str(&format!("; {}", problems.join("; ")));
+            }
+            if obs.node_trust.every_node_trusts() {
+                verdict(true, "AllNodesTrust", message)
+            } else {
+                verdict(false, "NodesPending", message)
+            }
+        }
     }
 }
 
@@ -239,8 +285,15 @@ pub fn status(obs: &Observed, previous: Option<&RegistryStatus>, now: Timestamp)
         _ => previous.and_then(|s| s.certificate.clone()),
     };
     let nodes = match obs.node_trust {
-        NodeTrustState::Counted { trusted, total } => Some(NodeCounts { trusted, total }),
+        NodeTrustState::Counted { trusted, total, .. } => Some(NodeCounts { trusted, total }),
         _ => None,
+    };
+    // Keep what nodes were told while the CA is briefly unknown (a user's
+    // Secret being replaced), so agents do not remove working trust.
+    let node_trust = match (&obs.node_trust, &obs.node_trust_publish) {
+        (NodeTrustState::Disabled, _) => None,
+        (_, Some(publish)) => Some(publish.clone()),
+        (_, None) => previous.and_then(|s| s.node_trust.clone()),
     };
     RegistryStatus {
         observed_generation: obs.generation,
@@ -248,6 +301,7 @@ pub fn status(obs: &Observed, previous: Option<&RegistryStatus>, now: Timestamp)
         endpoints: Some(obs.endpoints.clone()),
         certificate,
         nodes,
+        node_trust,
     }
 }
 
@@ -283,7 +337,14 @@ mod tests {
             node_trust: NodeTrustState::Counted {
                 trusted: 3,
                 total: 3,
+                unreported: 0,
+                problems: vec![],
             },
+            node_trust_publish: Some(NodeTrustStatus {
+                hosts: vec!["hub.team.svc.cluster.local".into()],
+                upstream: "https://10.96.0.42:443".into(),
+                ca_bundle: "PEM".into(),
+            }),
             unsupported: None,
             endpoints: Endpoints {
                 internal: Some("hub.team.svc.cluster.local".into()),
@@ -407,6 +468,8 @@ mod tests {
         obs.node_trust = NodeTrustState::Counted {
             trusted: 1,
             total: 3,
+            unreported: 0,
+            problems: vec![],
         };
         let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
         assert!(is_ready(&s));
@@ -414,6 +477,59 @@ mod tests {
         assert_eq!(
             (trust.status.as_str(), trust.message.as_str()),
             ("False", "1 of 3 nodes trust the current CA")
+        );
+    }
+
+    #[test]
+    fn node_trust_says_who_has_not_reported_and_what_failed() {
+        let mut obs = healthy();
+        obs.node_trust = NodeTrustState::Counted {
+            trusted: 1,
+            total: 3,
+            unreported: 1,
+            problems: vec!["node b: host name \"a/b\" contains a path separator".into()],
+        };
+        let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
+        let trust = condition(&s.conditions, NODE_TRUST_READY);
+        assert_eq!(trust.reason, "NodesPending");
+        assert_eq!(
+            trust.message,
+            "1 of 3 nodes trust the current CA; 1 node agent(s) have not reported yet; node b: host name \"a/b\" contains a path separator"
+        );
+        obs.node_trust = NodeTrustState::Counted {
+            trusted: 0,
+            total: 0,
+            unreported: 0,
+            problems: vec![],
+        };
+        let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
+        assert_eq!(
+            condition(&s.conditions, NODE_TRUST_READY).reason,
+            "NoNodesSelected"
+        );
+        obs.node_trust = NodeTrustState::AgentNotInstalled("no DaemonSet".into());
+        let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
+        assert_eq!(
+            condition(&s.conditions, NODE_TRUST_READY).reason,
+            "NodeAgentNotInstalled"
+        );
+    }
+
+    #[test]
+    fn what_nodes_install_is_published_and_kept_while_unknown() {
+        let first = status(&healthy(), None, t("2026-11-24T12:00:00Z"));
+        assert_eq!(
+            first.node_trust.as_ref().map(|n| n.upstream.as_str()),
+            Some("https://10.96.0.42:443")
+        );
+        let mut obs = healthy();
+        obs.node_trust_publish = None;
+        let second = status(&obs, Some(&first), t("2026-11-24T12:05:00Z"));
+        assert_eq!(second.node_trust, first.node_trust);
+        obs.node_trust = NodeTrustState::Disabled;
+        assert_eq!(
+            status(&obs, Some(&first), t("2026-11-24T12:05:00Z")).node_trust,
+            None
         );
     }
 

@@ -127,6 +127,7 @@ async fn scenario(client: Client, ns: String) {
     let config = Config {
         cluster_domain: "cluster.local".into(),
         default_image: "berth.dev/berth-registry:it".into(),
+        node_agent: None,
     };
     let ctx = Arc::new(Context::new(
         client.clone(),

@@ -31,9 +31,44 @@ pub fn serving_secret(
     )
 }
 
-/// The CA's certificate and private key.
-pub fn ca_secret(registry: &Registry, names: &Names, ca: &KeyedCert) -> Secret {
-    tls_secret(registry, names, names.ca_secret(), ca, None)
+/// Keys of the CA Secret that hold the CA being rotated out, while it still
+/// signs the serving certificate (until every node trusts the new CA).
+pub const PREVIOUS_CRT: &str = "previous.crt";
+pub const PREVIOUS_KEY: &str = "previous.key";
+
+/// The CA's certificate and private key, and during a rotation the
+/// previous CA's.
+pub fn ca_secret(
+    registry: &Registry,
+    names: &Names,
+    ca: &KeyedCert,
+    previous: Option<&KeyedCert>,
+) -> Secret {
+    let mut secret = tls_secret(registry, names, names.ca_secret(), ca, None);
+    if let (Some(previous), Some(data)) = (previous, secret.data.as_mut()) {
+        data.insert(
+            PREVIOUS_CRT.to_owned(),
+            ByteString(previous.cert_pem.clone().into_bytes()),
+        );
+        data.insert(
+            PREVIOUS_KEY.to_owned(),
+            ByteString(previous.key_pem.clone().into_bytes()),
+        );
+    }
+    secret
+}
+
+/// The previous CA kept in a CA Secret during a rotation, if any.
+pub fn previous_ca(secret: &Secret) -> Option<KeyedCert> {
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| {
+        data.get(key)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+    };
+    Some(KeyedCert {
+        cert_pem: text(PREVIOUS_CRT)?,
+        key_pem: text(PREVIOUS_KEY)?,
+    })
 }
 
 fn tls_secret(
@@ -121,9 +156,22 @@ mod tests {
 
     #[test]
     fn the_ca_secret_holds_the_ca_pair_only() {
-        let secret = ca_secret(&fixtures::registry(), &fixtures::names(), &pair("ca"));
+        let secret = ca_secret(&fixtures::registry(), &fixtures::names(), &pair("ca"), None);
         assert_eq!(secret.metadata.name.as_deref(), Some("hub-ca-key"));
         assert_eq!(keyed_cert(&secret), Some(pair("ca")));
         assert_eq!(ca_of(&secret), None);
+        assert_eq!(previous_ca(&secret), None);
+    }
+
+    #[test]
+    fn during_a_rotation_the_ca_secret_keeps_the_previous_ca() {
+        let secret = ca_secret(
+            &fixtures::registry(),
+            &fixtures::names(),
+            &pair("new"),
+            Some(&pair("old")),
+        );
+        assert_eq!(keyed_cert(&secret), Some(pair("new")));
+        assert_eq!(previous_ca(&secret), Some(pair("old")));
     }
 }
