@@ -1,8 +1,9 @@
 //! The Helm chart and the example manifests: the examples are valid
 //! Registries (they parse, and pass the CRD's CEL rules), both example
 //! directories hold the same files, and — where a `helm` binary is found —
-//! the chart lints and renders least-privilege RBAC and a locked-down
-//! operator Deployment.
+//! the chart lints and renders least-privilege RBAC, a locked-down operator
+//! Deployment and a node agent DaemonSet that mounts only the runtimes'
+//! trust directories.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,23 +77,7 @@ fn helm() -> Option<PathBuf> {
 }
 
 fn rendered(helm: &Path) -> Vec<Value> {
-    let out = Command::new(helm)
-        .args([
-            "template",
-            "berth",
-            "charts/berth",
-            "--namespace",
-            "berth-system",
-        ])
-        .current_dir(root())
-        .output()
-        .expect("run helm template");
-    assert!(
-        out.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_saphyr::from_slice_multiple::<Value>(&out.stdout).expect("rendered YAML")
+    rendered_with(helm, &[])
 }
 
 #[test]
@@ -122,6 +107,7 @@ fn the_chart_lints_and_renders_least_privilege_rbac() {
         "Role",
         "RoleBinding",
         "Deployment",
+        "DaemonSet",
     ] {
         assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }
@@ -139,10 +125,7 @@ fn the_chart_lints_and_renders_least_privilege_rbac() {
             }
         }
     }
-    let deployment = docs
-        .iter()
-        .find(|d| d["kind"] == "Deployment")
-        .expect("deployment");
+    let deployment = find(&docs, "Deployment", "berth");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let sc = &container["securityContext"];
     assert_eq!(sc["runAsNonRoot"], true);
@@ -162,26 +145,213 @@ fn the_chart_lints_and_renders_least_privilege_rbac() {
     );
 }
 
+fn rendered_with(helm: &Path, sets: &[&str]) -> Vec<Value> {
+    let mut args = vec![
+        "template",
+        "berth",
+        "charts/berth",
+        "--namespace",
+        "berth-system",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let out = Command::new(helm)
+        .args(&args)
+        .current_dir(root())
+        .output()
+        .expect("run helm template");
+    assert!(
+        out.status.success(),
+        "helm template {sets:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_saphyr::from_slice_multiple::<Value>(&out.stdout).expect("rendered YAML")
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} not rendered"))
+}
+
+/// `(apiGroups, resources, verbs, resourceNames)` of each rule, as strings.
+fn rules(role: &Value) -> Vec<String> {
+    let join = |v: &Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{}|{}|{}",
+                join(&r["apiGroups"]),
+                join(&r["resources"]),
+                join(&r["verbs"]),
+                join(&r["resourceNames"])
+            )
+        })
+        .collect()
+}
+
 #[test]
-fn enabling_the_unreleased_node_agent_fails_the_install_with_a_reason() {
+fn the_node_agent_is_one_locked_down_daemonset_mounting_only_the_trust_directories() {
     let Some(helm) = helm() else {
         eprintln!("skipped: no helm binary");
         return;
     };
-    let out = Command::new(&helm)
+    let docs = rendered(&helm);
+    let ds = find(&docs, "DaemonSet", "berth-node-agent");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "berth-node-agent");
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert!(pod[host].is_null() || pod[host] == false, "{host}");
+    }
+    // Every node, control-plane included.
+    assert_eq!(
+        pod["tolerations"],
+        serde_json::json!([{"operator": "Exists"}])
+    );
+    let container = &pod["containers"][0];
+    let sc = &container["securityContext"];
+    assert_eq!(sc["runAsUser"], 0, "root-owned host directories");
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["capabilities"], serde_json::json!({"drop": ["ALL"]}));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(container["image"], "berth.dev/berth-operator:0.1.0");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "node-agent",
+            "--containerd-certs-dir=/etc/containerd/certs.d",
+            "--docker-certs-dir=/etc/docker/certs.d",
+            "--host-root=/host",
+            "--resync-seconds=60"
+        ]
+    );
+    let node_name = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "NODE_NAME")
+        .expect("NODE_NAME");
+    assert_eq!(
+        node_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    assert_eq!(
+        pod["volumes"],
+        serde_json::json!([
+            {"name": "containerd-certs", "hostPath": {"path": "/etc/containerd/certs.d", "type": "DirectoryOrCreate"}},
+            {"name": "docker-certs", "hostPath": {"path": "/etc/docker/certs.d", "type": "DirectoryOrCreate"}}
+        ])
+    );
+    assert_eq!(
+        container["volumeMounts"],
+        serde_json::json!([
+            {"name": "containerd-certs", "mountPath": "/host/etc/containerd/certs.d"},
+            {"name": "docker-certs", "mountPath": "/host/etc/docker/certs.d"}
+        ])
+    );
+
+    // Its RBAC: read Registries and its Node; write Leases in its namespace.
+    assert_eq!(
+        rules(find(&docs, "ClusterRole", "berth-node-agent")),
+        ["berth.dev|registries|get,list,watch|", "|nodes|get|"]
+    );
+    let role = find(&docs, "Role", "berth-node-agent");
+    assert_eq!(role["metadata"]["namespace"], "berth-system");
+    assert_eq!(rules(role), ["coordination.k8s.io|leases|create,patch|"]);
+    // The operator reads the reports and the DaemonSet, in its namespace.
+    assert_eq!(
+        rules(find(&docs, "Role", "berth-node-reports")),
+        [
+            "coordination.k8s.io|leases|list,watch|",
+            "apps|daemonsets|get|berth-node-agent"
+        ]
+    );
+    let operator = find(&docs, "Deployment", "berth");
+    let operator_args = &operator["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        operator_args
+            .as_array()
+            .expect("args")
+            .iter()
+            .any(|a| a == "--node-agent-daemonset=berth-node-agent"),
+        "{operator_args}"
+    );
+    for binding in ["ClusterRoleBinding", "RoleBinding"] {
+        let b = find(&docs, binding, "berth-node-agent");
+        assert_eq!(b["subjects"][0]["name"], "berth-node-agent");
+        assert_eq!(b["subjects"][0]["namespace"], "berth-system");
+    }
+}
+
+#[test]
+fn the_node_agent_follows_the_runtime_paths_of_other_distributions() {
+    let Some(helm) = helm() else {
+        eprintln!("skipped: no helm binary");
+        return;
+    };
+    let k3s = "/var/lib/rancher/k3s/agent/etc/containerd/certs.d";
+    let docs = rendered_with(
+        &helm,
+        &[
+            &format!("nodeAgent.containerdCertsDir={k3s}"),
+            "nodeAgent.dockerCertsDir=",
+        ],
+    );
+    let pod = &find(&docs, "DaemonSet", "berth-node-agent")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"],
+        serde_json::json!([{"name": "containerd-certs", "hostPath": {"path": k3s, "type": "DirectoryOrCreate"}}])
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"],
+        serde_json::json!([{"name": "containerd-certs", "mountPath": format!("/host{k3s}")}])
+    );
+    let args = &pod["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .expect("args")
+            .iter()
+            .any(|a| a == "--docker-certs-dir="),
+        "{args}"
+    );
+
+    let off = rendered_with(&helm, &["nodeAgent.enabled=false"]);
+    assert!(
+        off.iter().all(|d| d["kind"] != "DaemonSet"),
+        "no DaemonSet when disabled"
+    );
+
+    let refused = Command::new(&helm)
         .args([
             "template",
             "berth",
             "charts/berth",
             "--set",
-            "nodeAgent.enabled=true",
+            "nodeAgent.containerdCertsDir=relative/path",
         ])
         .current_dir(root())
         .output()
         .expect("run helm");
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("node agent is not part of this chart version")
-    );
+    assert!(!refused.status.success(), "a relative host path is refused");
 }
