@@ -406,6 +406,11 @@ async fn tags_and_catalog_paginate_with_link_headers() {
     let r = reg.get("/v2/_catalog?n=1").await;
     assert_eq!(r.header("link"), "</v2/_catalog?n=1&last=other>; rel=\"next\"");
 
+    // A repository created after a listing shows up in the next one.
+    reg.push_blob("zeta/new", b"y").await;
+    let v: serde_json::Value = serde_json::from_slice(&reg.get("/v2/_catalog").await.body).unwrap();
+    assert_eq!(v["repositories"], serde_json::json!(["other", "team/app", "zeta/new"]));
+
     assert_eq!(reg.get("/v2/nope/tags/list").await.code(), "NAME_UNKNOWN");
 }
 

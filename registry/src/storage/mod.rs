@@ -5,6 +5,7 @@
 //! crash in between leaves unreferenced bytes (for GC), never a visible
 //! partial object.
 
+pub mod catalog;
 pub mod driver;
 pub mod fs;
 pub mod layout;
@@ -48,11 +49,12 @@ pub struct StoredManifest {
 pub struct Store {
     driver: Arc<dyn Driver>,
     sessions: upload::Sessions,
+    catalog: catalog::Catalog,
 }
 
 impl Store {
     pub fn new(driver: Arc<dyn Driver>) -> Self {
-        Store { driver, sessions: upload::Sessions::default() }
+        Store { driver, sessions: upload::Sessions::default(), catalog: catalog::Catalog::default() }
     }
 
     // Thin wrappers that attach the operation and key to I/O errors.
@@ -106,7 +108,7 @@ impl Store {
             None => self.size(&layout::blob(digest)).await?,
         };
         if size.is_some() {
-            self.put(&layout::layer_link(name, digest), Bytes::new()).await?;
+            self.link_blob(name, digest).await?;
         }
         Ok(size)
     }
@@ -154,6 +156,7 @@ impl Store {
             self.put(&layout::referrer(name, &subject.digest, &m.digest), json.into()).await?;
         }
         self.put(&layout::manifest_revision(name, &m.digest), Bytes::from(m.media_type.clone())).await?;
+        self.catalog.insert(name).await;
         for tag in tags {
             self.put(&layout::tag(name, tag), Bytes::from(m.digest.to_string())).await?;
         }
@@ -245,7 +248,19 @@ impl Store {
 
     /// Every repository that holds a manifest or a blob, sorted.
     pub async fn repositories(&self) -> Result<Vec<String>, StorageError> {
-        self.repositories_holding(&["_manifests", "_layers"]).await
+        if let Some(repos) = self.catalog.fresh().await {
+            return Ok(repos);
+        }
+        let repos = self.repositories_holding(&["_manifests", "_layers"]).await?;
+        self.catalog.replace(&repos).await;
+        Ok(repos)
+    }
+
+    /// Writes a link that makes `name` hold `digest` (and so exist).
+    async fn link_blob(&self, name: &Name, digest: &Digest) -> Result<(), StorageError> {
+        self.put(&layout::layer_link(name, digest), Bytes::new()).await?;
+        self.catalog.insert(name).await;
+        Ok(())
     }
 
     /// Repositories with upload sessions (possibly nothing else yet).

@@ -134,7 +134,7 @@ impl Store {
         if self.size(&blob).await? != Some(size) {
             self.commit(&data, &blob).await?;
         }
-        self.put(&layout::layer_link(name, expected), Bytes::new()).await?;
+        self.link_blob(name, expected).await?;
         self.upload_cancel_locked(name, id).await?;
         Ok(size)
     }
