@@ -50,7 +50,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Command::Serve(args) = cli.command;
     init_tracing(&args.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // File I/O runs on tokio's blocking pool. Its default cap (512 threads)
+    // only adds memory here: the work is short reads and writes, and past a
+    // few dozen threads the disk, not the pool, is the limit.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(64).build()?;
     runtime.block_on(serve(args))
 }
 

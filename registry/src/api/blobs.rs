@@ -3,18 +3,12 @@
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
 
 use super::{Ctx, DOCKER_CONTENT_DIGEST, empty};
 use crate::error::{Code, Error, Result};
 use crate::oci::range::{self, ByteRange};
 use crate::oci::{Digest, Name};
 use crate::storage::Store;
-
-/// Read buffer for streaming blobs: large enough that per-chunk overhead
-/// is negligible next to copying, small enough to keep memory flat.
-const STREAM_BUFFER: usize = 256 * 1024;
 
 pub async fn get(store: &Store, name: &Name, digest: &str, ctx: &Ctx) -> Result<Response> {
     let digest: Digest = digest.parse()?;
@@ -37,12 +31,12 @@ pub async fn get(store: &Store, name: &Name, digest: &str, ctx: &Ctx) -> Result<
     let mut resp = if ctx.method == Method::HEAD {
         Response::new(Body::empty())
     } else {
-        let reader = store
-            .blob_reader(&digest, offset)
+        let chunks = store
+            .blob_stream(&digest, offset..offset + len)
             .await?
             .ok_or_else(|| Error::new(Code::BlobUnknown, format!("blob {digest} was deleted while being read")))?;
         crate::metrics::bytes_out(len);
-        Response::new(Body::from_stream(ReaderStream::with_capacity(reader.take(len), STREAM_BUFFER)))
+        Response::new(Body::from_stream(chunks))
     };
     *resp.status_mut() = status;
     let h = resp.headers_mut();

@@ -6,29 +6,44 @@
 //! validated names and digests; a driver never sees client-chosen text.
 
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::AsyncRead;
+use futures_util::Stream;
 
-/// A stream of an object's bytes.
-pub type Reader = Pin<Box<dyn AsyncRead + Send>>;
+/// An object's bytes as a stream of chunks. Chunks rather than an
+/// `AsyncRead`, so a driver hands over buffers it filled itself (one copy
+/// from the page cache on the filesystem; the HTTP body as is from object
+/// storage).
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Whether a write must survive a crash once `put` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Content and links clients were told exist: written, then synced.
+    Durable,
+    /// Upload session bookkeeping: losing it in a crash only makes the
+    /// client start its upload again.
+    Scratch,
+}
 
 #[async_trait]
 pub trait Driver: Send + Sync + 'static {
     /// Reads a small object whole (links, tags, manifests); `None` if absent.
     async fn get(&self, key: &str) -> io::Result<Option<Bytes>>;
 
-    /// Writes a small object atomically and durably: a reader sees the old
-    /// value or the new one, never a part, even across a crash.
-    async fn put(&self, key: &str, data: Bytes) -> io::Result<()>;
+    /// Writes a small object atomically: a reader sees the old value or the
+    /// new one, never a part; with [`Durability::Durable`], even across a crash.
+    async fn put(&self, key: &str, data: Bytes, durability: Durability) -> io::Result<()>;
 
     /// The object's size in bytes; `None` if absent.
     async fn size(&self, key: &str) -> io::Result<Option<u64>>;
 
-    /// Streams an object from `offset`; `None` if absent.
-    async fn reader(&self, key: &str, offset: u64) -> io::Result<Option<Reader>>;
+    /// Streams the bytes `range` of an object; `None` if absent. The range
+    /// must lie within the object.
+    async fn stream(&self, key: &str, range: Range<u64>) -> io::Result<Option<ByteStream>>;
 
     /// Opens an object for appending (created empty if absent).
     async fn appender(&self, key: &str) -> io::Result<Box<dyn Appender>>;

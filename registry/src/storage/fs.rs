@@ -6,13 +6,21 @@
 
 use std::fs;
 use std::io::{self, Write as _};
+use std::ops::Range;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
 
-use super::driver::{Appender, Driver, Reader};
+use super::driver::{Appender, ByteStream, Driver, Durability};
+
+/// Bytes read per chunk when streaming: large enough that the per-chunk
+/// hop to a blocking thread is noise next to the copy, small enough that
+/// many concurrent downloads keep memory low.
+const READ_CHUNK: u64 = 256 * 1024;
 
 /// Temporary files start with this; [`Driver::list`] never shows them.
 const TMP_PREFIX: &str = ".tmp-";
@@ -50,17 +58,26 @@ fn parent(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new("/"))
 }
 
-/// Writes `data` to `path` atomically and durably (temp file + rename).
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+/// Writes `data` to `path` atomically (temp file + rename), and durably
+/// when asked (file and directory synced). An empty object needs no temp
+/// file: creating it is atomic already.
+fn write_atomic(path: &Path, data: &[u8], durability: Durability) -> io::Result<()> {
     let dir = parent(path);
     fs::create_dir_all(dir)?;
+    let durable = durability == Durability::Durable;
+    if data.is_empty() {
+        fs::File::create(path)?;
+        return if durable { sync_dir(dir) } else { Ok(()) };
+    }
     let tmp = dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_data()?;
+        }
         fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        if durable { sync_dir(dir) } else { Ok(()) }
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -79,9 +96,9 @@ impl Driver for FsDriver {
         not_found_is_none(tokio::fs::read(path).await).map(|o| o.map(Bytes::from))
     }
 
-    async fn put(&self, key: &str, data: Bytes) -> io::Result<()> {
+    async fn put(&self, key: &str, data: Bytes, durability: Durability) -> io::Result<()> {
         let path = self.path(key);
-        blocking(move || write_atomic(&path, &data)).await
+        blocking(move || write_atomic(&path, &data, durability)).await
     }
 
     async fn size(&self, key: &str) -> io::Result<Option<u64>> {
@@ -89,14 +106,39 @@ impl Driver for FsDriver {
         Ok(meta.filter(|m| m.is_file()).map(|m| m.len()))
     }
 
-    async fn reader(&self, key: &str, offset: u64) -> io::Result<Option<Reader>> {
-        let Some(mut file) = not_found_is_none(tokio::fs::File::open(self.path(key)).await)? else {
+    async fn stream(&self, key: &str, range: Range<u64>) -> io::Result<Option<ByteStream>> {
+        let path = self.path(key);
+        let Some(file) = blocking(move || not_found_is_none(fs::File::open(path))).await? else {
             return Ok(None);
         };
-        if offset > 0 {
-            file.seek(io::SeekFrom::Start(offset)).await?;
-        }
-        Ok(Some(Box::pin(file)))
+        let file = Arc::new(file);
+        // Each chunk: one positioned read on a blocking thread, straight into
+        // the buffer that becomes the chunk.
+        let chunks = futures_util::stream::try_unfold(range, move |r| {
+            let file = file.clone();
+            async move {
+                if r.start >= r.end {
+                    return Ok(None);
+                }
+                let len = (r.end - r.start).min(READ_CHUNK);
+                let start = r.start;
+                let chunk = blocking(move || {
+                    let mut buf = BytesMut::zeroed(usize::try_from(len).map_err(io::Error::other)?);
+                    let mut filled = 0;
+                    while filled < buf.len() {
+                        let n = file.read_at(&mut buf[filled..], start + filled as u64)?;
+                        if n == 0 {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
+                        filled += n;
+                    }
+                    Ok(buf.freeze())
+                })
+                .await?;
+                Ok(Some((chunk, start + len..r.end)))
+            }
+        });
+        Ok(Some(Box::pin(chunks)))
     }
 
     async fn appender(&self, key: &str) -> io::Result<Box<dyn Appender>> {
@@ -111,7 +153,7 @@ impl Driver for FsDriver {
     async fn commit(&self, from: &str, to: &str) -> io::Result<()> {
         let (from, to) = (self.path(from), self.path(to));
         blocking(move || {
-            fs::File::open(&from)?.sync_all()?;
+            fs::File::open(&from)?.sync_data()?;
             let dir = parent(&to);
             fs::create_dir_all(dir)?;
             fs::rename(&from, &to)?;

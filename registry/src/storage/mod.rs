@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use driver::{Driver, Reader};
+pub use driver::{ByteStream, Driver, Durability};
 pub use upload::UploadError;
 
 use crate::oci::manifest::{self, Descriptor};
@@ -63,8 +63,14 @@ impl Store {
         self.driver.get(key).await.map_err(|e| StorageError::new("get", key, e))
     }
 
+    /// A durable write: everything but upload bookkeeping.
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        self.driver.put(key, data).await.map_err(|e| StorageError::new("put", key, e))
+        self.driver.put(key, data, Durability::Durable).await.map_err(|e| StorageError::new("put", key, e))
+    }
+
+    /// A write that may be lost in a crash (upload session bookkeeping).
+    async fn put_scratch(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.driver.put(key, data, Durability::Scratch).await.map_err(|e| StorageError::new("put", key, e))
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
@@ -93,10 +99,10 @@ impl Store {
         self.size(&layout::blob(digest)).await
     }
 
-    /// Streams a blob from `offset`; `None` if it vanished since it was sized.
-    pub async fn blob_reader(&self, digest: &Digest, offset: u64) -> Result<Option<Reader>, StorageError> {
+    /// Streams bytes `range` of a blob; `None` if it vanished since it was sized.
+    pub async fn blob_stream(&self, digest: &Digest, range: std::ops::Range<u64>) -> Result<Option<ByteStream>, StorageError> {
         let key = layout::blob(digest);
-        self.driver.reader(&key, offset).await.map_err(|e| StorageError::new("read", &key, e))
+        self.driver.stream(&key, range).await.map_err(|e| StorageError::new("read", &key, e))
     }
 
     /// Links an existing blob into `name` without moving bytes. With `from`,

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::io::AsyncReadExt;
 
 use super::{Store, StorageError, layout};
 use crate::oci::{Algorithm, Digest, Name, digest::Hasher};
@@ -68,8 +67,8 @@ impl Store {
     /// any, so the running hash is of the right kind.
     pub async fn upload_start(&self, name: &Name, algorithm: Option<Algorithm>) -> Result<String, StorageError> {
         let id = uuid::Uuid::new_v4().to_string();
-        self.put(&layout::upload_started(name, &id), Bytes::from(unix_now().to_string())).await?;
-        self.put(&layout::upload_data(name, &id), Bytes::new()).await?;
+        self.put_scratch(&layout::upload_started(name, &id), Bytes::from(unix_now().to_string())).await?;
+        self.put_scratch(&layout::upload_data(name, &id), Bytes::new()).await?;
         let session = self.sessions.get(&id);
         session.lock().await.state = Some((0, algorithm.unwrap_or(Algorithm::Sha256).hasher()));
         Ok(id)
@@ -239,19 +238,11 @@ impl Store {
             return Ok(hasher);
         }
         let err = |e| StorageError::new("read", key, e);
-        let mut reader = self.driver.reader(key, 0).await.map_err(err)?.ok_or_else(|| {
+        let mut chunks = self.driver.stream(key, 0..len).await.map_err(err)?.ok_or_else(|| {
             StorageError::new("read", key, std::io::ErrorKind::NotFound.into())
         })?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = len;
-        while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = reader.read(&mut buf[..want]).await.map_err(err)?;
-            if n == 0 {
-                return Err(StorageError::new("read", key, std::io::ErrorKind::UnexpectedEof.into()));
-            }
-            hasher.update(&buf[..n]);
-            left -= n as u64;
+        while let Some(chunk) = chunks.next().await {
+            hasher.update(&chunk.map_err(err)?);
         }
         Ok(hasher)
     }
