@@ -85,12 +85,12 @@ where
     Ok(true)
 }
 
-/// Server-side apply the status subresource.
+/// Server-side apply the status subresource; returns the stored Registry.
 pub async fn apply_status(
     client: &Client,
     registry: &Registry,
     status: &RegistryStatus,
-) -> Result<(), kube::Error> {
+) -> Result<Registry, kube::Error> {
     let namespace = registry.namespace().unwrap_or_default();
     let api: Api<Registry> = Api::namespaced(client.clone(), &namespace);
     let patch = json!({
@@ -99,6 +99,5 @@ pub async fn apply_status(
         "status": status,
     });
     api.patch_status(&registry.name_any(), &params(), &Patch::Apply(&patch))
-        .await?;
-    Ok(())
+        .await
 }

@@ -321,9 +321,28 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
     let new_status = status::status(&observed, registry.status.as_ref(), now);
     if registry.status.as_ref() != Some(&new_status) {
         let was_ready = registry.status.as_ref().is_some_and(status::is_ready);
-        apply::apply_status(client, registry, &new_status)
+        let stored = apply::apply_status(client, registry, &new_status)
             .await
             .map_err(kube_err("writing the status"))?;
+        if new_status.node_trust.is_some()
+            && stored
+                .status
+                .as_ref()
+                .and_then(|s| s.node_trust.as_ref())
+                .is_none()
+        {
+            // The apiserver pruned a field its schema lacks: nodes would
+            // never learn this registry.
+            publish(
+                ctx,
+                registry,
+                EventType::Warning,
+                "CRDOutdated",
+                "Reconcile",
+                "the installed Registry CRD drops status.nodeTrust, so node agents cannot configure nodes; apply the CRD of this version (kubectl apply --server-side -f crds/registries.berth.dev.yaml): helm install/upgrade never updates CRDs".into(),
+            )
+            .await;
+        }
         if status::is_ready(&new_status) && !was_ready {
             let endpoint = observed.endpoints.node.clone().unwrap_or_default();
             publish(

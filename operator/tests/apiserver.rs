@@ -13,12 +13,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_operator::controller::{self, Config, Context};
+use berth_operator::controller::{self, Config, Context, NodeAgentRef};
 use berth_operator::crd::{Registry, RegistrySpec};
 use berth_operator::metrics::Metrics;
+use berth_operator::node_agent::report::{self, NodeReport, RegistryReport};
 use berth_operator::pki;
 use berth_operator::status;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -127,7 +130,11 @@ async fn scenario(client: Client, ns: String) {
     let config = Config {
         cluster_domain: "cluster.local".into(),
         default_image: "berth.dev/berth-registry:it".into(),
-        node_agent: None,
+        // The test plays the node agent: it writes report Leases here.
+        node_agent: Some(NodeAgentRef {
+            namespace: ns.clone(),
+            daemonset: None,
+        }),
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -239,6 +246,28 @@ async fn scenario(client: Client, ns: String) {
         !owned_by_hub(&claim.metadata),
         "a retained claim has no owner reference"
     );
+
+    // What node agents are told, and how their reports are counted.
+    let published = status.node_trust.clone().expect("status.nodeTrust");
+    assert_eq!(published.upstream, format!("https://{cluster_ip}:443"));
+    assert_eq!(published.hosts[0], format!("hub.{ns}.svc.cluster.local"));
+    assert_eq!(published.ca_bundle, ca_pem);
+    assert_eq!(
+        condition(status::NODE_TRUST_READY).reason,
+        "AwaitingNodeAgents"
+    );
+    let ca_fingerprint = pki::parse_cert(&ca_pem, "ca").expect("ca").fingerprint;
+    report_trust(&client, &ns, &uid, std::slice::from_ref(&ca_fingerprint)).await;
+    eventually("the node report to be counted", || async {
+        let s = registries.get("hub").await.ok()?.status?;
+        let nodes = s.nodes?;
+        let ready = s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == status::NODE_TRUST_READY && c.status == "True");
+        (nodes.trusted == 1 && nodes.total == 1 && ready).then_some(())
+    })
+    .await;
 
     // A second reconcile with nothing changed writes nothing.
     running.stop().await;
@@ -369,6 +398,116 @@ async fn scenario(client: Client, ns: String) {
     })
     .await;
 
+    // CA rotation: plant a CA within a year of expiry. The operator makes a
+    // new CA, publishes both, and keeps serving from the old one until the
+    // node reports the new one.
+    let nine_and_a_half_years = jiff::SignedDuration::from_hours(24 * (3650 - 180));
+    let planted = pki::issue_ca(
+        "planted old CA",
+        jiff::Timestamp::now()
+            .checked_sub(nine_and_a_half_years)
+            .expect("ts"),
+    )
+    .expect("ca");
+    let planted_secret = Secret {
+        data: Some(
+            [
+                (
+                    "tls.crt".to_owned(),
+                    ByteString(planted.cert_pem.clone().into_bytes()),
+                ),
+                (
+                    "tls.key".to_owned(),
+                    ByteString(planted.key_pem.clone().into_bytes()),
+                ),
+            ]
+            .into(),
+        ),
+        ..Secret::default()
+    };
+    secrets
+        .patch(
+            "hub-ca-key",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::to_value(&planted_secret).expect("json")),
+        )
+        .await
+        .expect("plant an expiring CA");
+    let tls_pem = || async {
+        let tls = secrets.get("hub-tls").await.ok()?;
+        String::from_utf8(tls.data?.get("tls.crt")?.0.clone()).ok()
+    };
+    let new_fingerprint = eventually("a new CA, published beside the old one", || async {
+        let s = registries.get("hub").await.ok()?.status?;
+        let fingerprint = s.certificate?.ca_fingerprint?;
+        (fingerprint != ca_fingerprint && s.node_trust?.ca_bundle.contains(planted.cert_pem.trim()))
+            .then_some(fingerprint)
+    })
+    .await;
+    let leaf = eventually("the serving certificate from the old CA", || async {
+        let leaf = tls_pem().await?;
+        pki::is_signed_by(&leaf, &planted.cert_pem).then_some(leaf)
+    })
+    .await;
+    let ca_secret = secrets.get("hub-ca-key").await.expect("ca secret");
+    assert!(
+        ca_secret
+            .data
+            .as_ref()
+            .expect("data")
+            .contains_key("previous.crt"),
+        "the previous CA is kept while it signs"
+    );
+    let s = registries
+        .get("hub")
+        .await
+        .expect("hub")
+        .status
+        .expect("status");
+    let trust = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::NODE_TRUST_READY)
+        .expect("condition");
+    assert_eq!(
+        (trust.status.as_str(), trust.message.as_str()),
+        ("False", "0 of 1 nodes trust the current CA")
+    );
+    // Still from the old CA a moment later: the operator is waiting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(tls_pem().await.as_deref(), Some(leaf.as_str()));
+    report_trust(
+        &client,
+        &ns,
+        &uid,
+        &[new_fingerprint.clone(), ca_fingerprint.clone()],
+    )
+    .await;
+    eventually("the serving certificate from the new CA", || async {
+        let leaf = tls_pem().await?;
+        let bundle = registries
+            .get("hub")
+            .await
+            .ok()?
+            .status?
+            .node_trust?
+            .ca_bundle;
+        let new_ca = pki::parse_bundle(&bundle, "bundle").ok()?;
+        (new_ca[0].fingerprint == new_fingerprint
+            && !pki::is_signed_by(&leaf, &planted.cert_pem)
+            && pki::is_signed_by(&leaf, &bundle))
+        .then_some(())
+    })
+    .await;
+    eventually(
+        "the previous CA to be dropped from the CA Secret",
+        || async {
+            let data = secrets.get("hub-ca-key").await.ok()?.data?;
+            (!data.contains_key("previous.crt")).then_some(())
+        },
+    )
+    .await;
+
     // Deletion: owned children go with the Registry, the data volume stays.
     registries
         .delete("hub", &DeleteParams::foreground())
@@ -401,4 +540,31 @@ async fn scenario(client: Client, ns: String) {
         "Retain keeps the data volume"
     );
     running.stop().await;
+}
+
+/// Write the report Lease a node agent on node `it-node` would write,
+/// saying it has installed `fingerprints` for `hub`.
+async fn report_trust(client: &Client, ns: &str, uid: &str, fingerprints: &[String]) {
+    let node_report = NodeReport {
+        node: "it-node".into(),
+        registries: [(
+            format!("{ns}/hub"),
+            RegistryReport {
+                uid: uid.to_owned(),
+                selected: true,
+                fingerprints: fingerprints.to_vec(),
+                error: None,
+            },
+        )]
+        .into(),
+    };
+    let lease = report::lease(ns, None, &node_report, jiff::Timestamp::now());
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .patch(
+            &report::lease_name("it-node"),
+            &PatchParams::apply(report::FIELD_MANAGER).force(),
+            &Patch::Apply(&lease),
+        )
+        .await
+        .expect("report Lease");
 }

@@ -191,7 +191,7 @@ pub fn plan(
         }
         let Some(published) = registry.status.as_ref().and_then(|s| s.node_trust.as_ref()) else {
             rp.errors.push(
-                "the operator has not published status.nodeTrust yet (the Service's ClusterIP or the CA is not ready)".into(),
+                "the operator has not published status.nodeTrust yet (the Service's ClusterIP or the CA is not ready, or the installed Registry CRD is older than the operator: kubectl apply --server-side -f crds/registries.berth.dev.yaml)".into(),
             );
             plan.registries.push(rp);
             continue;
