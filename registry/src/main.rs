@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+// musl's own allocator serialises threads; jemalloc also returns memory
+// freed on another thread (a chunk read on a blocking thread, sent from a
+// worker) where mimalloc held on to it.
 #[cfg(target_env = "musl")]
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(name = "berth-registry", version, about = "An OCI Distribution Spec v1.1 container registry")]
