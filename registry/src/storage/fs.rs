@@ -91,9 +91,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
 
 #[async_trait]
 impl Driver for FsDriver {
+    // `get` and `size` run on the calling thread: they touch small files
+    // (links, tags, manifests) that are page-cache hits costing a few
+    // microseconds, while a hop to the blocking pool and back costs more
+    // than that in context switches (it dominated manifest GET profiles).
+    // Bulk data, syncs and directory listings go to the blocking pool.
+
     async fn get(&self, key: &str) -> io::Result<Option<Bytes>> {
-        let path = self.path(key);
-        not_found_is_none(tokio::fs::read(path).await).map(|o| o.map(Bytes::from))
+        not_found_is_none(fs::read(self.path(key))).map(|o| o.map(Bytes::from))
     }
 
     async fn put(&self, key: &str, data: Bytes, durability: Durability) -> io::Result<()> {
@@ -102,7 +107,7 @@ impl Driver for FsDriver {
     }
 
     async fn size(&self, key: &str) -> io::Result<Option<u64>> {
-        let meta = not_found_is_none(tokio::fs::metadata(self.path(key)).await)?;
+        let meta = not_found_is_none(fs::metadata(self.path(key)))?;
         Ok(meta.filter(|m| m.is_file()).map(|m| m.len()))
     }
 
