@@ -88,6 +88,13 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "berth-registry serving"
     );
+    // Walk the repository tree now, not in the first catalog request.
+    let warm = store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = warm.repositories().await {
+            tracing::warn!(error = %e, "could not list repositories at start-up");
+        }
+    });
     tokio::spawn(purge_uploads(store.clone(), std::time::Duration::from_secs(args.upload_max_age_hours * 3600)));
     let app = berth_registry::router(store);
     berth_registry::server::serve(listener, app, tls, shutdown_signal()).await?;

@@ -5,9 +5,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::{Ctx, paginate};
 use crate::error::Result;
+use std::sync::Arc;
+
 use crate::storage::Store;
 
-pub async fn get(store: &Store, ctx: &Ctx) -> Result<Response> {
+pub async fn get(store: &Arc<Store>, ctx: &Ctx) -> Result<Response> {
     let repos = store.repositories().await?;
     let (page, link) = paginate(repos, &ctx.query, "/v2/_catalog")?;
     let body = serde_json::json!({ "repositories": page }).to_string();

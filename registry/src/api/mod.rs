@@ -183,7 +183,7 @@ async fn dispatch(state: &AppState, endpoint: Endpoint, ctx: Ctx, body: Body) ->
     let store = &state.store;
     match (endpoint, ctx.method.clone()) {
         (Endpoint::Base, M::GET | M::HEAD) => Ok(base::get()),
-        (Endpoint::Catalog, M::GET) => catalog::get(store, &ctx).await,
+        (Endpoint::Catalog, M::GET) => catalog::get(&state.store, &ctx).await,
         (Endpoint::Tags(name), M::GET) => tags::get(store, &name, &ctx).await,
         (Endpoint::Manifest(name, r), M::GET | M::HEAD) => manifests::get(store, &name, &r, &ctx).await,
         (Endpoint::Manifest(name, r), M::PUT) => manifests::put(store, &name, &r, &ctx, body).await,

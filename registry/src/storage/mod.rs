@@ -253,10 +253,25 @@ impl Store {
     }
 
     /// Every repository that holds a manifest or a blob, sorted.
-    pub async fn repositories(&self) -> Result<Vec<String>, StorageError> {
-        if let Some(repos) = self.catalog.fresh().await {
-            return Ok(repos);
+    pub async fn repositories(self: &Arc<Self>) -> Result<Vec<String>, StorageError> {
+        match self.catalog.lookup().await {
+            catalog::Cached::Fresh(repos) => Ok(repos),
+            catalog::Cached::Stale(repos) => {
+                let store = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.walk_repositories().await {
+                        store.catalog.refresh_failed();
+                        tracing::warn!(error = %e, "could not refresh the repository list");
+                    }
+                });
+                Ok(repos)
+            }
+            catalog::Cached::Empty => self.walk_repositories().await,
         }
+    }
+
+    /// Walks storage for the repository list and caches it.
+    async fn walk_repositories(&self) -> Result<Vec<String>, StorageError> {
         let repos = self.repositories_holding(&["_manifests", "_layers"]).await?;
         self.catalog.replace(&repos).await;
         Ok(repos)
