@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
 
 use super::driver::{Appender, ByteStream, Driver, Durability};
 
@@ -148,11 +147,20 @@ impl Driver for FsDriver {
 
     async fn appender(&self, key: &str) -> io::Result<Box<dyn Appender>> {
         let path = self.path(key);
-        let dir = parent(&path).to_owned();
-        tokio::fs::create_dir_all(&dir).await?;
-        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
-        let start = file.metadata().await?.len();
-        Ok(Box::new(FsAppender { file, start, offset: start, buf: Vec::with_capacity(WRITE_BUFFER) }))
+        let (file, start) = blocking(move || {
+            fs::create_dir_all(parent(&path))?;
+            let file = fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            let start = file.metadata()?.len();
+            Ok((file, start))
+        })
+        .await?;
+        Ok(Box::new(FsAppender {
+            file: Arc::new(file),
+            start,
+            offset: start,
+            buf: Vec::with_capacity(WRITE_BUFFER),
+            pending: None,
+        }))
     }
 
     async fn commit(&self, from: &str, to: &str) -> io::Result<()> {
@@ -204,18 +212,33 @@ impl Driver for FsDriver {
 /// small (~16 KiB), and each file write costs a hop to a blocking thread.
 const WRITE_BUFFER: usize = 1 << 20;
 
+/// Buffers appends and writes each full buffer on a blocking thread while
+/// the next one fills (receiving and hashing overlap the disk write).
 struct FsAppender {
-    file: tokio::fs::File,
+    file: Arc<fs::File>,
     start: u64,
     offset: u64,
     buf: Vec<u8>,
+    /// The write in flight, if any.
+    pending: Option<tokio::task::JoinHandle<io::Result<()>>>,
 }
 
 impl FsAppender {
+    /// Waits for the write in flight.
+    async fn settle(&mut self) -> io::Result<()> {
+        match self.pending.take() {
+            Some(write) => write.await.map_err(io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+
+    /// Hands the buffer to a blocking thread (after the previous write).
     async fn drain(&mut self) -> io::Result<()> {
+        self.settle().await?;
         if !self.buf.is_empty() {
-            self.file.write_all(&self.buf).await?;
-            self.buf.clear();
+            let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_BUFFER));
+            let file = self.file.clone();
+            self.pending = Some(tokio::task::spawn_blocking(move || (&*file).write_all(&buf)));
         }
         Ok(())
     }
@@ -238,12 +261,14 @@ impl Appender for FsAppender {
 
     async fn finish(mut self: Box<Self>) -> io::Result<()> {
         self.drain().await?;
-        self.file.flush().await
+        self.settle().await
     }
 
     async fn abort(mut self: Box<Self>) -> io::Result<()> {
         self.buf.clear();
-        self.file.flush().await?;
-        self.file.set_len(self.start).await
+        // A failed write in flight changes nothing: the length is reset below.
+        let _ = self.settle().await;
+        let (file, start) = (self.file.clone(), self.start);
+        blocking(move || file.set_len(start)).await
     }
 }
