@@ -174,6 +174,7 @@ impl Driver for FsDriver {
             offset: start,
             buf: Vec::with_capacity(WRITE_BUFFER),
             pending: None,
+            spare: None,
         }))
     }
 
@@ -233,26 +234,31 @@ struct FsAppender {
     start: u64,
     offset: u64,
     buf: Vec<u8>,
-    /// The write in flight, if any.
-    pending: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    /// The write in flight, if any; it hands its buffer back for reuse.
+    pending: Option<tokio::task::JoinHandle<io::Result<Vec<u8>>>>,
+    /// A written-out buffer to fill next (fresh ones cost page faults).
+    spare: Option<Vec<u8>>,
 }
 
 impl FsAppender {
     /// Waits for the write in flight.
     async fn settle(&mut self) -> io::Result<()> {
-        match self.pending.take() {
-            Some(write) => write.await.map_err(io::Error::other)?,
-            None => Ok(()),
+        if let Some(write) = self.pending.take() {
+            let mut buf = write.await.map_err(io::Error::other)??;
+            buf.clear();
+            self.spare = Some(buf);
         }
+        Ok(())
     }
 
     /// Hands the buffer to a blocking thread (after the previous write).
     async fn drain(&mut self) -> io::Result<()> {
         self.settle().await?;
         if !self.buf.is_empty() {
-            let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_BUFFER));
+            let next = self.spare.take().unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER));
+            let buf = std::mem::replace(&mut self.buf, next);
             let file = self.file.clone();
-            self.pending = Some(tokio::task::spawn_blocking(move || (&*file).write_all(&buf)));
+            self.pending = Some(tokio::task::spawn_blocking(move || (&*file).write_all(&buf).map(|()| buf)));
         }
         Ok(())
     }
