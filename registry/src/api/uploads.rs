@@ -41,7 +41,7 @@ pub async fn start(store: &Store, name: &Name, ctx: &Ctx, body: Body) -> Result<
     // Monolithic: the whole blob is this request's body.
     let declared = ctx.content_length();
     let body = Ctx::body_stream(body);
-    if let Err(e) = store.upload_complete(name, &id, &digest, declared, body).await {
+    if let Err(e) = store.upload_complete(name, &id, &digest, None, declared, body).await {
         // The session was this request's alone: leave nothing behind.
         if let Err(cleanup) = store.upload_cancel(name, &id).await {
             tracing::debug!(upload = id, error = %cleanup, "monolithic upload already cleaned up");
@@ -76,15 +76,9 @@ pub async fn put(store: &Store, name: &Name, id: &str, ctx: &Ctx, body: Body) ->
         .ok_or_else(|| Error::new(Code::DigestInvalid, "finishing an upload needs ?digest=<algorithm>:<hex> of the whole blob"))?
         .parse()?;
     let (start, declared) = chunk_bounds(ctx)?;
-    if let Some(start) = start {
-        let size = store.upload_size(name, id).await.map_err(|e| upload_error(e, name, id))?;
-        if start != size {
-            return Err(upload_error(UploadError::OutOfOrder { size, got: start }, name, id));
-        }
-    }
     let body = Ctx::body_stream(body);
     store
-        .upload_complete(name, id, &digest, declared, body)
+        .upload_complete(name, id, &digest, start, declared, body)
         .await
         .map_err(|e| upload_error(e, name, id))?;
     Ok(created(name, &digest))

@@ -95,21 +95,18 @@ impl Store {
     {
         let session = self.sessions.get(id);
         let mut cache = session.lock().await;
-        let size = self.upload_size(name, id).await?;
-        if let Some(got) = start
-            && got != size {
-                return Err(UploadError::OutOfOrder { size, got });
-            }
-        self.append_locked(&mut cache, name, id, size, declared, body).await
+        self.append_locked(&mut cache, name, id, start, declared, body).await
     }
 
-    /// Appends the final chunk (if any), verifies the digest, publishes the
-    /// blob and links it into the repository. Returns the blob's size.
+    /// Appends the final chunk (if any, checked like [`Self::upload_append`]),
+    /// verifies the digest, publishes the blob and links it into the
+    /// repository. Returns the blob's size.
     pub async fn upload_complete<S>(
         &self,
         name: &Name,
         id: &str,
         expected: &Digest,
+        start: Option<u64>,
         declared: Option<u64>,
         body: S,
     ) -> Result<u64, UploadError>
@@ -118,8 +115,7 @@ impl Store {
     {
         let session = self.sessions.get(id);
         let mut cache = session.lock().await;
-        let size = self.upload_size(name, id).await?;
-        let size = self.append_locked(&mut cache, name, id, size, declared, body).await?;
+        let size = self.append_locked(&mut cache, name, id, start, declared, body).await?;
         let data = layout::upload_data(name, id);
         let actual = match cache.state.take() {
             Some((offset, h)) if offset == size && h.algorithm() == expected.algorithm() => h.finish(),
@@ -181,13 +177,19 @@ impl Store {
         cache: &mut HashCache,
         name: &Name,
         id: &str,
-        size: u64,
+        start: Option<u64>,
         declared: Option<u64>,
         mut body: S,
     ) -> Result<u64, UploadError>
     where
         S: Stream<Item = BodyChunk> + Send + Unpin,
     {
+        let size = self.upload_size(name, id).await?;
+        if let Some(got) = start
+            && got != size
+        {
+            return Err(UploadError::OutOfOrder { size, got });
+        }
         let data = layout::upload_data(name, id);
         let mut hasher = match cache.state.take() {
             Some((offset, h)) if offset == size => h,
