@@ -73,7 +73,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Error { code, message: message.into(), status: None, headers: Vec::new() }
+        Error {
+            code,
+            message: message.into(),
+            status: None,
+            headers: Vec::new(),
+        }
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
@@ -129,7 +134,10 @@ impl From<StorageError> for Error {
         // The detail goes to the log, not to the client: paths are internal.
         tracing::error!(error = %e, "storage error");
         crate::metrics::storage_error();
-        Error::new(Code::Unknown, "the registry could not read or write its storage; retry, and tell the operator if it persists")
+        Error::new(
+            Code::Unknown,
+            "the registry could not read or write its storage; retry, and tell the operator if it persists",
+        )
     }
 }
 
@@ -140,7 +148,12 @@ impl IntoResponse for Error {
         let body = serde_json::json!({
             "errors": [{ "code": code, "message": self.message, "detail": null }]
         });
-        let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+        let mut resp = (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response();
         for (name, value) in self.headers {
             resp.headers_mut().insert(name, value);
         }
@@ -157,12 +170,28 @@ mod tests {
     fn every_code_maps_to_an_error_status() {
         use Code::*;
         for c in [
-            BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, ManifestBlobUnknown,
-            ManifestInvalid, ManifestUnknown, NameInvalid, NameUnknown, SizeInvalid, RangeInvalid,
-            Unauthorized, Denied, Unsupported, TooManyRequests, Unknown,
+            BlobUnknown,
+            BlobUploadInvalid,
+            BlobUploadUnknown,
+            DigestInvalid,
+            ManifestBlobUnknown,
+            ManifestInvalid,
+            ManifestUnknown,
+            NameInvalid,
+            NameUnknown,
+            SizeInvalid,
+            RangeInvalid,
+            Unauthorized,
+            Denied,
+            Unsupported,
+            TooManyRequests,
+            Unknown,
         ] {
             let (name, status) = c.describe();
-            assert!(status.is_client_error() || status.is_server_error(), "{name}");
+            assert!(
+                status.is_client_error() || status.is_server_error(),
+                "{name}"
+            );
             assert_eq!(name, name.to_uppercase());
         }
     }

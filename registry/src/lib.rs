@@ -10,6 +10,7 @@ pub mod oci;
 pub mod server;
 pub mod storage;
 pub mod tls;
+pub mod zero_copy;
 
 use std::sync::Arc;
 
@@ -31,15 +32,26 @@ pub fn router(store: Arc<Store>) -> Router {
     let state = AppState { store };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(|| async {
-            ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics::render())
-                .into_response()
-        }))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics::render(),
+                )
+                    .into_response()
+            }),
+        )
         .fallback(api::handle)
         .with_state(state)
 }
 
 /// A store on the local filesystem under `root`.
 pub fn filesystem_store(root: &std::path::Path) -> std::io::Result<Arc<Store>> {
-    Ok(Arc::new(Store::new(Arc::new(storage::fs::FsDriver::new(root)?))))
+    Ok(Arc::new(Store::new(Arc::new(storage::fs::FsDriver::new(
+        root,
+    )?))))
 }

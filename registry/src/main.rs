@@ -15,7 +15,11 @@ use clap::{Parser, Subcommand};
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
-#[command(name = "berth-registry", version, about = "An OCI Distribution Spec v1.1 container registry")]
+#[command(
+    name = "berth-registry",
+    version,
+    about = "An OCI Distribution Spec v1.1 container registry"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,14 +60,19 @@ fn main() -> anyhow::Result<()> {
     // File I/O runs on tokio's blocking pool. Its default cap (512 threads)
     // only adds memory here: the work is short reads and writes, and past a
     // few dozen threads the disk, not the pool, is the limit.
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(64).build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .build()?;
     runtime.block_on(serve(args))
 }
 
 fn init_tracing(format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -75,7 +84,10 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     let store = berth_registry::filesystem_store(&args.data)
         .with_context(|| format!("cannot use {} as the data directory; check it exists or can be created, and is writable", args.data.display()))?;
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(berth_registry::tls::server_config(cert.clone(), key.clone()).context("cannot serve TLS")?),
+        (Some(cert), Some(key)) => Some(
+            berth_registry::tls::server_config(cert.clone(), key.clone())
+                .context("cannot serve TLS")?,
+        ),
         _ => None,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -95,7 +107,10 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "could not list repositories at start-up");
         }
     });
-    tokio::spawn(purge_uploads(store.clone(), std::time::Duration::from_secs(args.upload_max_age_hours * 3600)));
+    tokio::spawn(purge_uploads(
+        store.clone(),
+        std::time::Duration::from_secs(args.upload_max_age_hours * 3600),
+    ));
     let app = berth_registry::router(store);
     berth_registry::server::serve(listener, app, tls, shutdown_signal()).await?;
     Ok(())
@@ -120,7 +135,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

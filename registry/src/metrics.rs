@@ -1,5 +1,6 @@
 //! Prometheus metrics, served at `/metrics`: request counts and latencies by
-//! route and status, bytes in and out, storage errors.
+//! route and status, bytes in and out (and how many went by sendfile),
+//! storage errors.
 //!
 //! One process-wide registry, so any layer can count without threading a
 //! handle through every call.
@@ -32,6 +33,7 @@ struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     bytes_in: Counter,
     bytes_out: Counter,
+    sendfile_bytes: Counter,
     storage_errors: Counter,
 }
 
@@ -43,20 +45,65 @@ fn metrics() -> &'static Metrics {
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
-        let (bytes_in, bytes_out, storage_errors) = (Counter::default(), Counter::default(), Counter::default());
-        registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
-        registry.register("http_request_duration_seconds", "Time to produce a response's headers", latency.clone());
-        registry.register("received_bytes", "Blob bytes received in uploads", bytes_in.clone());
+        let (bytes_in, bytes_out, sendfile_bytes, storage_errors) = (
+            Counter::default(),
+            Counter::default(),
+            Counter::default(),
+            Counter::default(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to produce a response's headers",
+            latency.clone(),
+        );
+        registry.register(
+            "received_bytes",
+            "Blob bytes received in uploads",
+            bytes_in.clone(),
+        );
         registry.register("sent_bytes", "Blob bytes served", bytes_out.clone());
-        registry.register("storage_errors", "Storage operations that failed", storage_errors.clone());
-        Metrics { registry, requests, latency, bytes_in, bytes_out, storage_errors }
+        registry.register(
+            "sendfile_bytes",
+            "Blob bytes the kernel sent straight from the page cache (plain HTTP/1.x)",
+            sendfile_bytes.clone(),
+        );
+        registry.register(
+            "storage_errors",
+            "Storage operations that failed",
+            storage_errors.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            bytes_in,
+            bytes_out,
+            sendfile_bytes,
+            storage_errors,
+        }
     })
 }
 
 pub fn request(route: &'static str, method: &str, status: u16, elapsed: Duration) {
     let m = metrics();
-    m.requests.get_or_create(&RequestLabels { route, method: method.to_owned(), status }).inc();
-    m.latency.get_or_create(&RouteLabels { route, method: method.to_owned() }).observe(elapsed.as_secs_f64());
+    m.requests
+        .get_or_create(&RequestLabels {
+            route,
+            method: method.to_owned(),
+            status,
+        })
+        .inc();
+    m.latency
+        .get_or_create(&RouteLabels {
+            route,
+            method: method.to_owned(),
+        })
+        .observe(elapsed.as_secs_f64());
 }
 
 pub fn bytes_in(n: u64) {
@@ -65,6 +112,10 @@ pub fn bytes_in(n: u64) {
 
 pub fn bytes_out(n: u64) {
     metrics().bytes_out.inc_by(n);
+}
+
+pub fn sendfile_bytes(n: u64) {
+    metrics().sendfile_bytes.inc_by(n);
 }
 
 pub fn storage_error() {

@@ -7,12 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::Request;
+use axum::http::Version;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+
+use crate::zero_copy;
 
 /// How long open transfers may finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(25);
@@ -26,7 +32,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper then queues body chunks as they are rather than copying them
+    // into one buffer: zero-copy bodies rely on it (see `zero_copy`).
+    builder.http1().writev(true);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -42,31 +51,52 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
         match &acceptor {
             None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
+                let (io, regions) = zero_copy::Conn::new(tcp);
+                // HTTP/1.x responses on this connection may sendfile blobs;
+                // HTTP/2 (prior knowledge) frames bodies itself, so not there.
+                let app = app.clone().map_request(move |mut req: Request<Incoming>| {
+                    if req.version() <= Version::HTTP_11 {
+                        req.extensions_mut().insert(regions.clone());
+                    }
+                    req
+                });
+                let service = TowerToHyperService::new(app);
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                    .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move { log_conn(conn.await, peer) });
             }
             Some(acceptor) => {
+                let service = TowerToHyperService::new(app.clone());
                 let acceptor = acceptor.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let stream =
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                return tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            }
+                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                        };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     log_conn(watcher.watch(conn).await, peer);
                 });
             }
         }
     }
     tracing::info!("shutting down: draining open connections");
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after {DRAIN:?}; closing them");
     }
     Ok(())

@@ -18,7 +18,10 @@ use rustls::sign::CertifiedKey;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} holds no PEM certificate; give the serving certificate (chain) in PEM form")]
     NoCertificate { path: PathBuf },
     #[error("{path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
@@ -33,17 +36,28 @@ pub enum TlsError {
 
 /// Loads a certificate chain and its key, checking that they belong together.
 pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
-    let read = |p: &Path| std::fs::read(p).map_err(|source| TlsError::Read { path: p.to_owned(), source });
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.to_owned(),
+            source,
+        })
+    };
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
-    let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice()).filter_map(Result::ok).collect();
+    let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .filter_map(Result::ok)
+        .collect();
     if chain.is_empty() {
-        return Err(TlsError::NoCertificate { path: cert.to_owned() });
+        return Err(TlsError::NoCertificate {
+            path: cert.to_owned(),
+        });
     }
     let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .ok()
         .flatten()
-        .ok_or_else(|| TlsError::NoKey { path: key.to_owned() })?;
+        .ok_or_else(|| TlsError::NoKey {
+            path: key.to_owned(),
+        })?;
     let provider = aws_lc_rs::default_provider();
     let certified = CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => TlsError::Mismatch(e),
@@ -60,14 +74,21 @@ pub struct ReloadingResolver {
 
 impl ResolvesServerCert for ReloadingResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }
 
 /// Builds the server config and starts the watcher that reloads the files.
 pub fn server_config(cert: PathBuf, key: PathBuf) -> Result<Arc<ServerConfig>, TlsError> {
     let initial = load(&cert, &key)?;
-    let resolver = Arc::new(ReloadingResolver { current: RwLock::new(Arc::new(initial)) });
+    let resolver = Arc::new(ReloadingResolver {
+        current: RwLock::new(Arc::new(initial)),
+    });
     let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
@@ -101,7 +122,9 @@ async fn watch(cert: PathBuf, key: PathBuf, resolver: Arc<ReloadingResolver>) {
                 tracing::info!(cert = %cert.display(), "reloaded the TLS certificate");
             }
             // A half-written pair is common mid-rotation: try again next tick.
-            Err(e) => tracing::warn!(error = %e, "new TLS files not usable yet; still serving the previous certificate"),
+            Err(e) => {
+                tracing::warn!(error = %e, "new TLS files not usable yet; still serving the previous certificate")
+            }
         }
     }
 }

@@ -28,7 +28,10 @@ struct Reply {
 
 impl Reply {
     fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// The OCI error code of an error reply.
@@ -40,30 +43,54 @@ impl Reply {
 
 fn sha256(data: &[u8]) -> String {
     let h = Sha256::digest(data);
-    format!("sha256:{}", h.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "sha256:{}",
+        h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 impl Registry {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        Registry { app: berth_registry::router(berth_registry::filesystem_store(dir.path()).unwrap()), dir }
+        Registry {
+            app: berth_registry::router(berth_registry::filesystem_store(dir.path()).unwrap()),
+            dir,
+        }
     }
 
     /// A second server process on the same data (as after a restart).
     fn restarted(self) -> Self {
-        Registry { app: berth_registry::router(berth_registry::filesystem_store(self.dir.path()).unwrap()), dir: self.dir }
+        Registry {
+            app: berth_registry::router(berth_registry::filesystem_store(self.dir.path()).unwrap()),
+            dir: self.dir,
+        }
     }
 
-    async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
         let mut req = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = self.app.clone().oneshot(req.body(Body::from(body.into())).unwrap()).await.unwrap();
+        let resp = self
+            .app
+            .clone()
+            .oneshot(req.body(Body::from(body.into())).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     async fn get(&self, uri: &str) -> Reply {
@@ -73,9 +100,19 @@ impl Registry {
     async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         let digest = sha256(data);
         let r = self
-            .send(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"), &[], data.to_vec())
+            .send(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+                &[],
+                data.to_vec(),
+            )
             .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
         digest
     }
 
@@ -90,12 +127,24 @@ impl Registry {
     }
 
     async fn put_manifest(&self, repo: &str, reference: &str, body: &str) -> Reply {
-        self.send(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"), &[("content-type", OCI_MANIFEST)], body.to_owned())
-            .await
+        self.send(
+            Method::PUT,
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &[("content-type", OCI_MANIFEST)],
+            body.to_owned(),
+        )
+        .await
     }
 
     async fn start_upload(&self, repo: &str) -> String {
-        let r = self.send(Method::POST, &format!("/v2/{repo}/blobs/uploads/"), &[], Bytes::new()).await;
+        let r = self
+            .send(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/"),
+                &[],
+                Bytes::new(),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::ACCEPTED);
         r.header("location").to_owned()
     }
@@ -137,16 +186,40 @@ async fn monolithic_push_pulls_back_byte_identical_with_ranges() {
     assert_eq!(r.body.as_ref(), data.as_slice());
     assert_eq!(r.header("docker-content-digest"), digest);
 
-    let r = reg.send(Method::GET, &format!("/v2/a/b/c/blobs/{digest}"), &[("range", "bytes=10-19")], Bytes::new()).await;
+    let r = reg
+        .send(
+            Method::GET,
+            &format!("/v2/a/b/c/blobs/{digest}"),
+            &[("range", "bytes=10-19")],
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.body.as_ref(), &data[10..20]);
     assert_eq!(r.header("content-range"), "bytes 10-19/100000");
 
-    let r = reg.send(Method::GET, &format!("/v2/a/b/c/blobs/{digest}"), &[("range", "bytes=100000-")], Bytes::new()).await;
+    let r = reg
+        .send(
+            Method::GET,
+            &format!("/v2/a/b/c/blobs/{digest}"),
+            &[("range", "bytes=100000-")],
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
 
-    let r = reg.send(Method::HEAD, &format!("/v2/a/b/c/blobs/{digest}"), &[], Bytes::new()).await;
-    assert_eq!((r.status, r.header("content-length"), r.body.len()), (StatusCode::OK, "100000", 0));
+    let r = reg
+        .send(
+            Method::HEAD,
+            &format!("/v2/a/b/c/blobs/{digest}"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.header("content-length"), r.body.len()),
+        (StatusCode::OK, "100000", 0)
+    );
 }
 
 #[tokio::test]
@@ -154,35 +227,86 @@ async fn chunked_upload_refuses_out_of_order_chunks_and_recovers() {
     let reg = Registry::new();
     let data = b"0123456789abcdefghij".to_vec();
     let loc = reg.start_upload("x").await;
-    let r = reg.send(Method::PATCH, &loc, &[("content-range", "0-9")], data[..10].to_vec()).await;
+    let r = reg
+        .send(
+            Method::PATCH,
+            &loc,
+            &[("content-range", "0-9")],
+            data[..10].to_vec(),
+        )
+        .await;
     assert_eq!((r.status, r.header("range")), (StatusCode::ACCEPTED, "0-9"));
     let loc = r.header("location").to_owned();
 
     // A gap: bytes 15.. before 10..15.
-    let r = reg.send(Method::PATCH, &loc, &[("content-range", "15-19")], data[15..].to_vec()).await;
+    let r = reg
+        .send(
+            Method::PATCH,
+            &loc,
+            &[("content-range", "15-19")],
+            data[15..].to_vec(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.code(), "RANGE_INVALID");
     assert_eq!(r.header("range"), "0-9");
 
     let r = reg.get(&loc).await;
-    assert_eq!((r.status, r.header("range")), (StatusCode::NO_CONTENT, "0-9"));
+    assert_eq!(
+        (r.status, r.header("range")),
+        (StatusCode::NO_CONTENT, "0-9")
+    );
 
-    let r = reg.send(Method::PATCH, &loc, &[("content-range", "10-19")], data[10..].to_vec()).await;
+    let r = reg
+        .send(
+            Method::PATCH,
+            &loc,
+            &[("content-range", "10-19")],
+            data[10..].to_vec(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    let r = reg.send(Method::PUT, &format!("{loc}?digest={}", sha256(&data)), &[], Bytes::new()).await;
+    let r = reg
+        .send(
+            Method::PUT,
+            &format!("{loc}?digest={}", sha256(&data)),
+            &[],
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    assert_eq!(reg.get(&format!("/v2/x/blobs/{}", sha256(&data))).await.body.as_ref(), data.as_slice());
+    assert_eq!(
+        reg.get(&format!("/v2/x/blobs/{}", sha256(&data)))
+            .await
+            .body
+            .as_ref(),
+        data.as_slice()
+    );
 }
 
 #[tokio::test]
 async fn a_chunk_whose_length_disagrees_with_its_range_is_refused_and_rolled_back() {
     let reg = Registry::new();
     let loc = reg.start_upload("x").await;
-    let r = reg.send(Method::PATCH, &loc, &[("content-range", "0-99")], vec![7u8; 10]).await;
+    let r = reg
+        .send(
+            Method::PATCH,
+            &loc,
+            &[("content-range", "0-99")],
+            vec![7u8; 10],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.code(), "SIZE_INVALID");
     assert_eq!(reg.get(&loc).await.header("range"), "0-0");
-    let r = reg.send(Method::PATCH, &loc, &[("content-range", "zero-ten")], vec![7u8; 10]).await;
+    let r = reg
+        .send(
+            Method::PATCH,
+            &loc,
+            &[("content-range", "zero-ten")],
+            vec![7u8; 10],
+        )
+        .await;
     assert_eq!(r.code(), "RANGE_INVALID");
 }
 
@@ -191,15 +315,31 @@ async fn an_upload_in_progress_survives_a_restart() {
     let reg = Registry::new();
     let data = vec![42u8; 3 << 20];
     let loc = reg.start_upload("team/app").await;
-    let r = reg.send(Method::PATCH, &loc, &[("content-range", &format!("0-{}", (1 << 20) - 1))], data[..1 << 20].to_vec()).await;
+    let r = reg
+        .send(
+            Method::PATCH,
+            &loc,
+            &[("content-range", &format!("0-{}", (1 << 20) - 1))],
+            data[..1 << 20].to_vec(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
 
     let reg = reg.restarted();
     let r = reg.get(&loc).await;
     assert_eq!(r.header("range"), format!("0-{}", (1 << 20) - 1));
-    let r = reg.send(Method::PATCH, &loc, &[], data[1 << 20..].to_vec()).await;
+    let r = reg
+        .send(Method::PATCH, &loc, &[], data[1 << 20..].to_vec())
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    let r = reg.send(Method::PUT, &format!("{loc}?digest={}", sha256(&data)), &[], Bytes::new()).await;
+    let r = reg
+        .send(
+            Method::PUT,
+            &format!("{loc}?digest={}", sha256(&data)),
+            &[],
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
 }
 
@@ -209,7 +349,14 @@ async fn an_unfinished_upload_is_never_visible_as_a_blob() {
     let data = b"half of a blob".to_vec();
     let loc = reg.start_upload("x").await;
     reg.send(Method::PATCH, &loc, &[], data.clone()).await;
-    let r = reg.send(Method::HEAD, &format!("/v2/x/blobs/{}", sha256(&data)), &[], Bytes::new()).await;
+    let r = reg
+        .send(
+            Method::HEAD,
+            &format!("/v2/x/blobs/{}", sha256(&data)),
+            &[],
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
@@ -217,11 +364,32 @@ async fn an_unfinished_upload_is_never_visible_as_a_blob() {
 async fn a_wrong_digest_discards_the_upload_and_stores_nothing() {
     let reg = Registry::new();
     let claimed = sha256(b"something else");
-    let r = reg.send(Method::POST, &format!("/v2/x/blobs/uploads/?digest={claimed}"), &[], b"actual".to_vec()).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
-    assert!(reg.files().iter().all(|f| !f.contains("/blobs/sha256/")), "{:?}", reg.files());
-    assert!(reg.files().iter().all(|f| !f.contains("_uploads")), "{:?}", reg.files());
-    assert_eq!(reg.get(&format!("/v2/x/blobs/{claimed}")).await.code(), "BLOB_UNKNOWN");
+    let r = reg
+        .send(
+            Method::POST,
+            &format!("/v2/x/blobs/uploads/?digest={claimed}"),
+            &[],
+            b"actual".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
+    );
+    assert!(
+        reg.files().iter().all(|f| !f.contains("/blobs/sha256/")),
+        "{:?}",
+        reg.files()
+    );
+    assert!(
+        reg.files().iter().all(|f| !f.contains("_uploads")),
+        "{:?}",
+        reg.files()
+    );
+    assert_eq!(
+        reg.get(&format!("/v2/x/blobs/{claimed}")).await.code(),
+        "BLOB_UNKNOWN"
+    );
 }
 
 #[tokio::test]
@@ -233,12 +401,21 @@ async fn unknown_and_forged_upload_sessions_are_refused() {
         "/v2/x/blobs/uploads/not-a-uuid",
     ] {
         let r = reg.send(Method::PATCH, loc, &[], b"data".to_vec()).await;
-        assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"), "{loc}");
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
+            "{loc}"
+        );
         let r = reg.get(loc).await;
         assert_eq!(r.code(), "BLOB_UPLOAD_UNKNOWN", "{loc}");
     }
     let loc = reg.start_upload("x").await;
-    assert_eq!(reg.send(Method::DELETE, &loc, &[], Bytes::new()).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        reg.send(Method::DELETE, &loc, &[], Bytes::new())
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(reg.get(&loc).await.code(), "BLOB_UPLOAD_UNKNOWN");
 }
 
@@ -252,8 +429,14 @@ async fn bad_names_and_digests_get_their_codes_and_touch_nothing() {
         ("/v2/a%2F..%2Fb/manifests/latest", "NAME_INVALID"),
         ("/v2/-a/blobs/uploads/", "NAME_INVALID"),
         ("/v2/x/blobs/sha256:short", "DIGEST_INVALID"),
-        ("/v2/x/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", "DIGEST_INVALID"),
-        ("/v2/x/blobs/uploads/?digest=sha256:nothex", "DIGEST_INVALID"),
+        (
+            "/v2/x/blobs/md5:d41d8cd98f00b204e9800998ecf8427e",
+            "DIGEST_INVALID",
+        ),
+        (
+            "/v2/x/blobs/uploads/?digest=sha256:nothex",
+            "DIGEST_INVALID",
+        ),
         ("/v2/x/manifests/sha256:baddigeststring", "DIGEST_INVALID"),
     ];
     for (uri, code) in cases {
@@ -274,14 +457,42 @@ async fn bad_names_and_digests_get_their_codes_and_touch_nothing() {
 async fn no_request_makes_the_server_fail() {
     let reg = Registry::new();
     let paths = [
-        "/", "/v2", "/v2/", "/v2/_catalog?n=abc", "/v2/x/tags/list?n=-1", "/v2/x", "/v2/x/blobs", "/v2/x/blobs/",
-        "/v2/x/manifests/", "/v2/x/referrers/", "/v2/x/referrers/sha256:zz", "/v2/x/blobs/uploads/%00",
-        "/v2/%ff%fe/manifests/a", "/v2/x/manifests/a?tag=%%", "/v2/x/blobs/uploads/?mount=bad&from=..",
-        "/v3/", "/metrics",
+        "/",
+        "/v2",
+        "/v2/",
+        "/v2/_catalog?n=abc",
+        "/v2/x/tags/list?n=-1",
+        "/v2/x",
+        "/v2/x/blobs",
+        "/v2/x/blobs/",
+        "/v2/x/manifests/",
+        "/v2/x/referrers/",
+        "/v2/x/referrers/sha256:zz",
+        "/v2/x/blobs/uploads/%00",
+        "/v2/%ff%fe/manifests/a",
+        "/v2/x/manifests/a?tag=%%",
+        "/v2/x/blobs/uploads/?mount=bad&from=..",
+        "/v3/",
+        "/metrics",
     ];
     for p in paths {
-        for method in [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS] {
-            let r = reg.send(method.clone(), p, &[("content-range", "5-1"), ("range", "bytes=9-1")], b"{".to_vec()).await;
+        for method in [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ] {
+            let r = reg
+                .send(
+                    method.clone(),
+                    p,
+                    &[("content-range", "5-1"), ("range", "bytes=9-1")],
+                    b"{".to_vec(),
+                )
+                .await;
             assert!(!r.status.is_server_error(), "{method} {p}: {}", r.status);
         }
     }
@@ -291,26 +502,47 @@ async fn no_request_makes_the_server_fail() {
 async fn manifests_refuse_bad_bodies_and_leave_the_old_tag_in_place() {
     let reg = Registry::new();
     let good = reg.image_manifest("x", b"layer", "").await;
-    assert_eq!(reg.put_manifest("x", "v1", &good).await.status, StatusCode::CREATED);
+    assert_eq!(
+        reg.put_manifest("x", "v1", &good).await.status,
+        StatusCode::CREATED
+    );
     let before = reg.files();
 
     let r = reg.put_manifest("x", "v1", "this is not json").await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "MANIFEST_INVALID")
+    );
 
     let odd = good.replace(OCI_MANIFEST, "application/vnd.example.unknown+json");
-    let r = reg.send(Method::PUT, "/v2/x/manifests/v1", &[("content-type", "application/vnd.example.unknown+json")], odd).await;
+    let r = reg
+        .send(
+            Method::PUT,
+            "/v2/x/manifests/v1",
+            &[("content-type", "application/vnd.example.unknown+json")],
+            odd,
+        )
+        .await;
     assert_eq!(r.code(), "MANIFEST_INVALID");
 
     let missing = good.replace(&sha256(b"layer"), &sha256(b"never pushed"));
     let r = reg.put_manifest("x", "v1", &missing).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN")
+    );
 
     let padding = "a".repeat(5 << 20);
-    let huge = format!("{},\"annotations\":{{\"x\":\"{padding}\"}}}}", &good[..good.len() - 1]);
+    let huge = format!(
+        "{},\"annotations\":{{\"x\":\"{padding}\"}}}}",
+        &good[..good.len() - 1]
+    );
     let r = reg.put_manifest("x", "v1", &huge).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
 
-    let r = reg.put_manifest("x", &sha256(b"not this manifest"), &good).await;
+    let r = reg
+        .put_manifest("x", &sha256(b"not this manifest"), &good)
+        .await;
     assert_eq!(r.code(), "DIGEST_INVALID");
 
     assert_eq!(reg.files(), before);
@@ -329,9 +561,19 @@ async fn an_index_needs_its_children_pushed_first() {
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{child_digest}","size":{}}}]}}"#,
         child.len()
     );
-    let put = |body: String| reg.send(Method::PUT, "/v2/x/manifests/multi", &[("content-type", "application/vnd.oci.image.index.v1+json")], body);
+    let put = |body: String| {
+        reg.send(
+            Method::PUT,
+            "/v2/x/manifests/multi",
+            &[("content-type", "application/vnd.oci.image.index.v1+json")],
+            body,
+        )
+    };
     assert_eq!(put(index.clone()).await.code(), "MANIFEST_BLOB_UNKNOWN");
-    assert_eq!(reg.put_manifest("x", &child_digest, &child).await.status, StatusCode::CREATED);
+    assert_eq!(
+        reg.put_manifest("x", &child_digest, &child).await.status,
+        StatusCode::CREATED
+    );
     assert_eq!(put(index).await.status, StatusCode::CREATED);
 }
 
@@ -341,12 +583,28 @@ async fn manifests_are_served_only_in_accepted_media_types() {
     let m = reg.image_manifest("x", b"l", "").await;
     reg.put_manifest("x", "v1", &m).await;
     let reg = &reg;
-    let get = |accept: &'static str| async move { reg.send(Method::GET, "/v2/x/manifests/v1", &[("accept", accept)], Bytes::new()).await };
+    let get = |accept: &'static str| async move {
+        reg.send(
+            Method::GET,
+            "/v2/x/manifests/v1",
+            &[("accept", accept)],
+            Bytes::new(),
+        )
+        .await
+    };
     assert_eq!(get(OCI_MANIFEST).await.status, StatusCode::OK);
-    assert_eq!(get("application/vnd.docker.distribution.manifest.v2+json, */*").await.status, StatusCode::OK);
+    assert_eq!(
+        get("application/vnd.docker.distribution.manifest.v2+json, */*")
+            .await
+            .status,
+        StatusCode::OK
+    );
     assert_eq!(get("application/json").await.status, StatusCode::OK);
     let r = get("application/vnd.docker.distribution.manifest.v2+json").await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+    );
 }
 
 #[tokio::test]
@@ -355,19 +613,40 @@ async fn referrers_list_filter_and_forget_deleted_manifests() {
     let subject = reg.image_manifest("x", b"l", "").await;
     let subject_digest = sha256(subject.as_bytes());
     reg.put_manifest("x", "v1", &subject).await;
-    let subject_ref = format!(r#","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{subject_digest}","size":{}}}"#, subject.len());
+    let subject_ref = format!(
+        r#","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{subject_digest}","size":{}}}"#,
+        subject.len()
+    );
 
-    let sig = reg.image_manifest("x", b"sig", &format!(r#","artifactType":"application/x.sig"{subject_ref}"#)).await;
-    let sbom = reg.image_manifest("x", b"sbom", &format!(r#","artifactType":"application/x.sbom"{subject_ref}"#)).await;
+    let sig = reg
+        .image_manifest(
+            "x",
+            b"sig",
+            &format!(r#","artifactType":"application/x.sig"{subject_ref}"#),
+        )
+        .await;
+    let sbom = reg
+        .image_manifest(
+            "x",
+            b"sbom",
+            &format!(r#","artifactType":"application/x.sbom"{subject_ref}"#),
+        )
+        .await;
     let sig_digest = sha256(sig.as_bytes());
     let r = reg.put_manifest("x", &sig_digest, &sig).await;
     assert_eq!(r.header("oci-subject"), subject_digest);
     reg.put_manifest("x", &sha256(sbom.as_bytes()), &sbom).await;
 
     let (reg, subject_digest) = (&reg, &subject_digest);
-    let list = |q: &'static str| async move { reg.get(&format!("/v2/x/referrers/{subject_digest}{q}")).await };
+    let list = |q: &'static str| async move {
+        reg.get(&format!("/v2/x/referrers/{subject_digest}{q}"))
+            .await
+    };
     let r = list("").await;
-    assert_eq!(r.header("content-type"), "application/vnd.oci.image.index.v1+json");
+    assert_eq!(
+        r.header("content-type"),
+        "application/vnd.oci.image.index.v1+json"
+    );
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["manifests"].as_array().unwrap().len(), 2);
 
@@ -377,12 +656,27 @@ async fn referrers_list_filter_and_forget_deleted_manifests() {
     assert_eq!(v["manifests"][0]["digest"], sig_digest);
     assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
 
-    assert_eq!(reg.send(Method::DELETE, &format!("/v2/x/manifests/{sig_digest}"), &[], Bytes::new()).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        reg.send(
+            Method::DELETE,
+            &format!("/v2/x/manifests/{sig_digest}"),
+            &[],
+            Bytes::new()
+        )
+        .await
+        .status,
+        StatusCode::ACCEPTED
+    );
     let v: serde_json::Value = serde_json::from_slice(&list("").await.body).unwrap();
     assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
 
     // A subject nobody refers to: an empty index, not an error.
-    let v: serde_json::Value = serde_json::from_slice(&reg.get(&format!("/v2/x/referrers/{}", sha256(b"none"))).await.body).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(
+        &reg.get(&format!("/v2/x/referrers/{}", sha256(b"none")))
+            .await
+            .body,
+    )
+    .unwrap();
     assert_eq!(v["manifests"].as_array().unwrap().len(), 0);
 }
 
@@ -391,25 +685,38 @@ async fn tags_and_catalog_paginate_with_link_headers() {
     let reg = Registry::new();
     let m = reg.image_manifest("team/app", b"l", "").await;
     for tag in ["c", "a", "b", "d"] {
-        assert_eq!(reg.put_manifest("team/app", tag, &m).await.status, StatusCode::CREATED);
+        assert_eq!(
+            reg.put_manifest("team/app", tag, &m).await.status,
+            StatusCode::CREATED
+        );
     }
     reg.push_blob("other", b"x").await;
     let r = reg.get("/v2/team/app/tags/list?n=2").await;
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["tags"], serde_json::json!(["a", "b"]));
-    assert_eq!(r.header("link"), "</v2/team/app/tags/list?n=2&last=b>; rel=\"next\"");
-    let v: serde_json::Value = serde_json::from_slice(&reg.get("/v2/team/app/tags/list?n=2&last=b").await.body).unwrap();
+    assert_eq!(
+        r.header("link"),
+        "</v2/team/app/tags/list?n=2&last=b>; rel=\"next\""
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&reg.get("/v2/team/app/tags/list?n=2&last=b").await.body).unwrap();
     assert_eq!(v["tags"], serde_json::json!(["c", "d"]));
 
     let v: serde_json::Value = serde_json::from_slice(&reg.get("/v2/_catalog").await.body).unwrap();
     assert_eq!(v["repositories"], serde_json::json!(["other", "team/app"]));
     let r = reg.get("/v2/_catalog?n=1").await;
-    assert_eq!(r.header("link"), "</v2/_catalog?n=1&last=other>; rel=\"next\"");
+    assert_eq!(
+        r.header("link"),
+        "</v2/_catalog?n=1&last=other>; rel=\"next\""
+    );
 
     // A repository created after a listing shows up in the next one.
     reg.push_blob("zeta/new", b"y").await;
     let v: serde_json::Value = serde_json::from_slice(&reg.get("/v2/_catalog").await.body).unwrap();
-    assert_eq!(v["repositories"], serde_json::json!(["other", "team/app", "zeta/new"]));
+    assert_eq!(
+        v["repositories"],
+        serde_json::json!(["other", "team/app", "zeta/new"])
+    );
 
     assert_eq!(reg.get("/v2/nope/tags/list").await.code(), "NAME_UNKNOWN");
 }
@@ -421,24 +728,78 @@ async fn deleting_a_manifest_removes_its_tags_and_deleting_a_tag_keeps_the_manif
     let d = sha256(m.as_bytes());
     reg.put_manifest("x", "keep", &m).await;
     reg.put_manifest("x", "drop", &m).await;
-    assert_eq!(reg.send(Method::DELETE, "/v2/x/manifests/drop", &[], Bytes::new()).await.status, StatusCode::ACCEPTED);
-    assert_eq!(reg.get("/v2/x/manifests/drop").await.code(), "MANIFEST_UNKNOWN");
-    assert_eq!(reg.get(&format!("/v2/x/manifests/{d}")).await.status, StatusCode::OK);
-    assert_eq!(reg.send(Method::DELETE, &format!("/v2/x/manifests/{d}"), &[], Bytes::new()).await.status, StatusCode::ACCEPTED);
-    assert_eq!(reg.get("/v2/x/manifests/keep").await.code(), "MANIFEST_UNKNOWN");
-    assert_eq!(reg.send(Method::DELETE, &format!("/v2/x/manifests/{d}"), &[], Bytes::new()).await.code(), "MANIFEST_UNKNOWN");
+    assert_eq!(
+        reg.send(Method::DELETE, "/v2/x/manifests/drop", &[], Bytes::new())
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        reg.get("/v2/x/manifests/drop").await.code(),
+        "MANIFEST_UNKNOWN"
+    );
+    assert_eq!(
+        reg.get(&format!("/v2/x/manifests/{d}")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        reg.send(
+            Method::DELETE,
+            &format!("/v2/x/manifests/{d}"),
+            &[],
+            Bytes::new()
+        )
+        .await
+        .status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        reg.get("/v2/x/manifests/keep").await.code(),
+        "MANIFEST_UNKNOWN"
+    );
+    assert_eq!(
+        reg.send(
+            Method::DELETE,
+            &format!("/v2/x/manifests/{d}"),
+            &[],
+            Bytes::new()
+        )
+        .await
+        .code(),
+        "MANIFEST_UNKNOWN"
+    );
 }
 
 #[tokio::test]
 async fn cross_repository_mount_links_without_copying_and_falls_back_when_missing() {
     let reg = Registry::new();
     let d = reg.push_blob("src", b"shared layer").await;
-    let r = reg.send(Method::POST, &format!("/v2/dst/blobs/uploads/?mount={d}&from=src"), &[], Bytes::new()).await;
-    assert_eq!((r.status, r.header("location")), (StatusCode::CREATED, format!("/v2/dst/blobs/{d}").as_str()));
-    assert_eq!(reg.get(&format!("/v2/dst/blobs/{d}")).await.body.as_ref(), b"shared layer");
+    let r = reg
+        .send(
+            Method::POST,
+            &format!("/v2/dst/blobs/uploads/?mount={d}&from=src"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.header("location")),
+        (StatusCode::CREATED, format!("/v2/dst/blobs/{d}").as_str())
+    );
+    assert_eq!(
+        reg.get(&format!("/v2/dst/blobs/{d}")).await.body.as_ref(),
+        b"shared layer"
+    );
 
     let missing = sha256(b"nowhere");
-    let r = reg.send(Method::POST, &format!("/v2/dst/blobs/uploads/?mount={missing}&from=src"), &[], Bytes::new()).await;
+    let r = reg
+        .send(
+            Method::POST,
+            &format!("/v2/dst/blobs/uploads/?mount={missing}&from=src"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     assert!(r.header("location").starts_with("/v2/dst/blobs/uploads/"));
 }
@@ -448,7 +809,12 @@ async fn unknown_query_parameters_are_ignored() {
     // containerd adds ?ns=<registry host> to requests sent to a mirror host.
     let reg = Registry::new();
     let d = reg.push_blob("x", b"abc").await;
-    assert_eq!(reg.get(&format!("/v2/x/blobs/{d}?ns=hub.berth.internal")).await.status, StatusCode::OK);
+    assert_eq!(
+        reg.get(&format!("/v2/x/blobs/{d}?ns=hub.berth.internal"))
+            .await
+            .status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -456,9 +822,25 @@ async fn blob_delete_unlinks_from_the_repository_only() {
     let reg = Registry::new();
     let d = reg.push_blob("one", b"shared").await;
     reg.push_blob("two", b"shared").await;
-    assert_eq!(reg.send(Method::DELETE, &format!("/v2/one/blobs/{d}"), &[], Bytes::new()).await.status, StatusCode::ACCEPTED);
-    assert_eq!(reg.get(&format!("/v2/one/blobs/{d}")).await.code(), "BLOB_UNKNOWN");
-    assert_eq!(reg.get(&format!("/v2/two/blobs/{d}")).await.status, StatusCode::OK);
+    assert_eq!(
+        reg.send(
+            Method::DELETE,
+            &format!("/v2/one/blobs/{d}"),
+            &[],
+            Bytes::new()
+        )
+        .await
+        .status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        reg.get(&format!("/v2/one/blobs/{d}")).await.code(),
+        "BLOB_UNKNOWN"
+    );
+    assert_eq!(
+        reg.get(&format!("/v2/two/blobs/{d}")).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -468,9 +850,17 @@ async fn abandoned_upload_sessions_are_purged_and_fresh_ones_kept() {
     let name = "team/app".parse().unwrap();
     let old = store.upload_start(&name, None).await.unwrap();
     let fresh = store.upload_start(&name, None).await.unwrap();
-    let started = dir.path().join(format!("repositories/team/app/_uploads/{old}/startedat"));
+    let started = dir
+        .path()
+        .join(format!("repositories/team/app/_uploads/{old}/startedat"));
     std::fs::write(&started, "1000").unwrap();
-    assert_eq!(store.purge_stale_uploads(std::time::Duration::from_secs(3600)).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .purge_stale_uploads(std::time::Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        1
+    );
     assert!(store.upload_size(&name, &old).await.is_err());
     assert_eq!(store.upload_size(&name, &fresh).await.unwrap(), 0);
 }

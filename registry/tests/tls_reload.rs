@@ -28,9 +28,17 @@ fn issue() -> Pki {
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
     let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    leaf_params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
-    let leaf = leaf_params.signed_by(&leaf_key, &Issuer::from_params(&ca_params, &ca_key)).unwrap();
-    Pki { ca_der: ca.der().clone(), cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem() }
+    leaf_params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    Pki {
+        ca_der: ca.der().clone(),
+        cert_pem: leaf.pem(),
+        key_pem: leaf_key.serialize_pem(),
+    }
 }
 
 /// Replaces the files the way a Secret volume update does: atomically.
@@ -42,7 +50,10 @@ fn install(dir: &Path, pki: &Pki) {
     }
 }
 
-async fn connect(addr: SocketAddr, ca: &CertificateDer<'static>) -> std::io::Result<TlsStream<TcpStream>> {
+async fn connect(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -52,12 +63,16 @@ async fn connect(addr: SocketAddr, ca: &CertificateDer<'static>) -> std::io::Res
         .with_root_certificates(roots)
         .with_no_client_auth();
     let tcp = TcpStream::connect(addr).await?;
-    TlsConnector::from(Arc::new(config)).connect(ServerName::IpAddress(addr.ip().into()), tcp).await
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
 }
 
 /// One keep-alive HTTP/1.1 request for /healthz (whose body is "ok").
 async fn healthz(stream: &mut TlsStream<TcpStream>) -> std::io::Result<String> {
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     while !buf.ends_with(b"\r\n\r\nok") {
@@ -77,14 +92,21 @@ async fn rotated_certificate_is_served_to_new_connections_without_dropping_old_o
     let first = issue();
     install(dir.path(), &first);
 
-    let tls = berth_registry::tls::server_config(dir.path().join("tls.crt"), dir.path().join("tls.key")).unwrap();
+    let tls =
+        berth_registry::tls::server_config(dir.path().join("tls.crt"), dir.path().join("tls.key"))
+            .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = berth_registry::router(berth_registry::filesystem_store(data.path()).unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(berth_registry::server::serve(listener, app, Some(tls), async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(berth_registry::server::serve(
+        listener,
+        app,
+        Some(tls),
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let mut old = connect(addr, &first.ca_der).await.unwrap();
     assert!(healthz(&mut old).await.unwrap().starts_with("HTTP/1.1 200"));
@@ -101,8 +123,14 @@ async fn rotated_certificate_is_served_to_new_connections_without_dropping_old_o
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(rotated, "the new certificate was not served within 10 s");
-    assert!(connect(addr, &first.ca_der).await.is_err(), "new connections must not get the old certificate");
-    assert!(healthz(&mut old).await.unwrap().starts_with("HTTP/1.1 200"), "the open connection was dropped");
+    assert!(
+        connect(addr, &first.ca_der).await.is_err(),
+        "new connections must not get the old certificate"
+    );
+    assert!(
+        healthz(&mut old).await.unwrap().starts_with("HTTP/1.1 200"),
+        "the open connection was dropped"
+    );
 
     // A broken pair mid-rotation is ignored: the current certificate keeps serving.
     std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();

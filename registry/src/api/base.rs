@@ -4,5 +4,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 pub fn get() -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
+        .into_response()
 }

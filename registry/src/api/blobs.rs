@@ -9,19 +9,25 @@ use crate::error::{Code, Error, Result};
 use crate::oci::range::{self, ByteRange};
 use crate::oci::{Digest, Name};
 use crate::storage::Store;
+use crate::zero_copy;
 
 pub async fn get(store: &Store, name: &Name, digest: &str, ctx: &Ctx) -> Result<Response> {
     let digest: Digest = digest.parse()?;
-    let size = store
-        .blob_size(name, &digest)
-        .await?
-        .ok_or_else(|| Error::new(Code::BlobUnknown, format!("blob {digest} is not in repository {name}")))?;
+    let size = store.blob_size(name, &digest).await?.ok_or_else(|| {
+        Error::new(
+            Code::BlobUnknown,
+            format!("blob {digest} is not in repository {name}"),
+        )
+    })?;
     let (status, range) = match range::resolve(ctx.header(header::RANGE), size) {
         ByteRange::Whole => (StatusCode::OK, None),
         ByteRange::Partial(r) => (StatusCode::PARTIAL_CONTENT, Some(r)),
         ByteRange::Unsatisfiable => {
-            return Err(Error::new(Code::RangeInvalid, format!("the requested range is outside the blob's {size} bytes"))
-                .with_header(header::CONTENT_RANGE, hv(&format!("bytes */{size}"))));
+            return Err(Error::new(
+                Code::RangeInvalid,
+                format!("the requested range is outside the blob's {size} bytes"),
+            )
+            .with_header(header::CONTENT_RANGE, hv(&format!("bytes */{size}"))));
         }
     };
     let (offset, len) = match &range {
@@ -31,23 +37,51 @@ pub async fn get(store: &Store, name: &Name, digest: &str, ctx: &Ctx) -> Result<
     let mut resp = if ctx.method == Method::HEAD {
         Response::new(Body::empty())
     } else {
-        let chunks = store
-            .blob_stream(&digest, offset..offset + len)
-            .await?
-            .ok_or_else(|| Error::new(Code::BlobUnknown, format!("blob {digest} was deleted while being read")))?;
+        let gone = || {
+            Error::new(
+                Code::BlobUnknown,
+                format!("blob {digest} was deleted while being read"),
+            )
+        };
+        let range = offset..offset + len;
+        // Without a local file (another driver, or the blob just vanished),
+        // or on a filesystem that cannot map it, the copying path serves.
+        let zero_copy = match &ctx.zero_copy {
+            Some(regions) => store.blob_file(&digest).await?.and_then(|file| {
+                zero_copy::body(file, range.clone(), regions.clone())
+                    .inspect_err(
+                        |e| tracing::debug!(%digest, error = %e, "no zero-copy for this blob"),
+                    )
+                    .ok()
+            }),
+            None => None,
+        };
+        let chunks = match zero_copy {
+            Some(chunks) => chunks,
+            None => store.blob_stream(&digest, range).await?.ok_or_else(gone)?,
+        };
         crate::metrics::bytes_out(len);
         Response::new(Body::from_stream(chunks))
     };
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, hv(&len.to_string()));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(DOCKER_CONTENT_DIGEST, hv(&digest.to_string()));
     h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=31536000"),
+    );
     if let Some(r) = range {
-        h.insert(header::CONTENT_RANGE, hv(&format!("bytes {}-{}/{size}", r.start(), r.end())));
+        h.insert(
+            header::CONTENT_RANGE,
+            hv(&format!("bytes {}-{}/{size}", r.start(), r.end())),
+        );
     }
     Ok(resp)
 }
@@ -55,9 +89,15 @@ pub async fn get(store: &Store, name: &Name, digest: &str, ctx: &Ctx) -> Result<
 pub async fn delete(store: &Store, name: &Name, digest: &str) -> Result<Response> {
     let digest: Digest = digest.parse()?;
     if !store.blob_unlink(name, &digest).await? {
-        return Err(Error::new(Code::BlobUnknown, format!("blob {digest} is not in repository {name}")));
+        return Err(Error::new(
+            Code::BlobUnknown,
+            format!("blob {digest} is not in repository {name}"),
+        ));
     }
-    Ok(empty(StatusCode::ACCEPTED, &[(DOCKER_CONTENT_DIGEST, digest.to_string())]))
+    Ok(empty(
+        StatusCode::ACCEPTED,
+        &[(DOCKER_CONTENT_DIGEST, digest.to_string())],
+    ))
 }
 
 /// A header value from text we built ourselves (always visible ASCII).

@@ -13,9 +13,15 @@ pub async fn get(store: &Arc<Store>, ctx: &Ctx) -> Result<Response> {
     let repos = store.repositories().await?;
     let (page, link) = paginate(repos, &ctx.query, "/v2/_catalog")?;
     let body = serde_json::json!({ "repositories": page }).to_string();
-    let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
     if let Some(link) = link {
-        resp.headers_mut().insert(header::LINK, super::blobs::hv(&link));
+        resp.headers_mut()
+            .insert(header::LINK, super::blobs::hv(&link));
     }
     Ok(resp)
 }

@@ -14,18 +14,27 @@ use crate::storage::{Store, StoredManifest};
 
 pub async fn get(store: &Store, name: &Name, reference: &str, ctx: &Ctx) -> Result<Response> {
     let reference: Reference = reference.parse()?;
-    let m = store
-        .manifest_get(name, &reference)
-        .await?
-        .ok_or_else(|| Error::new(Code::ManifestUnknown, format!("manifest {reference} is not in repository {name}")))?;
+    let m = store.manifest_get(name, &reference).await?.ok_or_else(|| {
+        Error::new(
+            Code::ManifestUnknown,
+            format!("manifest {reference} is not in repository {name}"),
+        )
+    })?;
     if !acceptable(ctx, &m.media_type) {
         return Err(Error::new(
             Code::ManifestUnknown,
-            format!("manifest {reference} is a {}, which the request's Accept header excludes", m.media_type),
+            format!(
+                "manifest {reference} is a {}, which the request's Accept header excludes",
+                m.media_type
+            ),
         ));
     }
     let len = m.body.len();
-    let mut resp = if ctx.method == Method::HEAD { Response::new(Body::empty()) } else { Response::new(Body::from(m.body)) };
+    let mut resp = if ctx.method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from(m.body))
+    };
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, hv(&m.media_type));
     h.insert(header::CONTENT_LENGTH, hv(&len.to_string()));
@@ -52,23 +61,47 @@ fn acceptable(ctx: &Ctx, media_type: &str) -> bool {
     !names_manifests || wildcard || offered.contains(&media_type)
 }
 
-pub async fn put(store: &Store, name: &Name, reference: &str, ctx: &Ctx, body: Body) -> Result<Response> {
+pub async fn put(
+    store: &Store,
+    name: &Name,
+    reference: &str,
+    ctx: &Ctx,
+    body: Body,
+) -> Result<Response> {
     let reference: Reference = reference.parse()?;
     let too_large = || {
-        Error::new(Code::SizeInvalid, format!("manifest is larger than the {} MiB limit", MAX_MANIFEST_BYTES >> 20))
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+        Error::new(
+            Code::SizeInvalid,
+            format!(
+                "manifest is larger than the {} MiB limit",
+                MAX_MANIFEST_BYTES >> 20
+            ),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
     };
-    if ctx.content_length().is_some_and(|l| l > MAX_MANIFEST_BYTES as u64) {
+    if ctx
+        .content_length()
+        .is_some_and(|l| l > MAX_MANIFEST_BYTES as u64)
+    {
         return Err(too_large());
     }
     let content_type = ctx.header(header::CONTENT_TYPE).map(str::to_owned);
-    let mut tags: Vec<Tag> = ctx.query.all("tag").map(str::parse).collect::<Result<_, _>>()?;
+    let mut tags: Vec<Tag> = ctx
+        .query
+        .all("tag")
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
     let tag_params = !tags.is_empty();
 
     let mut stream = Ctx::body_stream(body);
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Error::new(Code::ManifestInvalid, format!("reading the manifest failed: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            Error::new(
+                Code::ManifestInvalid,
+                format!("reading the manifest failed: {e}"),
+            )
+        })?;
         if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
             return Err(too_large());
         }
@@ -80,7 +113,10 @@ pub async fn put(store: &Store, name: &Name, reference: &str, ctx: &Ctx, body: B
         Reference::Digest(expected) => {
             let actual = expected.algorithm().digest(&body);
             if &actual != expected {
-                return Err(Error::new(Code::DigestInvalid, format!("manifest digest is {actual}, not {expected} as the URL says")));
+                return Err(Error::new(
+                    Code::DigestInvalid,
+                    format!("manifest digest is {actual}, not {expected} as the URL says"),
+                ));
             }
             actual
         }
@@ -91,15 +127,31 @@ pub async fn put(store: &Store, name: &Name, reference: &str, ctx: &Ctx, body: B
     };
     for d in parsed.required_blobs() {
         if store.blob_size(name, &d.digest).await?.is_none() {
-            return Err(Error::new(Code::ManifestBlobUnknown, format!("blob {} is not in repository {name}; push it before the manifest", d.digest)));
+            return Err(Error::new(
+                Code::ManifestBlobUnknown,
+                format!(
+                    "blob {} is not in repository {name}; push it before the manifest",
+                    d.digest
+                ),
+            ));
         }
     }
     for d in parsed.required_manifests() {
         if !store.manifest_exists(name, &d.digest).await? {
-            return Err(Error::new(Code::ManifestBlobUnknown, format!("manifest {} is not in repository {name}; push it before the index", d.digest)));
+            return Err(Error::new(
+                Code::ManifestBlobUnknown,
+                format!(
+                    "manifest {} is not in repository {name}; push it before the index",
+                    d.digest
+                ),
+            ));
         }
     }
-    let stored = StoredManifest { digest: digest.clone(), media_type: parsed.media_type.clone(), body: body.into() };
+    let stored = StoredManifest {
+        digest: digest.clone(),
+        media_type: parsed.media_type.clone(),
+        body: body.into(),
+    };
     store.manifest_put(name, &stored, &parsed, &tags).await?;
 
     let mut headers = vec![
@@ -125,7 +177,10 @@ pub async fn delete(store: &Store, name: &Name, reference: &str) -> Result<Respo
         Reference::Tag(t) => store.tag_delete(name, t).await?,
     };
     if !existed {
-        return Err(Error::new(Code::ManifestUnknown, format!("manifest {reference} is not in repository {name}")));
+        return Err(Error::new(
+            Code::ManifestUnknown,
+            format!("manifest {reference} is not in repository {name}"),
+        ));
     }
     Ok(empty(StatusCode::ACCEPTED, &[]))
 }

@@ -55,7 +55,10 @@ impl Endpoint {
 /// Segments are percent-decoded one by one, so an encoded `/` cannot make
 /// a new segment; names are then validated by [`Name`]'s grammar.
 pub fn parse(path: &str) -> Result<Endpoint> {
-    let not_found = || Error::new(Code::NameUnknown, format!("no API endpoint at {path:?}")).with_status(StatusCode::NOT_FOUND);
+    let not_found = || {
+        Error::new(Code::NameUnknown, format!("no API endpoint at {path:?}"))
+            .with_status(StatusCode::NOT_FOUND)
+    };
     let rest = path.strip_prefix("/v2").ok_or_else(not_found)?;
     if rest.is_empty() || rest == "/" {
         return Ok(Endpoint::Base);
@@ -66,7 +69,11 @@ pub fn parse(path: &str) -> Result<Endpoint> {
     }
     let segs: Vec<String> = rest
         .split('/')
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect();
     let n = segs.len();
     let name = |upto: usize| -> Result<Name> {
@@ -75,7 +82,10 @@ pub fn parse(path: &str) -> Result<Endpoint> {
         }
         let parts = &segs[..upto];
         if let Some(bad) = parts.iter().find(|s| s.contains('/')) {
-            return Err(Error::new(Code::NameInvalid, format!("repository name component {bad:?} contains an encoded '/'")));
+            return Err(Error::new(
+                Code::NameInvalid,
+                format!("repository name component {bad:?} contains an encoded '/'"),
+            ));
         }
         Ok(parts.join("/").parse::<Name>()?)
     };
@@ -112,15 +122,25 @@ pub struct Query(Vec<(String, String)>);
 impl Query {
     fn from_request(req: &Request) -> Self {
         let raw = req.uri().query().unwrap_or("");
-        Query(form_urlencoded::parse(raw.as_bytes()).into_owned().collect())
+        Query(
+            form_urlencoded::parse(raw.as_bytes())
+                .into_owned()
+                .collect(),
+        )
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -129,6 +149,9 @@ pub struct Ctx {
     pub method: Method,
     pub headers: HeaderMap,
     pub query: Query,
+    /// Set on plain HTTP/1.x connections: blob bodies may be sent with
+    /// `sendfile` (see [`crate::zero_copy`]).
+    pub zero_copy: Option<crate::zero_copy::Regions>,
 }
 
 impl Ctx {
@@ -137,12 +160,14 @@ impl Ctx {
     }
 
     pub fn content_length(&self) -> Option<u64> {
-        self.header(header::CONTENT_LENGTH).and_then(|v| v.parse().ok())
+        self.header(header::CONTENT_LENGTH)
+            .and_then(|v| v.parse().ok())
     }
 
     /// The body as a stream of chunks, for storage to consume.
     pub fn body_stream(body: Body) -> impl Stream<Item = BodyChunk> + Send + Unpin {
-        body.into_data_stream().map(|r| r.map_err(|e| e.to_string()))
+        body.into_data_stream()
+            .map(|r| r.map_err(|e| e.to_string()))
     }
 }
 
@@ -153,8 +178,14 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let endpoint = parse(req.uri().path());
     let route = endpoint.as_ref().map(Endpoint::route).unwrap_or("unknown");
     let query = Query::from_request(&req);
-    let (parts, body) = req.into_parts();
-    let ctx = Ctx { method: parts.method, headers: parts.headers, query };
+    let (mut parts, body) = req.into_parts();
+    let zero_copy = parts.extensions.remove::<crate::zero_copy::Regions>();
+    let ctx = Ctx {
+        method: parts.method,
+        headers: parts.headers,
+        query,
+        zero_copy,
+    };
     let result = match endpoint {
         Ok(e) => dispatch(&state, e, ctx, body).await,
         Err(e) => Err(e),
@@ -174,7 +205,12 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         HeaderName::from_static("docker-distribution-api-version"),
         HeaderValue::from_static("registry/2.0"),
     );
-    crate::metrics::request(route, method.as_str(), resp.status().as_u16(), started.elapsed());
+    crate::metrics::request(
+        route,
+        method.as_str(),
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
     resp
 }
 
@@ -185,18 +221,25 @@ async fn dispatch(state: &AppState, endpoint: Endpoint, ctx: Ctx, body: Body) ->
         (Endpoint::Base, M::GET | M::HEAD) => Ok(base::get()),
         (Endpoint::Catalog, M::GET) => catalog::get(&state.store, &ctx).await,
         (Endpoint::Tags(name), M::GET) => tags::get(store, &name, &ctx).await,
-        (Endpoint::Manifest(name, r), M::GET | M::HEAD) => manifests::get(store, &name, &r, &ctx).await,
+        (Endpoint::Manifest(name, r), M::GET | M::HEAD) => {
+            manifests::get(store, &name, &r, &ctx).await
+        }
         (Endpoint::Manifest(name, r), M::PUT) => manifests::put(store, &name, &r, &ctx, body).await,
         (Endpoint::Manifest(name, r), M::DELETE) => manifests::delete(store, &name, &r).await,
         (Endpoint::Blob(name, d), M::GET | M::HEAD) => blobs::get(store, &name, &d, &ctx).await,
         (Endpoint::Blob(name, d), M::DELETE) => blobs::delete(store, &name, &d).await,
         (Endpoint::UploadStart(name), M::POST) => uploads::start(store, &name, &ctx, body).await,
         (Endpoint::Upload(name, id), M::GET) => uploads::status(store, &name, &id).await,
-        (Endpoint::Upload(name, id), M::PATCH) => uploads::patch(store, &name, &id, &ctx, body).await,
+        (Endpoint::Upload(name, id), M::PATCH) => {
+            uploads::patch(store, &name, &id, &ctx, body).await
+        }
         (Endpoint::Upload(name, id), M::PUT) => uploads::put(store, &name, &id, &ctx, body).await,
         (Endpoint::Upload(name, id), M::DELETE) => uploads::cancel(store, &name, &id).await,
         (Endpoint::Referrers(name, d), M::GET) => referrers::get(store, &name, &d, &ctx).await,
-        (e, m) => Err(Error::new(Code::Unsupported, format!("{m} is not supported on the {} endpoint", e.route()))),
+        (e, m) => Err(Error::new(
+            Code::Unsupported,
+            format!("{m} is not supported on the {} endpoint", e.route()),
+        )),
     }
 }
 
@@ -214,7 +257,8 @@ fn empty(status: StatusCode, headers: &[(HeaderName, String)]) -> Response {
     resp
 }
 
-pub(crate) const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+pub(crate) const DOCKER_CONTENT_DIGEST: HeaderName =
+    HeaderName::from_static("docker-content-digest");
 pub(crate) const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 pub(crate) const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 pub(crate) const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
@@ -223,7 +267,15 @@ pub(crate) const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-
 /// Parses the `n` page-size parameter of list endpoints.
 fn page_size(q: &Query) -> Result<Option<usize>> {
     q.get("n")
-        .map(|n| n.parse::<usize>().map_err(|_| Error::new(Code::Unsupported, format!("n={n:?} is not a page size; use a non-negative integer")).with_status(StatusCode::BAD_REQUEST)))
+        .map(|n| {
+            n.parse::<usize>().map_err(|_| {
+                Error::new(
+                    Code::Unsupported,
+                    format!("n={n:?} is not a page size; use a non-negative integer"),
+                )
+                .with_status(StatusCode::BAD_REQUEST)
+            })
+        })
         .transpose()
 }
 
@@ -241,7 +293,10 @@ fn paginate(items: Vec<String>, q: &Query, base: &str) -> Result<(Vec<String>, O
     }
     items.truncate(n);
     let link = items.last().map(|last| {
-        let q: String = form_urlencoded::Serializer::new(String::new()).append_pair("n", &n.to_string()).append_pair("last", last).finish();
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("n", &n.to_string())
+            .append_pair("last", last)
+            .finish();
         format!("<{base}?{q}>; rel=\"next\"")
     });
     Ok((items, link))
@@ -261,43 +316,95 @@ mod tests {
         assert_eq!(parse("/v2/").unwrap(), Endpoint::Base);
         assert_eq!(parse("/v2").unwrap(), Endpoint::Base);
         assert_eq!(parse("/v2/_catalog").unwrap(), Endpoint::Catalog);
-        assert_eq!(parse("/v2/a/b/c/d/e/f/g/h/tags/list").unwrap(), Endpoint::Tags(name("a/b/c/d/e/f/g/h")));
-        assert_eq!(parse("/v2/x/manifests/latest").unwrap(), Endpoint::Manifest(name("x"), "latest".into()));
-        assert_eq!(parse("/v2/x/y/blobs/sha256:ab").unwrap(), Endpoint::Blob(name("x/y"), "sha256:ab".into()));
-        assert_eq!(parse("/v2/x/blobs/uploads/").unwrap(), Endpoint::UploadStart(name("x")));
-        assert_eq!(parse("/v2/x/blobs/uploads").unwrap(), Endpoint::UploadStart(name("x")));
-        assert_eq!(parse("/v2/x/blobs/uploads/abc").unwrap(), Endpoint::Upload(name("x"), "abc".into()));
-        assert_eq!(parse("/v2/x/referrers/sha256:ab").unwrap(), Endpoint::Referrers(name("x"), "sha256:ab".into()));
+        assert_eq!(
+            parse("/v2/a/b/c/d/e/f/g/h/tags/list").unwrap(),
+            Endpoint::Tags(name("a/b/c/d/e/f/g/h"))
+        );
+        assert_eq!(
+            parse("/v2/x/manifests/latest").unwrap(),
+            Endpoint::Manifest(name("x"), "latest".into())
+        );
+        assert_eq!(
+            parse("/v2/x/y/blobs/sha256:ab").unwrap(),
+            Endpoint::Blob(name("x/y"), "sha256:ab".into())
+        );
+        assert_eq!(
+            parse("/v2/x/blobs/uploads/").unwrap(),
+            Endpoint::UploadStart(name("x"))
+        );
+        assert_eq!(
+            parse("/v2/x/blobs/uploads").unwrap(),
+            Endpoint::UploadStart(name("x"))
+        );
+        assert_eq!(
+            parse("/v2/x/blobs/uploads/abc").unwrap(),
+            Endpoint::Upload(name("x"), "abc".into())
+        );
+        assert_eq!(
+            parse("/v2/x/referrers/sha256:ab").unwrap(),
+            Endpoint::Referrers(name("x"), "sha256:ab".into())
+        );
     }
 
     #[test]
     fn names_may_contain_endpoint_words() {
-        assert_eq!(parse("/v2/blobs/manifests/manifests/v1").unwrap(), Endpoint::Manifest(name("blobs/manifests"), "v1".into()));
-        assert_eq!(parse("/v2/tags/list/tags/list").unwrap(), Endpoint::Tags(name("tags/list")));
+        assert_eq!(
+            parse("/v2/blobs/manifests/manifests/v1").unwrap(),
+            Endpoint::Manifest(name("blobs/manifests"), "v1".into())
+        );
+        assert_eq!(
+            parse("/v2/tags/list/tags/list").unwrap(),
+            Endpoint::Tags(name("tags/list"))
+        );
     }
 
     #[test]
     fn decodes_percent_escapes_per_segment() {
-        assert_eq!(parse("/v2/x/blobs/sha256%3Aab").unwrap(), Endpoint::Blob(name("x"), "sha256:ab".into()));
-        assert_eq!(parse("/v2/a%2Fb/tags/list").unwrap_err().code, Code::NameInvalid);
+        assert_eq!(
+            parse("/v2/x/blobs/sha256%3Aab").unwrap(),
+            Endpoint::Blob(name("x"), "sha256:ab".into())
+        );
+        assert_eq!(
+            parse("/v2/a%2Fb/tags/list").unwrap_err().code,
+            Code::NameInvalid
+        );
     }
 
     #[test]
     fn refuses_path_tricks_with_name_invalid() {
-        for p in ["/v2/../etc/manifests/x", "/v2/a/../b/blobs/sha256:x", "/v2/A/tags/list", "/v2//manifests/x"] {
+        for p in [
+            "/v2/../etc/manifests/x",
+            "/v2/a/../b/blobs/sha256:x",
+            "/v2/A/tags/list",
+            "/v2//manifests/x",
+        ] {
             assert_eq!(parse(p).unwrap_err().code, Code::NameInvalid, "{p}");
         }
-        assert_eq!(parse("/v2/x/unknown").unwrap_err().status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            parse("/v2/x/unknown").unwrap_err().status(),
+            StatusCode::NOT_FOUND
+        );
         assert_eq!(parse("/v3/x").unwrap_err().status(), StatusCode::NOT_FOUND);
     }
 
     #[test]
     fn paginates_with_last_and_a_next_link() {
         let q = Query(vec![("n".into(), "2".into()), ("last".into(), "a".into())]);
-        let (page, link) = paginate(vec!["a".into(), "b".into(), "c".into(), "d".into()], &q, "/v2/x/tags/list").unwrap();
+        let (page, link) = paginate(
+            vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            &q,
+            "/v2/x/tags/list",
+        )
+        .unwrap();
         assert_eq!(page, ["b", "c"]);
-        assert_eq!(link.as_deref(), Some("</v2/x/tags/list?n=2&last=c>; rel=\"next\""));
+        assert_eq!(
+            link.as_deref(),
+            Some("</v2/x/tags/list?n=2&last=c>; rel=\"next\"")
+        );
         let all = Query(vec![]);
-        assert_eq!(paginate(vec!["a".into()], &all, "/").unwrap(), (vec!["a".to_string()], None));
+        assert_eq!(
+            paginate(vec!["a".into()], &all, "/").unwrap(),
+            (vec!["a".to_string()], None)
+        );
     }
 }

@@ -17,10 +17,15 @@ pub async fn get(store: &Store, name: &Name, subject: &str, ctx: &Ctx) -> Result
     if let Some(t) = filter {
         manifests.retain(|d| d.artifact_type.as_deref() == Some(t));
     }
-    let body = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests }).to_string();
+    let body =
+        serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests })
+            .to_string();
     let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, OCI_INDEX)], body).into_response();
     if filter.is_some() {
-        resp.headers_mut().insert(OCI_FILTERS_APPLIED, header::HeaderValue::from_static("artifactType"));
+        resp.headers_mut().insert(
+            OCI_FILTERS_APPLIED,
+            header::HeaderValue::from_static("artifactType"),
+        );
     }
     Ok(resp)
 }

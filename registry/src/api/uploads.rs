@@ -41,7 +41,10 @@ pub async fn start(store: &Store, name: &Name, ctx: &Ctx, body: Body) -> Result<
     // Monolithic: the whole blob is this request's body.
     let declared = ctx.content_length();
     let body = Ctx::body_stream(body);
-    if let Err(e) = store.upload_complete(name, &id, &digest, None, declared, body).await {
+    if let Err(e) = store
+        .upload_complete(name, &id, &digest, None, declared, body)
+        .await
+    {
         // The session was this request's alone: leave nothing behind.
         if let Err(cleanup) = store.upload_cancel(name, &id).await {
             tracing::debug!(upload = id, error = %cleanup, "monolithic upload already cleaned up");
@@ -53,11 +56,20 @@ pub async fn start(store: &Store, name: &Name, ctx: &Ctx, body: Body) -> Result<
 
 pub async fn status(store: &Store, name: &Name, id: &str) -> Result<Response> {
     check_id(id)?;
-    let size = store.upload_size(name, id).await.map_err(|e| upload_error(e, name, id))?;
+    let size = store
+        .upload_size(name, id)
+        .await
+        .map_err(|e| upload_error(e, name, id))?;
     Ok(session(StatusCode::NO_CONTENT, name, id, size))
 }
 
-pub async fn patch(store: &Store, name: &Name, id: &str, ctx: &Ctx, body: Body) -> Result<Response> {
+pub async fn patch(
+    store: &Store,
+    name: &Name,
+    id: &str,
+    ctx: &Ctx,
+    body: Body,
+) -> Result<Response> {
     check_id(id)?;
     let (start, declared) = chunk_bounds(ctx)?;
     let body = Ctx::body_stream(body);
@@ -73,7 +85,12 @@ pub async fn put(store: &Store, name: &Name, id: &str, ctx: &Ctx, body: Body) ->
     let digest: Digest = ctx
         .query
         .get("digest")
-        .ok_or_else(|| Error::new(Code::DigestInvalid, "finishing an upload needs ?digest=<algorithm>:<hex> of the whole blob"))?
+        .ok_or_else(|| {
+            Error::new(
+                Code::DigestInvalid,
+                "finishing an upload needs ?digest=<algorithm>:<hex> of the whole blob",
+            )
+        })?
         .parse()?;
     let (start, declared) = chunk_bounds(ctx)?;
     let body = Ctx::body_stream(body);
@@ -86,7 +103,10 @@ pub async fn put(store: &Store, name: &Name, id: &str, ctx: &Ctx, body: Body) ->
 
 pub async fn cancel(store: &Store, name: &Name, id: &str) -> Result<Response> {
     check_id(id)?;
-    store.upload_cancel(name, id).await.map_err(|e| upload_error(e, name, id))?;
+    store
+        .upload_cancel(name, id)
+        .await
+        .map_err(|e| upload_error(e, name, id))?;
     Ok(empty(StatusCode::NO_CONTENT, &[]))
 }
 
@@ -95,7 +115,10 @@ pub async fn cancel(store: &Store, name: &Name, id: &str) -> Result<Response> {
 fn check_id(id: &str) -> Result<()> {
     match uuid::Uuid::try_parse(id) {
         Ok(u) if u.hyphenated().to_string() == id => Ok(()),
-        _ => Err(Error::new(Code::BlobUploadUnknown, format!("upload {id:?} does not exist"))),
+        _ => Err(Error::new(
+            Code::BlobUploadUnknown,
+            format!("upload {id:?} does not exist"),
+        )),
     }
 }
 
@@ -103,13 +126,24 @@ fn check_id(id: &str) -> Result<()> {
 /// `Content-Range` and `Content-Length` (which must agree).
 fn chunk_bounds(ctx: &Ctx) -> Result<(Option<u64>, Option<u64>)> {
     let length = ctx.content_length();
-    let Some(raw) = ctx.header(header::CONTENT_RANGE) else { return Ok((None, length)) };
+    let Some(raw) = ctx.header(header::CONTENT_RANGE) else {
+        return Ok((None, length));
+    };
     let range = parse_content_range(raw).ok_or_else(|| {
-        Error::new(Code::RangeInvalid, format!("Content-Range {raw:?} is not <start>-<end>"))
+        Error::new(
+            Code::RangeInvalid,
+            format!("Content-Range {raw:?} is not <start>-<end>"),
+        )
     })?;
     let len = range.end() - range.start() + 1;
     if length.is_some_and(|l| l != len) {
-        return Err(Error::new(Code::RangeInvalid, format!("Content-Range {raw:?} covers {len} bytes but Content-Length is {}", length.unwrap_or(0))));
+        return Err(Error::new(
+            Code::RangeInvalid,
+            format!(
+                "Content-Range {raw:?} covers {len} bytes but Content-Length is {}",
+                length.unwrap_or(0)
+            ),
+        ));
     }
     Ok((Some(*range.start()), Some(len)))
 }
@@ -137,7 +171,10 @@ fn session(status: StatusCode, name: &Name, id: &str, size: u64) -> Response {
 fn created(name: &Name, digest: &Digest) -> Response {
     empty(
         StatusCode::CREATED,
-        &[(header::LOCATION, format!("/v2/{name}/blobs/{digest}")), (DOCKER_CONTENT_DIGEST, digest.to_string())],
+        &[
+            (header::LOCATION, format!("/v2/{name}/blobs/{digest}")),
+            (DOCKER_CONTENT_DIGEST, digest.to_string()),
+        ],
     )
 }
 

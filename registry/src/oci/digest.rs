@@ -133,11 +133,16 @@ impl FromStr for Digest {
             other => return Err(DigestError::UnsupportedAlgorithm(other.to_owned())),
         };
         let ok = encoded.len() == algorithm.hex_len()
-            && encoded.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && encoded
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !ok {
             return Err(DigestError::BadEncoding(s.to_owned(), algorithm.hex_len()));
         }
-        Ok(Digest { algorithm, hex: encoded.to_owned() })
+        Ok(Digest {
+            algorithm,
+            hex: encoded.to_owned(),
+        })
     }
 }
 
@@ -191,24 +196,50 @@ mod tests {
     #[test]
     fn computes_known_digests() {
         assert_eq!(Algorithm::Sha256.digest(b"").to_string(), EMPTY_SHA256);
-        assert!(Algorithm::Sha512.digest(b"").to_string().starts_with("sha512:cf83e135"));
+        assert!(
+            Algorithm::Sha512
+                .digest(b"")
+                .to_string()
+                .starts_with("sha512:cf83e135")
+        );
     }
 
     #[test]
     fn refuses_uppercase_short_and_garbage() {
-        assert!(matches!("sha256:baddigeststring".parse::<Digest>(), Err(DigestError::BadEncoding(..))));
+        assert!(matches!(
+            "sha256:baddigeststring".parse::<Digest>(),
+            Err(DigestError::BadEncoding(..))
+        ));
         let upper = EMPTY_SHA256.to_uppercase().replace("SHA256", "sha256");
         assert!(upper.parse::<Digest>().is_err());
-        assert!(matches!("nocolon".parse::<Digest>(), Err(DigestError::Malformed(_))));
-        assert!(matches!("sha256:".parse::<Digest>(), Err(DigestError::Malformed(_))));
-        assert!(matches!("SHA256:abc".parse::<Digest>(), Err(DigestError::Malformed(_))));
-        assert!(matches!("../..:abc".parse::<Digest>(), Err(DigestError::Malformed(_))));
+        assert!(matches!(
+            "nocolon".parse::<Digest>(),
+            Err(DigestError::Malformed(_))
+        ));
+        assert!(matches!(
+            "sha256:".parse::<Digest>(),
+            Err(DigestError::Malformed(_))
+        ));
+        assert!(matches!(
+            "SHA256:abc".parse::<Digest>(),
+            Err(DigestError::Malformed(_))
+        ));
+        assert!(matches!(
+            "../..:abc".parse::<Digest>(),
+            Err(DigestError::Malformed(_))
+        ));
     }
 
     #[test]
     fn refuses_algorithms_it_cannot_verify() {
-        assert!(matches!("blake3:abcd".parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm(_))));
-        assert!(matches!("sha256+b64u:abcd".parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm(_))));
+        assert!(matches!(
+            "blake3:abcd".parse::<Digest>(),
+            Err(DigestError::UnsupportedAlgorithm(_))
+        ));
+        assert!(matches!(
+            "sha256+b64u:abcd".parse::<Digest>(),
+            Err(DigestError::UnsupportedAlgorithm(_))
+        ));
     }
 
     #[test]

@@ -12,7 +12,12 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Every manifest media type the registry stores.
-pub const MEDIA_TYPES: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
+pub const MEDIA_TYPES: [&str; 4] = [
+    OCI_MANIFEST,
+    OCI_INDEX,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+];
 
 /// The largest manifest accepted: the spec asks registries to take at least 4 MiB.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -111,11 +116,16 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Manifest, Manife
     let header_is_manifest = header.as_deref().is_some_and(|h| MEDIA_TYPES.contains(&h));
     let media_type = match (&raw.media_type, &header) {
         (Some(field), Some(h)) if header_is_manifest && field != h => {
-            return Err(ManifestError::MediaTypeMismatch { field: field.clone(), header: h.clone() });
+            return Err(ManifestError::MediaTypeMismatch {
+                field: field.clone(),
+                header: h.clone(),
+            });
         }
         (Some(field), _) => field.clone(),
         (None, Some(h)) if header_is_manifest => h.clone(),
-        (None, Some(h)) if !h.is_empty() => return Err(ManifestError::UnsupportedMediaType(h.clone())),
+        (None, Some(h)) if !h.is_empty() => {
+            return Err(ManifestError::UnsupportedMediaType(h.clone()));
+        }
         (None, _) => {
             return Err(ManifestError::Invalid(
                 "no mediaType field and no manifest Content-Type header".into(),
@@ -132,13 +142,19 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Manifest, Manife
     }
     match kind {
         Kind::Image if raw.config.is_none() => {
-            return Err(ManifestError::Invalid("an image manifest needs a config descriptor".into()));
+            return Err(ManifestError::Invalid(
+                "an image manifest needs a config descriptor".into(),
+            ));
         }
         Kind::Image if raw.layers.is_none() && media_type == DOCKER_MANIFEST => {
-            return Err(ManifestError::Invalid("a Docker image manifest needs a layers array".into()));
+            return Err(ManifestError::Invalid(
+                "a Docker image manifest needs a layers array".into(),
+            ));
         }
         Kind::Index if raw.manifests.is_none() => {
-            return Err(ManifestError::Invalid("an index needs a manifests array".into()));
+            return Err(ManifestError::Invalid(
+                "an index needs a manifests array".into(),
+            ));
         }
         _ => {}
     }
@@ -171,8 +187,12 @@ fn classify_json_error(body: &[u8], e: serde_json::Error) -> ManifestError {
 fn check_data_field(d: &Descriptor) -> Result<(), ManifestError> {
     use base64::Engine as _;
     let Some(data) = &d.data else { return Ok(()) };
-    let mismatch = || ManifestError::DataMismatch { digest: d.digest.to_string() };
-    let bytes = base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| mismatch())?;
+    let mismatch = || ManifestError::DataMismatch {
+        digest: d.digest.to_string(),
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|_| mismatch())?;
     if bytes.len() as u64 != d.size || d.digest.algorithm().digest(&bytes) != d.digest {
         return Err(mismatch());
     }
@@ -181,12 +201,18 @@ fn check_data_field(d: &Descriptor) -> Result<(), ManifestError> {
 
 impl Manifest {
     fn descriptors(&self) -> impl Iterator<Item = &Descriptor> {
-        self.config.iter().chain(&self.layers).chain(&self.manifests).chain(&self.subject)
+        self.config
+            .iter()
+            .chain(&self.layers)
+            .chain(&self.manifests)
+            .chain(&self.subject)
     }
 
     /// Blobs that must already be in the repository for this push to be accepted.
     pub fn required_blobs(&self) -> impl Iterator<Item = &Descriptor> {
-        self.config.iter().chain(self.layers.iter().filter(|d| !d.is_external()))
+        self.config
+            .iter()
+            .chain(self.layers.iter().filter(|d| !d.is_external()))
     }
 
     /// Manifests (of an index) that must already be in the repository.
@@ -226,7 +252,10 @@ mod tests {
         assert_eq!(m.kind, Kind::Image);
         let needed: Vec<String> = m.required_blobs().map(|d| d.digest.to_string()).collect();
         assert_eq!(needed, [CFG, LAYER]);
-        assert_eq!(m.effective_artifact_type().as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            m.effective_artifact_type().as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
     }
 
     #[test]
@@ -241,29 +270,54 @@ mod tests {
 
     #[test]
     fn refuses_non_json_and_wrong_shapes() {
-        assert!(matches!(parse(b"not json", Some(OCI_MANIFEST)), Err(ManifestError::NotJson(_))));
-        assert!(matches!(parse(b"[]", Some(OCI_MANIFEST)), Err(ManifestError::Invalid(_))));
-        let no_config = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[]}}"#);
-        assert!(matches!(parse(no_config.as_bytes(), None), Err(ManifestError::Invalid(_))));
+        assert!(matches!(
+            parse(b"not json", Some(OCI_MANIFEST)),
+            Err(ManifestError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse(b"[]", Some(OCI_MANIFEST)),
+            Err(ManifestError::Invalid(_))
+        ));
+        let no_config =
+            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[]}}"#);
+        assert!(matches!(
+            parse(no_config.as_bytes(), None),
+            Err(ManifestError::Invalid(_))
+        ));
         let v1 = image("").replace("\"schemaVersion\":2", "\"schemaVersion\":1");
-        assert_eq!(parse(v1.as_bytes(), None).unwrap_err(), ManifestError::SchemaVersion);
+        assert_eq!(
+            parse(v1.as_bytes(), None).unwrap_err(),
+            ManifestError::SchemaVersion
+        );
     }
 
     #[test]
     fn refuses_unknown_and_mismatched_media_types() {
         let body = image("");
-        assert!(matches!(parse(body.as_bytes(), Some(OCI_INDEX)), Err(ManifestError::MediaTypeMismatch { .. })));
+        assert!(matches!(
+            parse(body.as_bytes(), Some(OCI_INDEX)),
+            Err(ManifestError::MediaTypeMismatch { .. })
+        ));
         let odd = body.replace(OCI_MANIFEST, "application/vnd.example+json");
-        assert!(matches!(parse(odd.as_bytes(), None), Err(ManifestError::UnsupportedMediaType(_))));
+        assert!(matches!(
+            parse(odd.as_bytes(), None),
+            Err(ManifestError::UnsupportedMediaType(_))
+        ));
         let untyped = body.replace(&format!(r#""mediaType":"{OCI_MANIFEST}","#), "");
         assert!(parse(untyped.as_bytes(), Some(OCI_MANIFEST)).is_ok());
-        assert!(matches!(parse(untyped.as_bytes(), Some("text/plain")), Err(ManifestError::UnsupportedMediaType(_))));
+        assert!(matches!(
+            parse(untyped.as_bytes(), Some("text/plain")),
+            Err(ManifestError::UnsupportedMediaType(_))
+        ));
     }
 
     #[test]
     fn refuses_a_bad_digest_in_a_descriptor() {
         let body = image("").replace(LAYER, "sha256:nothex");
-        assert!(matches!(parse(body.as_bytes(), None), Err(ManifestError::Invalid(_))));
+        assert!(matches!(
+            parse(body.as_bytes(), None),
+            Err(ManifestError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -272,7 +326,10 @@ mod tests {
         let good = image("").replace(r#""size":2}"#, r#""size":2,"data":"e30="}"#);
         assert!(parse(good.as_bytes(), None).is_ok());
         let bad = image("").replace(r#""size":2}"#, r#""size":2,"data":"e31="}"#);
-        assert!(matches!(parse(bad.as_bytes(), None), Err(ManifestError::DataMismatch { .. })));
+        assert!(matches!(
+            parse(bad.as_bytes(), None),
+            Err(ManifestError::DataMismatch { .. })
+        ));
     }
 
     #[test]
@@ -282,6 +339,9 @@ mod tests {
         ));
         let m = parse(body.as_bytes(), None).unwrap();
         assert_eq!(m.subject.as_ref().unwrap().digest.to_string(), LAYER);
-        assert_eq!(m.effective_artifact_type().as_deref(), Some("application/x.sig"));
+        assert_eq!(
+            m.effective_artifact_type().as_deref(),
+            Some("application/x.sig")
+        );
     }
 }

@@ -18,7 +18,9 @@ pub struct Name(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    #[error("repository name {0:?} is invalid: each '/'-separated component must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*")]
+    #[error(
+        "repository name {0:?} is invalid: each '/'-separated component must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*"
+    )]
     Grammar(String),
     #[error("repository name is {0} characters long; the limit is {MAX_NAME_LEN}")]
     TooLong(usize),
@@ -97,8 +99,12 @@ impl FromStr for Tag {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let b = s.as_bytes();
-        let first_ok = b.first().is_some_and(|&x| x.is_ascii_alphanumeric() || x == b'_');
-        let rest_ok = b.iter().all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'));
+        let first_ok = b
+            .first()
+            .is_some_and(|&x| x.is_ascii_alphanumeric() || x == b'_');
+        let rest_ok = b
+            .iter()
+            .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'));
         if first_ok && rest_ok && b.len() <= 128 {
             Ok(Tag(s.to_owned()))
         } else {
@@ -157,14 +163,26 @@ mod tests {
 
     #[test]
     fn accepts_names_of_any_depth() {
-        for ok in ["a", "library/busybox", "a/b/c/d/e/f/g/h/i/j", "my-app", "a--b", "a__b", "a.b_c", "0x"] {
+        for ok in [
+            "a",
+            "library/busybox",
+            "a/b/c/d/e/f/g/h/i/j",
+            "my-app",
+            "a--b",
+            "a__b",
+            "a.b_c",
+            "0x",
+        ] {
             assert!(ok.parse::<Name>().is_ok(), "{ok}");
         }
     }
 
     #[test]
     fn refuses_path_tricks_and_bad_grammar() {
-        for bad in ["", "..", "a/../b", "a//b", "/a", "a/", "A", "a_.b", "a___b", "-a", "a-", "a/.b", "a%2fb", "a b", "_uploads"] {
+        for bad in [
+            "", "..", "a/../b", "a//b", "/a", "a/", "A", "a_.b", "a___b", "-a", "a-", "a/.b",
+            "a%2fb", "a b", "_uploads",
+        ] {
             assert!(bad.parse::<Name>().is_err(), "{bad}");
         }
     }
@@ -172,7 +190,10 @@ mod tests {
     #[test]
     fn refuses_overlong_names() {
         let long = "a".repeat(MAX_NAME_LEN + 1);
-        assert_eq!(long.parse::<Name>(), Err(NameError::TooLong(MAX_NAME_LEN + 1)));
+        assert_eq!(
+            long.parse::<Name>(),
+            Err(NameError::TooLong(MAX_NAME_LEN + 1))
+        );
     }
 
     #[test]
@@ -187,7 +208,13 @@ mod tests {
 
     #[test]
     fn references_with_a_colon_are_digests() {
-        assert!(matches!("latest".parse::<Reference>(), Ok(Reference::Tag(_))));
-        assert!(matches!("sha256:baddigeststring".parse::<Reference>(), Err(ReferenceError::Digest(_))));
+        assert!(matches!(
+            "latest".parse::<Reference>(),
+            Ok(Reference::Tag(_))
+        ));
+        assert!(matches!(
+            "sha256:baddigeststring".parse::<Reference>(),
+            Err(ReferenceError::Digest(_))
+        ));
     }
 }

@@ -19,12 +19,18 @@ pub enum ByteRange {
 /// Multiple ranges are answered with the whole blob, which RFC 9110 allows,
 /// rather than a multipart body no registry client asks for.
 pub fn resolve(header: Option<&str>, size: u64) -> ByteRange {
-    let Some(value) = header else { return ByteRange::Whole };
-    let Some(spec) = value.trim().strip_prefix("bytes=") else { return ByteRange::Unsatisfiable };
+    let Some(value) = header else {
+        return ByteRange::Whole;
+    };
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return ByteRange::Unsatisfiable;
+    };
     if spec.contains(',') {
         return ByteRange::Whole;
     }
-    let Some((first, last)) = spec.trim().split_once('-') else { return ByteRange::Unsatisfiable };
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return ByteRange::Unsatisfiable;
+    };
     let parse = |s: &str| s.trim().parse::<u64>().ok();
     match (first.trim().is_empty(), last.trim().is_empty()) {
         // bytes=-N: the last N bytes
@@ -52,7 +58,10 @@ pub fn resolve(header: Option<&str>, size: u64) -> ByteRange {
 /// some clients send the RFC form.
 pub fn parse_content_range(value: &str) -> Option<RangeInclusive<u64>> {
     let v = value.trim();
-    let v = v.strip_prefix("bytes=").or_else(|| v.strip_prefix("bytes ")).unwrap_or(v);
+    let v = v
+        .strip_prefix("bytes=")
+        .or_else(|| v.strip_prefix("bytes "))
+        .unwrap_or(v);
     let v = v.split('/').next()?;
     let (a, b) = v.split_once('-')?;
     let (start, end) = (a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?);

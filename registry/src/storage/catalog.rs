@@ -37,7 +37,9 @@ pub enum Cached {
 impl Catalog {
     pub async fn lookup(&self) -> Cached {
         let state = self.state.read().await;
-        let Some((at, repos)) = state.as_ref() else { return Cached::Empty };
+        let Some((at, repos)) = state.as_ref() else {
+            return Cached::Empty;
+        };
         let list = repos.iter().cloned().collect();
         if at.elapsed() >= REFRESH && !self.refreshing.swap(true, Ordering::AcqRel) {
             Cached::Stale(list)

@@ -45,6 +45,14 @@ pub trait Driver: Send + Sync + 'static {
     /// must lie within the object.
     async fn stream(&self, key: &str, range: Range<u64>) -> io::Result<Option<ByteStream>>;
 
+    /// The object as an open local file, for drivers that keep one: the
+    /// server can then hand its bytes to the kernel (`sendfile`) instead of
+    /// copying them through [`Driver::stream`]. `None` if absent, or if the
+    /// driver has no local files (the default).
+    async fn local_file(&self, _key: &str) -> io::Result<Option<std::fs::File>> {
+        Ok(None)
+    }
+
     /// Opens an object for appending (created empty if absent).
     async fn appender(&self, key: &str) -> io::Result<Box<dyn Appender>>;
 

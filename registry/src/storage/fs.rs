@@ -24,7 +24,12 @@ fn read_cached(file: &fs::File, buf: &mut [u8], offset: u64) -> usize {
     let mut filled = 0;
     while filled < buf.len() {
         let mut slices = [io::IoSliceMut::new(&mut buf[filled..])];
-        match rustix::io::preadv2(file, &mut slices, offset + filled as u64, rustix::io::ReadWriteFlags::NOWAIT) {
+        match rustix::io::preadv2(
+            file,
+            &mut slices,
+            offset + filled as u64,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
             Ok(0) | Err(_) => break,
             Ok(n) => filled += n,
         }
@@ -61,7 +66,10 @@ impl FsDriver {
     }
 
     fn path(&self, key: &str) -> PathBuf {
-        debug_assert!(!key.split('/').any(|c| c == ".." || c.is_empty()), "unsafe key {key}");
+        debug_assert!(
+            !key.split('/').any(|c| c == ".." || c.is_empty()),
+            "unsafe key {key}"
+        );
         self.root.join(key)
     }
 }
@@ -109,8 +117,12 @@ fn write_atomic(path: &Path, data: &[u8], durability: Durability) -> io::Result<
     result
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
 }
 
 #[async_trait]
@@ -145,50 +157,62 @@ impl Driver for FsDriver {
         // the buffer that becomes the chunk. Buffers are recycled once the
         // HTTP layer has sent (dropped) their chunk: fresh allocations of this
         // size cost page faults and TLB shootdowns that showed in profiles.
-        let chunks = futures_util::stream::try_unfold((range, Vec::<BytesMut>::new()), move |(r, mut pool)| {
-            let file = file.clone();
-            async move {
-                if r.start >= r.end {
-                    return Ok(None);
-                }
-                let len = usize::try_from((r.end - r.start).min(READ_CHUNK)).map_err(io::Error::other)?;
-                let start = r.start;
-                let mut buf = match pool.iter_mut().position(|b| b.try_reclaim(len)) {
-                    Some(i) => pool.swap_remove(i),
-                    None => BytesMut::with_capacity(len),
-                };
-                buf.resize(len, 0);
-                // Hot data (the common case for a registry) is copied from
-                // the page cache right here; only what is not cached costs a
-                // trip to a blocking thread.
-                let cached = read_cached(&file, &mut buf, start);
-                let (chunk, buf) = blocking(move || {
-                    let mut filled = cached;
-                    while filled < len {
-                        let n = file.read_at(&mut buf[filled..], start + filled as u64)?;
-                        if n == 0 {
-                            return Err(io::ErrorKind::UnexpectedEof.into());
-                        }
-                        filled += n;
+        let chunks = futures_util::stream::try_unfold(
+            (range, Vec::<BytesMut>::new()),
+            move |(r, mut pool)| {
+                let file = file.clone();
+                async move {
+                    if r.start >= r.end {
+                        return Ok(None);
                     }
-                    let chunk = buf.split_to(len).freeze();
-                    Ok((chunk, buf))
-                })
-                .await?;
-                if pool.len() < POOL {
-                    pool.push(buf);
+                    let len = usize::try_from((r.end - r.start).min(READ_CHUNK))
+                        .map_err(io::Error::other)?;
+                    let start = r.start;
+                    let mut buf = match pool.iter_mut().position(|b| b.try_reclaim(len)) {
+                        Some(i) => pool.swap_remove(i),
+                        None => BytesMut::with_capacity(len),
+                    };
+                    buf.resize(len, 0);
+                    // Hot data (the common case for a registry) is copied from
+                    // the page cache right here; only what is not cached costs a
+                    // trip to a blocking thread.
+                    let cached = read_cached(&file, &mut buf, start);
+                    let (chunk, buf) = blocking(move || {
+                        let mut filled = cached;
+                        while filled < len {
+                            let n = file.read_at(&mut buf[filled..], start + filled as u64)?;
+                            if n == 0 {
+                                return Err(io::ErrorKind::UnexpectedEof.into());
+                            }
+                            filled += n;
+                        }
+                        let chunk = buf.split_to(len).freeze();
+                        Ok((chunk, buf))
+                    })
+                    .await?;
+                    if pool.len() < POOL {
+                        pool.push(buf);
+                    }
+                    Ok(Some((chunk, (start + len as u64..r.end, pool))))
                 }
-                Ok(Some((chunk, (start + len as u64..r.end, pool))))
-            }
-        });
+            },
+        );
         Ok(Some(Box::pin(chunks)))
+    }
+
+    async fn local_file(&self, key: &str) -> io::Result<Option<fs::File>> {
+        let path = self.path(key);
+        blocking(move || not_found_is_none(fs::File::open(path))).await
     }
 
     async fn appender(&self, key: &str) -> io::Result<Box<dyn Appender>> {
         let path = self.path(key);
         let (file, start) = blocking(move || {
             fs::create_dir_all(parent(&path))?;
-            let file = fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
             let start = file.metadata()?.len();
             Ok((file, start))
         })
@@ -218,7 +242,9 @@ impl Driver for FsDriver {
     async fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
         let path = self.path(prefix);
         blocking(move || {
-            let Some(entries) = not_found_is_none(fs::read_dir(&path))? else { return Ok(Vec::new()) };
+            let Some(entries) = not_found_is_none(fs::read_dir(&path))? else {
+                return Ok(Vec::new());
+            };
             let mut names = Vec::new();
             for entry in entries {
                 let name = entry?.file_name().to_string_lossy().into_owned();
@@ -238,7 +264,11 @@ impl Driver for FsDriver {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 other => other?,
             };
-            let removed = if meta.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            let removed = if meta.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
             match removed {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
@@ -280,10 +310,15 @@ impl FsAppender {
     async fn drain(&mut self) -> io::Result<()> {
         self.settle().await?;
         if !self.buf.is_empty() {
-            let next = self.spare.take().unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER));
+            let next = self
+                .spare
+                .take()
+                .unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER));
             let buf = std::mem::replace(&mut self.buf, next);
             let file = self.file.clone();
-            self.pending = Some(tokio::task::spawn_blocking(move || (&*file).write_all(&buf).map(|()| buf)));
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                (&*file).write_all(&buf).map(|()| buf)
+            }));
         }
         Ok(())
     }

@@ -27,7 +27,12 @@ pub fn is_reserved(component: &str) -> bool {
 }
 
 pub fn blob(d: &Digest) -> String {
-    format!("blobs/{}/{}/{}", d.algorithm().as_str(), &d.hex()[..2], d.hex())
+    format!(
+        "blobs/{}/{}/{}",
+        d.algorithm().as_str(),
+        &d.hex()[..2],
+        d.hex()
+    )
 }
 
 pub fn repository(name: &Name) -> String {
@@ -35,11 +40,19 @@ pub fn repository(name: &Name) -> String {
 }
 
 pub fn layer_link(name: &Name, d: &Digest) -> String {
-    format!("{REPOSITORIES}/{name}/_layers/{}/{}", d.algorithm().as_str(), d.hex())
+    format!(
+        "{REPOSITORIES}/{name}/_layers/{}/{}",
+        d.algorithm().as_str(),
+        d.hex()
+    )
 }
 
 pub fn manifest_revision(name: &Name, d: &Digest) -> String {
-    format!("{REPOSITORIES}/{name}/_manifests/revisions/{}/{}", d.algorithm().as_str(), d.hex())
+    format!(
+        "{REPOSITORIES}/{name}/_manifests/revisions/{}/{}",
+        d.algorithm().as_str(),
+        d.hex()
+    )
 }
 
 pub fn manifests_dir(name: &Name) -> String {
@@ -55,11 +68,20 @@ pub fn tag(name: &Name, tag: &Tag) -> String {
 }
 
 pub fn referrers_dir(name: &Name, subject: &Digest) -> String {
-    format!("{REPOSITORIES}/{name}/_referrers/{}/{}", subject.algorithm().as_str(), subject.hex())
+    format!(
+        "{REPOSITORIES}/{name}/_referrers/{}/{}",
+        subject.algorithm().as_str(),
+        subject.hex()
+    )
 }
 
 pub fn referrer(name: &Name, subject: &Digest, manifest: &Digest) -> String {
-    format!("{}/{}-{}", referrers_dir(name, subject), manifest.algorithm().as_str(), manifest.hex())
+    format!(
+        "{}/{}-{}",
+        referrers_dir(name, subject),
+        manifest.algorithm().as_str(),
+        manifest.hex()
+    )
 }
 
 pub fn upload_dir(name: &Name, id: &str) -> String {
@@ -82,13 +104,24 @@ mod tests {
     #[test]
     fn paths_follow_the_drawn_tree() {
         let name: Name = "team/app".parse().unwrap();
-        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse().unwrap();
+        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            .parse()
+            .unwrap();
         assert_eq!(blob(&d), format!("blobs/sha256/e3/{}", d.hex()));
-        assert_eq!(layer_link(&name, &d), format!("repositories/team/app/_layers/sha256/{}", d.hex()));
-        assert_eq!(tag(&name, &"v1".parse().unwrap()), "repositories/team/app/_manifests/tags/v1");
+        assert_eq!(
+            layer_link(&name, &d),
+            format!("repositories/team/app/_layers/sha256/{}", d.hex())
+        );
+        assert_eq!(
+            tag(&name, &"v1".parse().unwrap()),
+            "repositories/team/app/_manifests/tags/v1"
+        );
         assert_eq!(
             referrer(&name, &d, &d),
-            format!("repositories/team/app/_referrers/sha256/{0}/sha256-{0}", d.hex())
+            format!(
+                "repositories/team/app/_referrers/sha256/{0}/sha256-{0}",
+                d.hex()
+            )
         );
     }
 }

@@ -34,7 +34,11 @@ pub struct StorageError {
 
 impl StorageError {
     pub fn new(op: &'static str, key: &str, source: io::Error) -> Self {
-        StorageError { op, key: key.to_owned(), source }
+        StorageError {
+            op,
+            key: key.to_owned(),
+            source,
+        }
     }
 }
 
@@ -54,61 +58,116 @@ pub struct Store {
 
 impl Store {
     pub fn new(driver: Arc<dyn Driver>) -> Self {
-        Store { driver, sessions: upload::Sessions::default(), catalog: catalog::Catalog::default() }
+        Store {
+            driver,
+            sessions: upload::Sessions::default(),
+            catalog: catalog::Catalog::default(),
+        }
     }
 
     // Thin wrappers that attach the operation and key to I/O errors.
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
-        self.driver.get(key).await.map_err(|e| StorageError::new("get", key, e))
+        self.driver
+            .get(key)
+            .await
+            .map_err(|e| StorageError::new("get", key, e))
     }
 
     /// A durable write: everything but upload bookkeeping.
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        self.driver.put(key, data, Durability::Durable).await.map_err(|e| StorageError::new("put", key, e))
+        self.driver
+            .put(key, data, Durability::Durable)
+            .await
+            .map_err(|e| StorageError::new("put", key, e))
     }
 
     /// A write that may be lost in a crash (upload session bookkeeping).
     async fn put_scratch(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        self.driver.put(key, data, Durability::Scratch).await.map_err(|e| StorageError::new("put", key, e))
+        self.driver
+            .put(key, data, Durability::Scratch)
+            .await
+            .map_err(|e| StorageError::new("put", key, e))
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
-        self.driver.size(key).await.map_err(|e| StorageError::new("stat", key, e))
+        self.driver
+            .size(key)
+            .await
+            .map_err(|e| StorageError::new("stat", key, e))
     }
 
     async fn commit(&self, from: &str, to: &str) -> Result<(), StorageError> {
-        self.driver.commit(from, to).await.map_err(|e| StorageError::new("commit", to, e))
+        self.driver
+            .commit(from, to)
+            .await
+            .map_err(|e| StorageError::new("commit", to, e))
     }
 
     async fn list(&self, key: &str) -> Result<Vec<String>, StorageError> {
-        self.driver.list(key).await.map_err(|e| StorageError::new("list", key, e))
+        self.driver
+            .list(key)
+            .await
+            .map_err(|e| StorageError::new("list", key, e))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.driver.delete(key).await.map_err(|e| StorageError::new("delete", key, e))
+        self.driver
+            .delete(key)
+            .await
+            .map_err(|e| StorageError::new("delete", key, e))
     }
 
     // Blobs.
 
     /// The size of a blob linked into `name`; `None` if it is not there.
-    pub async fn blob_size(&self, name: &Name, digest: &Digest) -> Result<Option<u64>, StorageError> {
-        if self.size(&layout::layer_link(name, digest)).await?.is_none() {
+    pub async fn blob_size(
+        &self,
+        name: &Name,
+        digest: &Digest,
+    ) -> Result<Option<u64>, StorageError> {
+        if self
+            .size(&layout::layer_link(name, digest))
+            .await?
+            .is_none()
+        {
             return Ok(None);
         }
         self.size(&layout::blob(digest)).await
     }
 
     /// Streams bytes `range` of a blob; `None` if it vanished since it was sized.
-    pub async fn blob_stream(&self, digest: &Digest, range: std::ops::Range<u64>) -> Result<Option<ByteStream>, StorageError> {
+    pub async fn blob_stream(
+        &self,
+        digest: &Digest,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<ByteStream>, StorageError> {
         let key = layout::blob(digest);
-        self.driver.stream(&key, range).await.map_err(|e| StorageError::new("read", &key, e))
+        self.driver
+            .stream(&key, range)
+            .await
+            .map_err(|e| StorageError::new("read", &key, e))
+    }
+
+    /// A blob's file, when the driver keeps blobs as local files (for
+    /// `sendfile`); `None` otherwise, or if it vanished since it was sized.
+    pub async fn blob_file(&self, digest: &Digest) -> Result<Option<std::fs::File>, StorageError> {
+        let key = layout::blob(digest);
+        self.driver
+            .local_file(&key)
+            .await
+            .map_err(|e| StorageError::new("open", &key, e))
     }
 
     /// Links an existing blob into `name` without moving bytes. With `from`,
     /// the blob must be linked there; without, anywhere in the registry.
     /// Returns the blob's size, or `None` if there is nothing to mount.
-    pub async fn blob_mount(&self, name: &Name, digest: &Digest, from: Option<&Name>) -> Result<Option<u64>, StorageError> {
+    pub async fn blob_mount(
+        &self,
+        name: &Name,
+        digest: &Digest,
+        from: Option<&Name>,
+    ) -> Result<Option<u64>, StorageError> {
         let size = match from {
             Some(source) => self.blob_size(source, digest).await?,
             None => self.size(&layout::blob(digest)).await?,
@@ -131,8 +190,15 @@ impl Store {
     // Manifests.
 
     /// Whether a manifest revision is in `name`.
-    pub async fn manifest_exists(&self, name: &Name, digest: &Digest) -> Result<bool, StorageError> {
-        Ok(self.size(&layout::manifest_revision(name, digest)).await?.is_some())
+    pub async fn manifest_exists(
+        &self,
+        name: &Name,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        Ok(self
+            .size(&layout::manifest_revision(name, digest))
+            .await?
+            .is_some())
     }
 
     /// Stores a verified manifest, then makes it visible: referrer entry,
@@ -158,25 +224,43 @@ impl Store {
                 urls: Vec::new(),
                 data: None,
             };
-            let json = serde_json::to_vec(&descriptor).map_err(|e| StorageError::new("encode", &blob, io::Error::other(e)))?;
-            self.put(&layout::referrer(name, &subject.digest, &m.digest), json.into()).await?;
+            let json = serde_json::to_vec(&descriptor)
+                .map_err(|e| StorageError::new("encode", &blob, io::Error::other(e)))?;
+            self.put(
+                &layout::referrer(name, &subject.digest, &m.digest),
+                json.into(),
+            )
+            .await?;
         }
-        self.put(&layout::manifest_revision(name, &m.digest), Bytes::from(m.media_type.clone())).await?;
+        self.put(
+            &layout::manifest_revision(name, &m.digest),
+            Bytes::from(m.media_type.clone()),
+        )
+        .await?;
         self.catalog.insert(name).await;
         for tag in tags {
-            self.put(&layout::tag(name, tag), Bytes::from(m.digest.to_string())).await?;
+            self.put(&layout::tag(name, tag), Bytes::from(m.digest.to_string()))
+                .await?;
         }
         Ok(())
     }
 
     /// The digest a tag points at.
     pub async fn tag_target(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, StorageError> {
-        let Some(raw) = self.get(&layout::tag(name, tag)).await? else { return Ok(None) };
-        Ok(std::str::from_utf8(&raw).ok().and_then(|s| s.trim().parse().ok()))
+        let Some(raw) = self.get(&layout::tag(name, tag)).await? else {
+            return Ok(None);
+        };
+        Ok(std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| s.trim().parse().ok()))
     }
 
     /// Looks a manifest up by tag or digest.
-    pub async fn manifest_get(&self, name: &Name, reference: &Reference) -> Result<Option<StoredManifest>, StorageError> {
+    pub async fn manifest_get(
+        &self,
+        name: &Name,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>, StorageError> {
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(t) => match self.tag_target(name, t).await? {
@@ -187,28 +271,46 @@ impl Store {
         let Some(media_type) = self.get(&layout::manifest_revision(name, &digest)).await? else {
             return Ok(None);
         };
-        let Some(body) = self.get(&layout::blob(&digest)).await? else { return Ok(None) };
+        let Some(body) = self.get(&layout::blob(&digest)).await? else {
+            return Ok(None);
+        };
         let media_type = String::from_utf8_lossy(&media_type).into_owned();
-        Ok(Some(StoredManifest { digest, media_type, body }))
+        Ok(Some(StoredManifest {
+            digest,
+            media_type,
+            body,
+        }))
     }
 
     /// Deletes a manifest revision, every tag pointing at it, and its
     /// referrer entry. Returns whether it existed.
-    pub async fn manifest_delete(&self, name: &Name, digest: &Digest) -> Result<bool, StorageError> {
-        let Some(m) = self.manifest_get(name, &Reference::Digest(digest.clone())).await? else {
+    pub async fn manifest_delete(
+        &self,
+        name: &Name,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        let Some(m) = self
+            .manifest_get(name, &Reference::Digest(digest.clone()))
+            .await?
+        else {
             return Ok(false);
         };
         for tag in self.tags(name).await?.unwrap_or_default() {
-            let Ok(tag) = tag.parse::<Tag>() else { continue };
+            let Ok(tag) = tag.parse::<Tag>() else {
+                continue;
+            };
             if self.tag_target(name, &tag).await?.as_ref() == Some(digest) {
                 self.delete(&layout::tag(name, &tag)).await?;
             }
         }
-        self.delete(&layout::manifest_revision(name, digest)).await?;
+        self.delete(&layout::manifest_revision(name, digest))
+            .await?;
         if let Ok(parsed) = manifest::parse(&m.body, Some(&m.media_type))
-            && let Some(subject) = parsed.subject {
-                self.delete(&layout::referrer(name, &subject.digest, digest)).await?;
-            }
+            && let Some(subject) = parsed.subject
+        {
+            self.delete(&layout::referrer(name, &subject.digest, digest))
+                .await?;
+        }
         Ok(true)
     }
 
@@ -228,7 +330,10 @@ impl Store {
     /// The repository's tags, sorted; `None` if the repository is unknown.
     pub async fn tags(&self, name: &Name) -> Result<Option<Vec<String>>, StorageError> {
         let mut tags = self.list(&layout::tags_dir(name)).await?;
-        if tags.is_empty() && self.list(&layout::manifests_dir(name)).await?.is_empty() && !self.repository_exists(name).await? {
+        if tags.is_empty()
+            && self.list(&layout::manifests_dir(name)).await?.is_empty()
+            && !self.repository_exists(name).await?
+        {
             return Ok(None);
         }
         tags.sort_unstable();
@@ -236,14 +341,20 @@ impl Store {
     }
 
     /// Descriptors of the manifests whose subject is `subject`.
-    pub async fn referrers(&self, name: &Name, subject: &Digest) -> Result<Vec<Descriptor>, StorageError> {
+    pub async fn referrers(
+        &self,
+        name: &Name,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>, StorageError> {
         let dir = layout::referrers_dir(name, subject);
         let mut entries = self.list(&dir).await?;
         entries.sort_unstable();
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let key = format!("{dir}/{entry}");
-            let Some(raw) = self.get(&key).await? else { continue };
+            let Some(raw) = self.get(&key).await? else {
+                continue;
+            };
             match serde_json::from_slice::<Descriptor>(&raw) {
                 Ok(d) => out.push(d),
                 Err(e) => tracing::warn!(key, error = %e, "skipping unreadable referrer entry"),
@@ -272,14 +383,17 @@ impl Store {
 
     /// Walks storage for the repository list and caches it.
     async fn walk_repositories(&self) -> Result<Vec<String>, StorageError> {
-        let repos = self.repositories_holding(&["_manifests", "_layers"]).await?;
+        let repos = self
+            .repositories_holding(&["_manifests", "_layers"])
+            .await?;
         self.catalog.replace(&repos).await;
         Ok(repos)
     }
 
     /// Writes a link that makes `name` hold `digest` (and so exist).
     async fn link_blob(&self, name: &Name, digest: &Digest) -> Result<(), StorageError> {
-        self.put(&layout::layer_link(name, digest), Bytes::new()).await?;
+        self.put(&layout::layer_link(name, digest), Bytes::new())
+            .await?;
         self.catalog.insert(name).await;
         Ok(())
     }
@@ -294,13 +408,21 @@ impl Store {
         let mut found = Vec::new();
         let mut stack = vec![String::new()];
         while let Some(prefix) = stack.pop() {
-            let dir = if prefix.is_empty() { layout::REPOSITORIES.to_owned() } else { format!("{}/{prefix}", layout::REPOSITORIES) };
+            let dir = if prefix.is_empty() {
+                layout::REPOSITORIES.to_owned()
+            } else {
+                format!("{}/{prefix}", layout::REPOSITORIES)
+            };
             let children = self.list(&dir).await?;
             if children.iter().any(|c| markers.contains(&c.as_str())) {
                 found.push(prefix.clone());
             }
             for child in children.into_iter().filter(|c| !layout::is_reserved(c)) {
-                stack.push(if prefix.is_empty() { child } else { format!("{prefix}/{child}") });
+                stack.push(if prefix.is_empty() {
+                    child
+                } else {
+                    format!("{prefix}/{child}")
+                });
             }
         }
         found.sort_unstable();

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
-use super::{Store, StorageError, layout};
+use super::{StorageError, Store, layout};
 use crate::oci::{Algorithm, Digest, Name, digest::Hasher};
 
 /// Why an upload request failed.
@@ -20,7 +20,9 @@ use crate::oci::{Algorithm, Digest, Name, digest::Hasher};
 pub enum UploadError {
     #[error("upload session not found; start a new one with POST /v2/<name>/blobs/uploads/")]
     Unknown,
-    #[error("chunk starts at byte {got} but the upload holds {size} bytes; send the chunk that starts at {size}")]
+    #[error(
+        "chunk starts at byte {got} but the upload holds {size} bytes; send the chunk that starts at {size}"
+    )]
     OutOfOrder { size: u64, got: u64 },
     #[error("received {got} bytes but the request declared {want}")]
     SizeMismatch { want: u64, got: u64 },
@@ -51,12 +53,18 @@ impl Sessions {
     }
 
     fn forget(&self, id: &str) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Reads the next chunk of a request body, bounded by what the client declared.
@@ -65,10 +73,19 @@ pub type BodyChunk = Result<Bytes, String>;
 impl Store {
     /// Opens a session; `algorithm` is the digest the client announced, if
     /// any, so the running hash is of the right kind.
-    pub async fn upload_start(&self, name: &Name, algorithm: Option<Algorithm>) -> Result<String, StorageError> {
+    pub async fn upload_start(
+        &self,
+        name: &Name,
+        algorithm: Option<Algorithm>,
+    ) -> Result<String, StorageError> {
         let id = uuid::Uuid::new_v4().to_string();
-        self.put_scratch(&layout::upload_started(name, &id), Bytes::from(unix_now().to_string())).await?;
-        self.put_scratch(&layout::upload_data(name, &id), Bytes::new()).await?;
+        self.put_scratch(
+            &layout::upload_started(name, &id),
+            Bytes::from(unix_now().to_string()),
+        )
+        .await?;
+        self.put_scratch(&layout::upload_data(name, &id), Bytes::new())
+            .await?;
         let session = self.sessions.get(&id);
         session.lock().await.state = Some((0, algorithm.unwrap_or(Algorithm::Sha256).hasher()));
         Ok(id)
@@ -76,7 +93,9 @@ impl Store {
 
     /// Bytes received so far.
     pub async fn upload_size(&self, name: &Name, id: &str) -> Result<u64, UploadError> {
-        self.size(&layout::upload_data(name, id)).await?.ok_or(UploadError::Unknown)
+        self.size(&layout::upload_data(name, id))
+            .await?
+            .ok_or(UploadError::Unknown)
     }
 
     /// Appends a chunk. `start` (from Content-Range) must equal the bytes
@@ -95,7 +114,8 @@ impl Store {
     {
         let session = self.sessions.get(id);
         let mut cache = session.lock().await;
-        self.append_locked(&mut cache, name, id, start, declared, body).await
+        self.append_locked(&mut cache, name, id, start, declared, body)
+            .await
     }
 
     /// Appends the final chunk (if any, checked like [`Self::upload_append`]),
@@ -115,15 +135,22 @@ impl Store {
     {
         let session = self.sessions.get(id);
         let mut cache = session.lock().await;
-        let size = self.append_locked(&mut cache, name, id, start, declared, body).await?;
+        let size = self
+            .append_locked(&mut cache, name, id, start, declared, body)
+            .await?;
         let data = layout::upload_data(name, id);
         let actual = match cache.state.take() {
-            Some((offset, h)) if offset == size && h.algorithm() == expected.algorithm() => h.finish(),
+            Some((offset, h)) if offset == size && h.algorithm() == expected.algorithm() => {
+                h.finish()
+            }
             _ => self.hash_object(&data, expected.algorithm(), size).await?,
         };
         if &actual != expected {
             self.upload_cancel_locked(name, id).await?;
-            return Err(UploadError::DigestMismatch { expected: expected.clone(), actual });
+            return Err(UploadError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
         }
         let blob = layout::blob(expected);
         if self.size(&blob).await? != Some(size) {
@@ -137,16 +164,28 @@ impl Store {
     /// Removes sessions started more than `max_age` ago: clients that
     /// vanished mid-push would otherwise hold their bytes forever.
     /// Returns how many were removed.
-    pub async fn purge_stale_uploads(&self, max_age: std::time::Duration) -> Result<usize, StorageError> {
+    pub async fn purge_stale_uploads(
+        &self,
+        max_age: std::time::Duration,
+    ) -> Result<usize, StorageError> {
         let now = unix_now();
         let mut purged = 0;
         for repo in self.repositories_with_uploads().await? {
-            let Ok(name) = repo.parse::<Name>() else { continue };
-            for id in self.list(&format!("{}/_uploads", layout::repository(&name))).await? {
+            let Ok(name) = repo.parse::<Name>() else {
+                continue;
+            };
+            for id in self
+                .list(&format!("{}/_uploads", layout::repository(&name)))
+                .await?
+            {
                 let started = self
                     .get(&layout::upload_started(&name, &id))
                     .await?
-                    .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.trim().parse::<u64>().ok()));
+                    .and_then(|b| {
+                        std::str::from_utf8(&b)
+                            .ok()
+                            .and_then(|s| s.trim().parse::<u64>().ok())
+                    });
                 // A session with no start time is a crash between its two writes: stale too.
                 if started.is_none_or(|t| now.saturating_sub(t) > max_age.as_secs()) {
                     self.delete(&layout::upload_dir(&name, &id)).await?;
@@ -194,11 +233,17 @@ impl Store {
         let mut hasher = match cache.state.take() {
             Some((offset, h)) if offset == size => h,
             other => {
-                let alg = other.map(|(_, h)| h.algorithm()).unwrap_or(Algorithm::Sha256);
+                let alg = other
+                    .map(|(_, h)| h.algorithm())
+                    .unwrap_or(Algorithm::Sha256);
                 self.hasher_at(&data, alg, size).await?
             }
         };
-        let mut appender = self.driver.appender(&data).await.map_err(|e| StorageError::new("append", &data, e))?;
+        let mut appender = self
+            .driver
+            .appender(&data)
+            .await
+            .map_err(|e| StorageError::new("append", &data, e))?;
         let mut received: u64 = 0;
         let failure = loop {
             let chunk = match body.next().await {
@@ -208,7 +253,10 @@ impl Store {
             };
             received += chunk.len() as u64;
             if declared.is_some_and(|want| received > want) {
-                break Some(UploadError::SizeMismatch { want: declared.unwrap_or(0), got: received });
+                break Some(UploadError::SizeMismatch {
+                    want: declared.unwrap_or(0),
+                    got: received,
+                });
             }
             if let Err(e) = appender.write(&chunk).await {
                 break Some(StorageError::new("write", &data, e).into());
@@ -216,7 +264,10 @@ impl Store {
             hasher.update(&chunk);
         };
         let failure = failure.or(match declared {
-            Some(want) if want != received => Some(UploadError::SizeMismatch { want, got: received }),
+            Some(want) if want != received => Some(UploadError::SizeMismatch {
+                want,
+                got: received,
+            }),
             _ => None,
         });
         if let Some(err) = failure {
@@ -227,7 +278,10 @@ impl Store {
             return Err(err);
         }
         let offset = appender.offset();
-        appender.finish().await.map_err(|e| StorageError::new("flush", &data, e))?;
+        appender
+            .finish()
+            .await
+            .map_err(|e| StorageError::new("flush", &data, e))?;
         crate::metrics::bytes_in(received);
         cache.state = Some((offset, hasher));
         Ok(offset)
@@ -240,9 +294,12 @@ impl Store {
             return Ok(hasher);
         }
         let err = |e| StorageError::new("read", key, e);
-        let mut chunks = self.driver.stream(key, 0..len).await.map_err(err)?.ok_or_else(|| {
-            StorageError::new("read", key, std::io::ErrorKind::NotFound.into())
-        })?;
+        let mut chunks = self
+            .driver
+            .stream(key, 0..len)
+            .await
+            .map_err(err)?
+            .ok_or_else(|| StorageError::new("read", key, std::io::ErrorKind::NotFound.into()))?;
         while let Some(chunk) = chunks.next().await {
             hasher.update(&chunk.map_err(err)?);
         }
@@ -250,7 +307,12 @@ impl Store {
     }
 
     /// The digest of the first `len` bytes of an object.
-    async fn hash_object(&self, key: &str, alg: Algorithm, len: u64) -> Result<Digest, StorageError> {
+    async fn hash_object(
+        &self,
+        key: &str,
+        alg: Algorithm,
+        len: u64,
+    ) -> Result<Digest, StorageError> {
         Ok(self.hasher_at(key, alg, len).await?.finish())
     }
 }
