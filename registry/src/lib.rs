@@ -7,6 +7,7 @@ pub mod api;
 pub mod error;
 pub mod metrics;
 pub mod oci;
+pub mod page_cache;
 pub mod server;
 pub mod storage;
 pub mod tls;

@@ -1,17 +1,25 @@
-//! Which parts of a file the page cache holds, so that `sendfile` is only
-//! asked for bytes it can copy without waiting for the disk (it would block
-//! an async worker thread while it did).
+//! Reading blobs from the page cache without wasting work: this module is
+//! the crate's only unsafe code, because no safe API we use offers either
+//! of its two jobs.
 //!
-//! `mincore(2)` answers per page, but only for a memory mapping: the file
-//! is mapped (never touched, so nothing is read or faulted in) for as long
-//! as its response lasts. This is the crate's only unsafe code; no safe
-//! wrapper of mmap + mincore exists in a crate we use.
+//! - [`Residency`] tells which parts of a file the page cache holds, so that
+//!   `sendfile` is only asked for bytes it can copy without waiting for the
+//!   disk (it would block an async worker thread while it did).
+//!   `mincore(2)` answers per page, but only for a memory mapping: the file
+//!   is mapped (never touched, so nothing is read or faulted in) for as long
+//!   as its response lasts.
+//! - [`read_into`] reads into a buffer's spare capacity, optionally only
+//!   what the page cache holds (`preadv2` with `RWF_NOWAIT`), without first
+//!   filling the buffer with zeros: that memset cost 3.5% of the server's
+//!   CPU in a TLS pull profile, a third as much as the read itself.
 #![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd as _;
+
+use bytes::BytesMut;
 
 /// A read-only mapping of part of a file, used only to ask `mincore`.
 pub struct Residency {
@@ -95,6 +103,62 @@ impl Drop for Residency {
     }
 }
 
+/// Whether a read may wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Only what the page cache holds (for async worker threads).
+    CachedOnly,
+    /// Everything asked for (for blocking threads).
+    Disk,
+}
+
+/// Appends up to `len` bytes of `file` from `offset` to `buf`; returns how
+/// many. Fewer than `len` at end of file, or, with [`Wait::CachedOnly`],
+/// where the page cache stops (also when the kernel cannot tell: then 0).
+pub fn read_into(
+    file: &File,
+    buf: &mut BytesMut,
+    offset: u64,
+    len: usize,
+    wait: Wait,
+) -> io::Result<usize> {
+    buf.reserve(len);
+    let flags = match wait {
+        Wait::CachedOnly => libc::RWF_NOWAIT,
+        Wait::Disk => 0,
+    };
+    let mut filled = 0;
+    while filled < len {
+        let at = libc::off_t::try_from(offset + filled as u64).map_err(io::Error::other)?;
+        let spare = &mut buf.spare_capacity_mut()[..len - filled];
+        let iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        };
+        // SAFETY: `iov` describes `spare`, memory we own exclusively and
+        // that stays alive and unmoved for the call; the kernel only writes it.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, flags) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match (e.kind(), wait) {
+                (io::ErrorKind::Interrupted, _) => continue,
+                // Not cached, or RWF_NOWAIT unsupported here: the caller reads the rest.
+                (_, Wait::CachedOnly) => break,
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        let n = n as usize;
+        // SAFETY: the kernel initialised the first `n` bytes of the spare
+        // capacity (n <= spare.len() <= capacity - len).
+        unsafe { buf.set_len(buf.len() + n) };
+        filled += n;
+    }
+    Ok(filled)
+}
+
 fn page_size() -> u64 {
     // SAFETY: sysconf reads a constant of the running system.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -106,6 +170,37 @@ fn page_size() -> u64 {
 mod tests {
     use super::*;
     use std::io::Write as _;
+
+    #[test]
+    fn reads_append_exactly_the_file_bytes_and_stop_at_its_end() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        f.write_all(&data).unwrap();
+        let mut buf = BytesMut::from(&b"head"[..]);
+        assert_eq!(
+            read_into(f.as_file(), &mut buf, 10, 1000, Wait::Disk).unwrap(),
+            1000
+        );
+        assert_eq!(&buf[..4], b"head");
+        assert_eq!(&buf[4..], &data[10..1010]);
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            read_into(f.as_file(), &mut buf, 299_990, 1000, Wait::CachedOnly).unwrap(),
+            10,
+            "stops at the end"
+        );
+        assert_eq!(&buf[..], &data[299_990..]);
+        // Dropping clean pages from the cache needs no privilege (dirty ones stay).
+        f.as_file().sync_all().unwrap();
+        rustix::fs::fadvise(f.as_file(), 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            read_into(f.as_file(), &mut buf, 0, 1000, Wait::CachedOnly).unwrap(),
+            0,
+            "nothing cached"
+        );
+        assert!(buf.is_empty());
+    }
 
     #[test]
     fn reports_pages_dropped_from_the_cache_as_not_resident() {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::page_cache::Residency;
 use super::{CHUNK, COLD_CHUNK, PLACEHOLDER, Region, Regions};
+use crate::page_cache::Residency;
 use crate::storage::ByteStream;
 
 /// Streams `range` of `file` for a response written on the connection that

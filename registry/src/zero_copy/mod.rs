@@ -17,12 +17,11 @@
 //!
 //! Only for HTTP/1.x over plain TCP: TLS has to encrypt in user space, and
 //! HTTP/2 frames the body itself. Pages not in the page cache are read on a
-//! blocking thread as ordinary chunks ([`page_cache`] tells which), so a
+//! blocking thread as ordinary chunks ([`crate::page_cache`] tells which), so a
 //! cold disk never stalls the async workers.
 
 mod body;
 mod conn;
-mod page_cache;
 
 use std::collections::VecDeque;
 use std::fs::File;
