@@ -48,6 +48,11 @@ struct Serve {
     /// Upload sessions idle this many hours are removed (checked hourly).
     #[arg(long, env = "BERTH_UPLOAD_MAX_AGE_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..))]
     upload_max_age_hours: u64,
+    /// Plain-HTTP blob downloads go by sendfile (zero-copy) once this many
+    /// others are in flight; fewer are copied, which spreads each one over
+    /// two idle cores. Default: the number of CPUs. 0: always sendfile.
+    #[arg(long, env = "BERTH_SENDFILE_AFTER")]
+    sendfile_after: Option<usize>,
     /// Log format: "text" for people, "json" for log collectors.
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -56,6 +61,9 @@ struct Serve {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Command::Serve(args) = cli.command;
+    if let Some(n) = args.sendfile_after {
+        berth_registry::zero_copy::set_sendfile_after(n);
+    }
     init_tracing(&args.log_format);
     // File I/O runs on tokio's blocking pool. Its default cap (512 threads)
     // only adds memory here: the work is short reads and writes, and past a

@@ -18,6 +18,8 @@ struct Server {
 }
 
 async fn start() -> Server {
+    // Always sendfile, not only when the CPUs are busy: that is the path under test.
+    berth_registry::zero_copy::set_sendfile_after(0);
     let dir = tempfile::tempdir().unwrap();
     let app = berth_registry::router(berth_registry::filesystem_store(dir.path()).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

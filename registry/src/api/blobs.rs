@@ -44,22 +44,26 @@ pub async fn get(store: &Store, name: &Name, digest: &str, ctx: &Ctx) -> Result<
             )
         };
         let range = offset..offset + len;
+        let download = zero_copy::Download::start();
         // Without a local file (another driver, or the blob just vanished),
         // or on a filesystem that cannot map it, the copying path serves.
         let zero_copy = match &ctx.zero_copy {
-            Some(regions) => store.blob_file(&digest).await?.and_then(|file| {
-                zero_copy::body(file, range.clone(), regions.clone())
-                    .inspect_err(
-                        |e| tracing::debug!(%digest, error = %e, "no zero-copy for this blob"),
-                    )
-                    .ok()
-            }),
-            None => None,
+            Some(regions) if download.zero_copy() => {
+                store.blob_file(&digest).await?.and_then(|file| {
+                    zero_copy::body(file, range.clone(), regions.clone())
+                        .inspect_err(
+                            |e| tracing::debug!(%digest, error = %e, "no zero-copy for this blob"),
+                        )
+                        .ok()
+                })
+            }
+            _ => None,
         };
         let chunks = match zero_copy {
             Some(chunks) => chunks,
             None => store.blob_stream(&digest, range).await?.ok_or_else(gone)?,
         };
+        let chunks = download.lasting_as_long_as(chunks);
         crate::metrics::bytes_out(len);
         Response::new(Body::from_stream(chunks))
     };
