@@ -12,6 +12,9 @@
 //!   what the page cache holds (`preadv2` with `RWF_NOWAIT`), without first
 //!   filling the buffer with zeros: that memset cost 3.5% of the server's
 //!   CPU in a TLS pull profile, a third as much as the read itself.
+//! - [`start_writeback`] asks the kernel to start writing a just-written
+//!   range to disk (`sync_file_range`), so that the fsync before a push is
+//!   acknowledged overlaps with receiving instead of following it.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -157,6 +160,20 @@ pub fn read_into(
         filled += n;
     }
     Ok(filled)
+}
+
+/// Starts writing `len` dirty bytes of `file` from `offset` to disk, without
+/// waiting for it. Only a hint: errors are ignored (the later fsync, which
+/// is not, reports any that matter).
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (offset.try_into(), len.try_into()) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is
+    // open for as long as `file` is borrowed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 fn page_size() -> u64 {

@@ -302,8 +302,14 @@ impl FsAppender {
                 .unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER));
             let buf = std::mem::replace(&mut self.buf, next);
             let file = self.file.clone();
+            let at = self.offset - buf.len() as u64;
             self.pending = Some(tokio::task::spawn_blocking(move || {
-                (&*file).write_all(&buf).map(|()| buf)
+                (&*file).write_all(&buf)?;
+                // The blob is fsynced before the client hears it is stored;
+                // writing it out as it arrives leaves that fsync only the
+                // tail to wait for, instead of the whole blob.
+                page_cache::start_writeback(&file, at, buf.len() as u64);
+                Ok(buf)
             }));
         }
         Ok(())
