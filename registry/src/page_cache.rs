@@ -21,11 +21,107 @@ use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd as _;
+use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
 
-/// A read-only mapping of part of a file, used only to ask `mincore`.
+/// Which pages of part of a file the page cache holds.
+///
+/// `cachestat(2)` (Linux 6.5+) answers for a whole range in one call that
+/// walks the cache's folios. Older kernels get `mincore(2)`, which needs a
+/// memory mapping and looks up every page on its own: in a 32-download
+/// sendfile profile it took 7% of the server's CPU.
 pub struct Residency {
+    file: Arc<File>,
+    /// Only when `cachestat` is unavailable.
+    mapping: Option<Mapping>,
+}
+
+impl Residency {
+    /// Prepares to answer for `range` of `file`. `range` must not be empty.
+    pub fn new(file: Arc<File>, range: Range<u64>) -> io::Result<Residency> {
+        let mapping = if cachestat_works(&file) {
+            None
+        } else {
+            Some(Mapping::new(&file, range)?)
+        };
+        Ok(Residency { file, mapping })
+    }
+
+    /// Whether every page of `range` is in the page cache (`range` within
+    /// the one given to `new`). Errors count as "no": the caller then reads
+    /// normally.
+    pub fn resident(&self, range: Range<u64>) -> bool {
+        match &self.mapping {
+            Some(m) => m.resident(range),
+            None => cachestat(&self.file, &range).is_ok_and(|cached| cached >= pages(&range)),
+        }
+    }
+}
+
+/// The number of pages `range` touches.
+fn pages(range: &Range<u64>) -> u64 {
+    let page = page_size();
+    if range.end <= range.start {
+        return u64::MAX;
+    }
+    range.end.div_ceil(page) - range.start / page
+}
+
+/// `struct cachestat_range` of the kernel's ABI.
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+/// `struct cachestat` of the kernel's ABI.
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// The syscall's number: 451 on every architecture (new syscalls share one
+/// table since Linux 5.1); the libc crate does not name it for all of them.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+/// How many pages of `range` are in the page cache.
+fn cachestat(file: &File, range: &Range<u64>) -> io::Result<u64> {
+    let r = CachestatRange {
+        off: range.start,
+        len: range.end.saturating_sub(range.start),
+    };
+    let mut out = Cachestat::default();
+    // SAFETY: both pointers are to live, properly laid out (repr(C)) values
+    // that the kernel reads (`r`) or writes (`out`) during the call only.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &r as *const CachestatRange,
+            &mut out as *mut Cachestat,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(out.nr_cache)
+}
+
+/// Whether this kernel (and filesystem) answers `cachestat`; asked once.
+fn cachestat_works(file: &File) -> bool {
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    *WORKS.get_or_init(|| cachestat(file, &(0..1)).is_ok())
+}
+
+/// A read-only mapping of part of a file, used only to ask `mincore`.
+struct Mapping {
     /// Address of the mapping (a `usize`, so that the type is `Send`).
     addr: usize,
     len: usize,
@@ -34,9 +130,9 @@ pub struct Residency {
     page: u64,
 }
 
-impl Residency {
+impl Mapping {
     /// Maps `range` of `file` (widened to whole pages). `range` must not be empty.
-    pub fn new(file: &File, range: Range<u64>) -> io::Result<Residency> {
+    fn new(file: &File, range: Range<u64>) -> io::Result<Mapping> {
         let page = page_size();
         let base = range.start - range.start % page;
         let len = usize::try_from(range.end - base).map_err(io::Error::other)?;
@@ -60,7 +156,7 @@ impl Residency {
         if addr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Residency {
+        Ok(Mapping {
             addr: addr as usize,
             len,
             base,
@@ -69,8 +165,8 @@ impl Residency {
     }
 
     /// Whether every page of `range` (within the mapped range) is in the
-    /// page cache. Errors count as "no": the caller then reads normally.
-    pub fn resident(&self, range: Range<u64>) -> bool {
+    /// page cache.
+    fn resident(&self, range: Range<u64>) -> bool {
         if range.start < self.base || range.end <= range.start {
             return false;
         }
@@ -97,7 +193,7 @@ impl Residency {
     }
 }
 
-impl Drop for Residency {
+impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping `new` made; nothing refers to it.
         unsafe {
@@ -224,15 +320,28 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&vec![7u8; 3 * 65536 + 100]).unwrap();
         f.as_file().sync_all().unwrap();
-        let file = f.as_file();
+        let file = Arc::new(f.as_file().try_clone().unwrap());
         let len = file.metadata().unwrap().len();
-        let map = Residency::new(file, 100..len).unwrap();
-        // Just written: cached.
-        assert!(map.resident(100..len));
-        // Dropping clean pages from the cache needs no privilege.
-        rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-        assert!(!map.resident(100..len));
-        assert!(!map.resident(0..10), "before the mapped range");
-        assert!(!map.resident(100..len + 1), "past the mapped range");
+        // Whichever way this kernel answers, and mincore's way too.
+        let residency = Residency::new(file.clone(), 100..len).unwrap();
+        let mapping = Mapping::new(&file, 100..len).unwrap();
+        let (cached, evicted): (Vec<bool>, Vec<bool>) = {
+            let ask = || {
+                [
+                    residency.resident(100..len),
+                    mapping.resident(100..len),
+                    residency.resident(4096..8192),
+                ]
+            };
+            // Just written: cached.
+            let cached = ask().to_vec();
+            // Dropping clean pages from the cache needs no privilege.
+            rustix::fs::fadvise(&*file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            (cached, ask().to_vec())
+        };
+        assert_eq!(cached, [true, true, true]);
+        assert_eq!(evicted, [false, false, false]);
+        assert!(!mapping.resident(0..10), "before the mapped range");
+        assert!(!mapping.resident(100..len + 5000), "past the mapped range");
     }
 }

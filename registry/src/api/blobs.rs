@@ -45,19 +45,18 @@ pub async fn get(store: &Store, name: &Name, digest: &str, ctx: &Ctx) -> Result<
         };
         let range = offset..offset + len;
         let download = zero_copy::Download::start();
+        // Plain HTTP/1.x may sendfile (the body decides chunk by chunk).
         // Without a local file (another driver, or the blob just vanished),
         // or on a filesystem that cannot map it, the copying path serves.
         let zero_copy = match &ctx.zero_copy {
-            Some(regions) if download.zero_copy() => {
-                store.blob_file(&digest).await?.and_then(|file| {
-                    zero_copy::body(file, range.clone(), regions.clone())
-                        .inspect_err(
-                            |e| tracing::debug!(%digest, error = %e, "no zero-copy for this blob"),
-                        )
-                        .ok()
-                })
-            }
-            _ => None,
+            Some(regions) => store.blob_file(&digest).await?.and_then(|file| {
+                zero_copy::body(file, range.clone(), regions.clone())
+                    .inspect_err(
+                        |e| tracing::debug!(%digest, error = %e, "no zero-copy for this blob"),
+                    )
+                    .ok()
+            }),
+            None => None,
         };
         let chunks = match zero_copy {
             Some(chunks) => chunks,

@@ -11,19 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::driver::{Appender, ByteStream, Driver, Durability};
-use crate::page_cache::{self, Wait};
-
-/// Buffers kept per stream: one being filled, the others' chunks still held
-/// by the HTTP layer until sent (then their memory is reclaimed).
-const POOL: usize = 3;
-
-/// Bytes read per chunk when streaming: large enough that the per-chunk
-/// hop to a blocking thread is noise next to the copy, small enough that
-/// many concurrent downloads keep memory low.
-const READ_CHUNK: u64 = 256 * 1024;
+use super::file_chunks::{CHUNK, FileChunks};
+use crate::page_cache;
 
 /// Temporary files start with this; [`Driver::list`] never shows them.
 const TMP_PREFIX: &str = ".tmp-";
@@ -126,63 +118,16 @@ impl Driver for FsDriver {
         let Some(file) = blocking(move || not_found_is_none(fs::File::open(path))).await? else {
             return Ok(None);
         };
-        let file = Arc::new(file);
-        // Each chunk: one positioned read straight into the buffer that
-        // becomes the chunk (on a blocking thread only for what the page
-        // cache lacks: a hop there and back for every chunk cost 7% of the
-        // CPU in futex wake-ups in a TLS pull profile). Buffers are recycled once the
-        // HTTP layer has sent (dropped) their chunk: fresh allocations of this
-        // size cost page faults and TLB shootdowns that showed in profiles.
-        let chunks = futures_util::stream::try_unfold(
-            (range, Vec::<BytesMut>::new()),
-            move |(r, mut pool)| {
-                let file = file.clone();
-                async move {
-                    if r.start >= r.end {
-                        return Ok(None);
-                    }
-                    let len = usize::try_from((r.end - r.start).min(READ_CHUNK))
-                        .map_err(io::Error::other)?;
-                    let start = r.start;
-                    let mut buf = match pool.iter_mut().position(|b| b.try_reclaim(len)) {
-                        Some(i) => pool.swap_remove(i),
-                        None => BytesMut::with_capacity(len),
-                    };
-                    buf.clear();
-                    // Hot data (the common case for a registry) is copied from
-                    // the page cache right here; only what is not cached costs a
-                    // trip to a blocking thread.
-                    let cached =
-                        page_cache::read_into(&file, &mut buf, start, len, Wait::CachedOnly)?;
-                    let mut buf = if cached == len {
-                        buf
-                    } else {
-                        blocking(move || {
-                            let n = page_cache::read_into(
-                                &file,
-                                &mut buf,
-                                start + cached as u64,
-                                len - cached,
-                                Wait::Disk,
-                            )?;
-                            if cached + n < len {
-                                return Err(io::Error::new(
-                                    io::ErrorKind::UnexpectedEof,
-                                    "blob file is shorter than its recorded size",
-                                ));
-                            }
-                            Ok(buf)
-                        })
-                        .await?
-                    };
-                    let chunk = buf.split_to(len).freeze();
-                    if pool.len() < POOL {
-                        pool.push(buf);
-                    }
-                    Ok(Some((chunk, (start + len as u64..r.end, pool))))
+        let reader = FileChunks::new(Arc::new(file));
+        let chunks =
+            futures_util::stream::try_unfold((range, reader), |(r, mut reader)| async move {
+                if r.start >= r.end {
+                    return Ok(None);
                 }
-            },
-        );
+                let len = (r.end - r.start).min(CHUNK as u64) as usize;
+                let chunk = reader.read(r.start, len).await?;
+                Ok(Some((chunk, (r.start + len as u64..r.end, reader))))
+            });
         Ok(Some(Box::pin(chunks)))
     }
 

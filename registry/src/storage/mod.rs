@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod driver;
+pub mod file_chunks;
 pub mod fs;
 pub mod layout;
 pub mod upload;

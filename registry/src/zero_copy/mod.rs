@@ -22,11 +22,12 @@
 //! (the client then reads bytes the server just wrote, from CPU cache,
 //! instead of from the page cache in memory). With every core busy, the
 //! copies are what slows everyone down: at 32 downloads sendfile cut the
-//! server's CPU per GB fivefold. [`Download`] counts and decides.
+//! server's CPU per GB fivefold. [`Download`] counts, and the body decides
+//! chunk by chunk.
 //!
 //! Only for HTTP/1.x over plain TCP: TLS has to encrypt in user space, and
-//! HTTP/2 frames the body itself. Pages not in the page cache are read on a
-//! blocking thread as ordinary chunks ([`crate::page_cache`] tells which), so a
+//! HTTP/2 frames the body itself. Pages not in the page cache go as ordinary
+//! chunks read on a blocking thread ([`crate::page_cache`] tells which), so a
 //! cold disk never stalls the async workers.
 
 mod body;
@@ -51,10 +52,6 @@ use crate::storage::ByteStream;
 /// asks for this much. On loopback, 4 MiB gave single downloads 10–20% more
 /// throughput than 1 MiB; 8 MiB gave no more.
 const CHUNK: usize = 4 << 20;
-
-/// The size of the ordinary reads for pages not in the page cache: it
-/// bounds the memory a cold download holds.
-const COLD_CHUNK: usize = 1 << 20;
 
 /// Never written, so never read: the zeros are not sent, and the pages of
 /// this buffer are never touched (it costs address space, not memory).
@@ -85,21 +82,12 @@ fn sendfile_after() -> usize {
 }
 
 /// One blob download, counted for as long as it is alive.
-pub struct Download {
-    others: usize,
-}
+pub struct Download(());
 
 impl Download {
     pub fn start() -> Download {
-        Download {
-            others: DOWNLOADS.fetch_add(1, Ordering::Relaxed),
-        }
-    }
-
-    /// Whether this download should go by sendfile (if it can): the ones
-    /// already in flight keep every core busy.
-    pub fn zero_copy(&self) -> bool {
-        self.others >= sendfile_after()
+        DOWNLOADS.fetch_add(1, Ordering::Relaxed);
+        Download(())
     }
 
     /// Keeps this download counted until `body` is done or dropped.
@@ -109,6 +97,12 @@ impl Download {
             _download: self,
         })
     }
+}
+
+/// Whether the next chunk should go by sendfile (if it can): the other
+/// downloads in flight keep every core busy.
+fn busy() -> bool {
+    DOWNLOADS.load(Ordering::Relaxed) > sendfile_after()
 }
 
 struct Counted {
