@@ -155,6 +155,7 @@ impl Driver for FsDriver {
             buf: Vec::with_capacity(WRITE_BUFFER),
             pending: None,
             spare: None,
+            unhinted: start.saturating_sub(WRITE_BUFFER as u64)..start,
         }))
     }
 
@@ -224,6 +225,9 @@ struct FsAppender {
     pending: Option<tokio::task::JoinHandle<io::Result<Vec<u8>>>>,
     /// A written-out buffer to fill next (fresh ones cost page faults).
     spare: Option<Vec<u8>>,
+    /// Written bytes whose writeback is not started yet: the last buffer
+    /// (at first, the one an earlier appender may have left).
+    unhinted: Range<u64>,
 }
 
 impl FsAppender {
@@ -248,12 +252,15 @@ impl FsAppender {
             let buf = std::mem::replace(&mut self.buf, next);
             let file = self.file.clone();
             let at = self.offset - buf.len() as u64;
+            let behind = std::mem::replace(&mut self.unhinted, at..self.offset);
             self.pending = Some(tokio::task::spawn_blocking(move || {
                 (&*file).write_all(&buf)?;
                 // The blob is fsynced before the client hears it is stored;
                 // writing it out as it arrives leaves that fsync only the
-                // tail to wait for, instead of the whole blob.
-                page_cache::start_writeback(&file, at, buf.len() as u64);
+                // tail to wait for, instead of the whole blob. One buffer
+                // behind: starting writeback can wait for a busy disk, and
+                // the end of a chunk (PATCH) should not.
+                page_cache::start_writeback(&file, behind.start, behind.end - behind.start);
                 Ok(buf)
             }));
         }
