@@ -37,11 +37,11 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 pub use body::body;
 pub use conn::Conn;
@@ -71,8 +71,9 @@ static DOWNLOADS: AtomicUsize = AtomicUsize::new(0);
 /// Unset: the number of CPUs this process may use.
 static SENDFILE_AFTER: OnceLock<usize> = OnceLock::new();
 
-/// Sets how many downloads must already be in flight before a new one goes
-/// by sendfile (0: always). Takes effect only before the first download.
+/// Sets how many other downloads must be in flight for a download's next
+/// chunk to go by sendfile (0: always). Takes effect only before the first
+/// download.
 pub fn set_sendfile_after(n: usize) {
     let _ = SENDFILE_AFTER.set(n);
 }
