@@ -25,6 +25,20 @@ pub enum Mode {
     Kubernetes,
 }
 
+/// The audience the kubelet asks for when it fetches a pod's own
+/// service-account token for berth's image credential provider
+/// (`tokenAttributes.serviceAccountTokenAudience`). One for the cluster:
+/// the kubelet's provider config names a single audience per provider.
+pub const CREDENTIAL_PROVIDER_AUDIENCE: &str = "berth.dev";
+
+/// The service name of Registry `name` in `namespace`: the `service` of its
+/// challenge and the `iss` and `aud` of every token it issues or accepts
+/// (the operator's robot tokens included), so a token for one Registry is
+/// refused by every other.
+pub fn service_name(namespace: &str, name: &str) -> String {
+    format!("{name}.{namespace}.registry.berth.dev")
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthConfig {
