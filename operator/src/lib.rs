@@ -6,6 +6,7 @@
 //! cluster, so most behaviour is tested without one.
 
 pub mod apply;
+pub mod auth;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
