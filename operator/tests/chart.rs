@@ -355,3 +355,54 @@ fn the_node_agent_follows_the_runtime_paths_of_other_distributions() {
         .expect("run helm");
     assert!(!refused.status.success(), "a relative host path is refused");
 }
+
+#[test]
+fn the_chart_ships_registry_roles_aggregated_into_view_edit_and_admin() {
+    let Some(helm) = helm() else {
+        eprintln!("skipped: no helm binary (e2e/tools/install provides one)");
+        return;
+    };
+    let docs = rendered(&helm);
+    for (name, aggregate_to, verbs) in [
+        ("berth-registry-pull", "view", "get,list"),
+        ("berth-registry-push", "edit", "get,list,create,update"),
+        (
+            "berth-registry-admin",
+            "admin",
+            "get,list,create,update,delete",
+        ),
+    ] {
+        let role = find(&docs, "ClusterRole", name);
+        assert_eq!(
+            role["metadata"]["labels"]
+                [format!("rbac.authorization.k8s.io/aggregate-to-{aggregate_to}")],
+            "true",
+            "{name}"
+        );
+        assert_eq!(
+            rules(role),
+            [format!("berth.dev|repositories|{verbs}|")],
+            "{name}"
+        );
+    }
+    // The operator may bind system:auth-delegator and no other role.
+    let operator = rules(find(&docs, "ClusterRole", "berth"));
+    assert!(
+        operator.contains(
+            &"rbac.authorization.k8s.io|clusterroles|bind|system:auth-delegator".to_owned()
+        ),
+        "{operator:?}"
+    );
+    assert!(
+        !operator
+            .iter()
+            .any(|r| r.contains("tokenreviews") || r.contains("subjectaccessreviews")),
+        "the operator never reviews tokens itself: {operator:?}"
+    );
+    let off = rendered_with(&helm, &["registryRoles.create=false"]);
+    assert!(
+        !off.iter()
+            .any(|d| d["metadata"]["name"] == "berth-registry-pull"),
+        "registryRoles.create=false ships no registry roles"
+    );
+}
