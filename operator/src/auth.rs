@@ -300,12 +300,12 @@ async fn sync_pull_secrets(
                 .get_opt(&secret_name)
                 .await
                 .map_err(kube_err(format!("reading pull secret {ns}/{secret_name}")))?;
-            if let Some(e) = &existing {
-                if !pull_secret::is_ours(e, names) {
-                    tracing::warn!(namespace = %ns, secret = %secret_name, "a Secret of that name exists and was not made for this Registry; leaving it alone");
-                    publish(ctx, registry, EventType::Warning, "PullSecretConflict", "ProvisionPullSecret", format!("Secret {ns}/{secret_name} exists and was not made for this Registry: rename it, or set auth.pullSecrets.secretName to another name")).await;
-                    continue;
-                }
+            if let Some(e) = &existing
+                && !pull_secret::is_ours(e, names)
+            {
+                tracing::warn!(namespace = %ns, secret = %secret_name, "a Secret of that name exists and was not made for this Registry; leaving it alone");
+                publish(ctx, registry, EventType::Warning, "PullSecretConflict", "ProvisionPullSecret", format!("Secret {ns}/{secret_name} exists and was not made for this Registry: rename it, or set auth.pullSecrets.secretName to another name")).await;
+                continue;
             }
             let token =
                 match pull_secret::token_verdict(existing.as_ref(), names, ns, signer.kid(), now) {
@@ -344,14 +344,13 @@ async fn sync_pull_secrets(
                     .get_opt("default")
                     .await
                     .map_err(kube_err(format!("reading ServiceAccount {ns}/default")))?
+                    && let Some(patch) = pull_secret::add_to_service_account(&sa, &secret_name)
                 {
-                    if let Some(patch) = pull_secret::add_to_service_account(&sa, &secret_name) {
-                        apply::merge_patch::<ServiceAccount>(client, ns, "default", &patch)
-                            .await
-                            .map_err(kube_err(format!(
-                                "adding {secret_name} to the imagePullSecrets of ServiceAccount {ns}/default"
-                            )))?;
-                    }
+                    apply::merge_patch::<ServiceAccount>(client, ns, "default", &patch)
+                        .await
+                        .map_err(kube_err(format!(
+                            "adding {secret_name} to the imagePullSecrets of ServiceAccount {ns}/default"
+                        )))?;
                 }
             }
         }
@@ -390,14 +389,12 @@ async fn sync_pull_secrets(
         removed += 1;
         // Take it off the default account too, if it was put there.
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-        if let Ok(Some(sa)) = sas.get_opt("default").await {
-            if let Some(patch) = pull_secret::remove_from_service_account(&sa, &name) {
-                if let Err(e) =
-                    apply::merge_patch::<ServiceAccount>(client, &ns, "default", &patch).await
-                {
-                    tracing::warn!(namespace = %ns, error = %e, "could not take the removed pull secret off the default ServiceAccount");
-                }
-            }
+        if let Ok(Some(sa)) = sas.get_opt("default").await
+            && let Some(patch) = pull_secret::remove_from_service_account(&sa, &name)
+            && let Err(e) =
+                apply::merge_patch::<ServiceAccount>(client, &ns, "default", &patch).await
+        {
+            tracing::warn!(namespace = %ns, error = %e, "could not take the removed pull secret off the default ServiceAccount");
         }
     }
     Ok(Synced { removed, renew_at })
