@@ -238,6 +238,14 @@ pub async fn reconcile(
             mode: spec.auth.mode.as_str(),
         },
     };
+    if matches!(state, AuthState::Pending { .. }) {
+        // The user's Secret is not watched (it carries none of berth's
+        // labels): look again soon rather than at the hourly resync.
+        next_step = earliest(
+            next_step,
+            now.checked_add(jiff::SignedDuration::from_secs(30)).ok(),
+        );
+    }
     Ok(AuthOutcome { state, next_step })
 }
 
