@@ -101,17 +101,8 @@ pub async fn run(
         }))
     };
 
-    tokio::pin!(shutdown);
-    tokio::select! {
-        ready = reader.wait_until_ready() => ready?,
-        () = &mut shutdown => { watch.abort(); return Ok(()); }
-    }
-    tracing::info!(
-        node = %config.node_name,
-        bases = ?config.layout.bases.iter().map(|b| (b.runtime.as_str(), b.host_dir.display().to_string())).collect::<Vec<_>>(),
-        "node agent started"
-    );
-
+    // The credential provider does not depend on any Registry: install it
+    // before the first list, which waits for the CRD.
     let mut memory = Memory {
         installer: config
             .credential_plugin
@@ -125,7 +116,23 @@ pub async fn run(
             config = install.config.as_ref().map(|(path, _)| path.host.display().to_string()).unwrap_or_default(),
             "installing the image credential provider"
         );
+        if let Some(problem) = install_plugin(memory.installer.clone()).await {
+            tracing::error!(problem = %problem, "node trust");
+            memory.problems.insert(problem);
+        }
     }
+
+    tokio::pin!(shutdown);
+    tokio::select! {
+        ready = reader.wait_until_ready() => ready?,
+        () = &mut shutdown => { watch.abort(); return Ok(()); }
+    }
+    tracing::info!(
+        node = %config.node_name,
+        bases = ?config.layout.bases.iter().map(|b| (b.runtime.as_str(), b.host_dir.display().to_string())).collect::<Vec<_>>(),
+        "node agent started"
+    );
+
     loop {
         let registries: Vec<Registry> = reader.state().iter().map(|r| (**r).clone()).collect();
         pass(&client, &config, registries, &mut memory).await;
