@@ -9,6 +9,7 @@ pub mod apply;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod credential_provider;
 pub mod desired;
 pub mod fixtures;
 pub mod http;
