@@ -82,7 +82,10 @@ pub enum KubernetesError {
     #[error(
         "the Kubernetes apiserver did not answer the {review} ({detail}); nothing new is granted until it does: check that the registry can reach the apiserver"
     )]
-    Unreachable { review: &'static str, detail: String },
+    Unreachable {
+        review: &'static str,
+        detail: String,
+    },
     #[error(
         "the Kubernetes apiserver refused the {review} (HTTP {code}: {message}); the registry's service account needs create on tokenreviews.authentication.k8s.io and subjectaccessreviews.authorization.k8s.io (the chart's ClusterRole grants both)"
     )]
@@ -141,7 +144,10 @@ impl Kubernetes {
         } else {
             let config = kube::Config::incluster()
                 .map_err(|e| KubernetesError::Config(format!("in-cluster config: {e}")))?;
-            (config, tokio::fs::read_to_string(SERVICE_ACCOUNT_TOKEN).await.ok())
+            (
+                config,
+                tokio::fs::read_to_string(SERVICE_ACCOUNT_TOKEN).await.ok(),
+            )
         };
         // The registry's own token was minted with the apiserver's default
         // audiences (all of them), so its `aud` names them.
@@ -718,7 +724,8 @@ mod tests {
     fn an_empty_audience_answer_means_the_apiservers_own() {
         let asked = vec!["berth.dev".to_string()];
         assert!(reviewed_user(&asked, status(true, &[])).is_some());
-        let (_, auds) = reviewed_user(&[], status(true, &["https://kubernetes.default.svc"])).unwrap();
+        let (_, auds) =
+            reviewed_user(&[], status(true, &["https://kubernetes.default.svc"])).unwrap();
         assert_eq!(auds, vec!["https://kubernetes.default.svc".to_string()]);
     }
 
@@ -766,10 +773,7 @@ mod tests {
         assert_ne!(key, token_key("secret-token2"));
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
         // sha256("secret-token")
-        assert_eq!(
-            hex,
-            format!("{:x}", Sha256::digest(b"secret-token"))
-        );
+        assert_eq!(hex, format!("{:x}", Sha256::digest(b"secret-token")));
     }
 
     #[test]
@@ -785,7 +789,10 @@ mod tests {
         };
         let review = access_review(&key);
         let spec = review.spec;
-        assert_eq!(spec.user.as_deref(), Some("system:serviceaccount:team:builder"));
+        assert_eq!(
+            spec.user.as_deref(),
+            Some("system:serviceaccount:team:builder")
+        );
         assert_eq!(spec.uid.as_deref(), Some("u-1"));
         assert_eq!(spec.groups.as_ref(), Some(&user.groups));
         let attrs = spec.resource_attributes.unwrap();
@@ -811,7 +818,10 @@ mod tests {
         let cache = TtlCache::new(10);
         let t0 = Instant::now();
         fill(&cache, 1, Duration::from_secs(10), t0);
-        assert!(matches!(cache.claim(&1, t0 + Duration::from_secs(9)), Claim::Hit(1)));
+        assert!(matches!(
+            cache.claim(&1, t0 + Duration::from_secs(9)),
+            Claim::Hit(1)
+        ));
         assert!(matches!(
             cache.claim(&1, t0 + Duration::from_secs(10)),
             Claim::Fetch(_)
@@ -845,11 +855,15 @@ mod tests {
             let (cache, fetches) = (cache.clone(), fetches.clone());
             tokio::spawn(async move {
                 cache
-                    .get_or_fetch(7, |_| Duration::from_secs(10), || async {
-                        fetches.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        Ok(42)
-                    })
+                    .get_or_fetch(
+                        7,
+                        |_| Duration::from_secs(10),
+                        || async {
+                            fetches.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok(42)
+                        },
+                    )
                     .await
             })
         });
