@@ -10,6 +10,7 @@ pub mod auth;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod credential_provider;
 pub mod desired;
 pub mod fixtures;
 pub mod http;

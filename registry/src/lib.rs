@@ -4,6 +4,7 @@
 //! drive it in process; [`server`] puts it on a socket, with or without TLS.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod oci;

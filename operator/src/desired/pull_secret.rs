@@ -36,7 +36,8 @@ pub const DOCKER_CONFIG_TYPE: &str = "kubernetes.io/dockerconfigjson";
 
 /// Every `host` or `host:port` a client in the cluster may put before the
 /// repository: the node host and the Service's DNS forms (as nodes trust
-/// them), the ingress host, and the ClusterIP.
+/// them), the ingress host, and the ClusterIP; on port 443 each also with
+/// `:443`.
 pub fn registry_hosts(names: &Names, spec: &RegistrySpec, cluster_ip: Option<&str>) -> Vec<String> {
     let mut hosts = names.node_trust_hosts(spec);
     hosts.extend(names.endpoints(spec).external);
@@ -46,6 +47,13 @@ pub fn registry_hosts(names: &Names, spec: &RegistrySpec, cluster_ip: Option<&st
             std::net::IpAddr::V4(v4) => v4.to_string(),
         };
         hosts.push(names::host_port(&host, spec.service.port));
+    }
+    // On 443 a client may write the port or not, and clients look a
+    // host up in a docker config by the exact `host[:port]` they were
+    // given (crane: `10.96.0.9:443` does not find `10.96.0.9`).
+    if spec.service.port == 443 {
+        let with_port: Vec<String> = hosts.iter().map(|h| format!("{h}:443")).collect();
+        hosts.extend(with_port);
     }
     let mut seen = std::collections::BTreeSet::new();
     hosts.retain(|h| seen.insert(h.to_ascii_lowercase()));
@@ -255,7 +263,11 @@ mod tests {
                 "hub.team.svc.cluster.local",
                 "hub.team",
                 "hub.team.svc",
-                "10.96.0.9"
+                "10.96.0.9",
+                "hub.team.svc.cluster.local:443",
+                "hub.team:443",
+                "hub.team.svc:443",
+                "10.96.0.9:443"
             ]
         );
         let mut spec = RegistrySpec::default();
