@@ -425,3 +425,30 @@ pub fn registries_for_namespace(
 pub fn deleting(registry: &Registry) -> bool {
     registry.meta().deletion_timestamp.is_some()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::crd::PullSecrets;
+    use crate::fixtures;
+
+    #[test]
+    fn a_namespace_change_wakes_only_registries_that_provision_pull_secrets() {
+        let plain = Arc::new(fixtures::registry());
+        let mut provisioning = fixtures::registry_with(|s| {
+            s.auth.pull_secrets = Some(PullSecrets {
+                namespace_selector: Default::default(),
+                secret_name: "berth-pull".into(),
+                add_to_default_service_account: false,
+            })
+        });
+        provisioning.metadata.name = Some("cache".into());
+        let woken = registries_for_namespace(&[plain, Arc::new(provisioning)]);
+        assert_eq!(
+            woken,
+            [kube::runtime::reflector::ObjectRef::new("cache").within("team")]
+        );
+    }
+}

@@ -930,6 +930,14 @@ mod tests {
     }
 
     #[test]
+    fn a_pull_secret_in_another_namespace_maps_back_to_its_registry() {
+        let mut secret = Secret::default();
+        secret.metadata.namespace = Some("app".into());
+        secret.metadata.labels = Some(labels::cross_namespace_labels(&crate::fixtures::names()));
+        assert_eq!(by_label(secret), Some(ObjectRef::new("hub").within("team")));
+    }
+
+    #[test]
     fn a_report_lease_maps_to_the_registries_it_names() {
         let now = "2026-11-24T12:00:00Z".parse().expect("ts");
         let node_report = report::NodeReport {
