@@ -1046,6 +1046,22 @@ async fn a_mount_from_a_repository_the_caller_cannot_pull_starts_a_plain_upload(
     let f = Fixture::new().await;
     let root = basic("root", password("root"));
     let digest = f.push_blob("other/secret", &root, b"secret layer").await;
+    // The challenge asks for pull on the source too, so one token does both.
+    let r = f
+        .send(
+            Method::POST,
+            &format!("/v2/team/app/blobs/uploads/?mount={digest}&from=other/secret"),
+            &[("host", "hub")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.header("www-authenticate")
+            .ends_with(",scope=\"repository:team/app:pull,push repository:other/secret:pull\""),
+        "{}",
+        r.header("www-authenticate")
+    );
     let alice = basic("alice", password("alice"));
     let r = f
         .send(
@@ -1065,7 +1081,40 @@ async fn a_mount_from_a_repository_the_caller_cannot_pull_starts_a_plain_upload(
         )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    // root may pull the source: the mount happens.
+    // A token for the target alone, held by someone who may pull the
+    // source: asked to come back with a token for both.
+    let t = f
+        .token(Some("root"), &["repository:team/app:pull,push"])
+        .await;
+    let r = f
+        .send(
+            Method::POST,
+            &format!("/v2/team/app/blobs/uploads/?mount={digest}&from=other/secret"),
+            &[("authorization", &bearer(&t))],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.header("www-authenticate").contains("insufficient_scope"));
+    let t = f
+        .token(
+            Some("root"),
+            &[
+                "repository:team/app:pull,push",
+                "repository:other/secret:pull",
+            ],
+        )
+        .await;
+    let r = f
+        .send(
+            Method::POST,
+            &format!("/v2/team/app/blobs/uploads/?mount={digest}&from=other/secret"),
+            &[("authorization", &bearer(&t))],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // With Basic credentials, root may pull the source: the mount happens.
     let r = f
         .send(
             Method::POST,

@@ -132,10 +132,13 @@ fn is_host(h: &str) -> bool {
 }
 
 /// The `WWW-Authenticate` value of a Bearer challenge.
-pub fn bearer(origin: &str, service: &str, scope: Option<&Scope>, error: Option<&str>) -> String {
+/// Several scopes are joined by spaces (a cross-repository mount asks for
+/// pull on its source too, as Distribution does).
+pub fn bearer(origin: &str, service: &str, scopes: &[Scope], error: Option<&str>) -> String {
     let mut v = format!("Bearer realm=\"{origin}/token\",service=\"{service}\"");
-    if let Some(s) = scope {
-        v.push_str(&format!(",scope=\"{s}\""));
+    if !scopes.is_empty() {
+        let joined: Vec<String> = scopes.iter().map(Scope::to_string).collect();
+        v.push_str(&format!(",scope=\"{}\"", joined.join(" ")));
     }
     if let Some(e) = error {
         v.push_str(&format!(",error=\"{e}\""));
@@ -242,7 +245,7 @@ mod tests {
     fn the_challenge_names_realm_service_and_scope() {
         let s = Scope::parse("repository:team/app:pull,push").unwrap();
         assert_eq!(
-            bearer("https://hub", "svc", Some(&s), None),
+            bearer("https://hub", "svc", std::slice::from_ref(&s), None),
             "Bearer realm=\"https://hub/token\",service=\"svc\",scope=\"repository:team/app:pull,push\""
         );
     }

@@ -285,24 +285,47 @@ impl Auth {
         mount_from: Option<&str>,
     ) -> Result<Caller, Error> {
         let need = Need::of(method, endpoint);
+        let mut scopes: Vec<Scope> = need.scope().into_iter().collect();
+        if let (Endpoint::UploadStart(_), Some(from)) = (endpoint, mount_from)
+            && from.parse::<crate::oci::Name>().is_ok()
+        {
+            scopes.push(Scope::repository(from, Actions::of(&[Action::Pull])));
+        }
         let ctx = Challenge {
             origin: challenge::origin(headers, uri, conn.is_some_and(|c| c.tls)),
             service: &self.config.service,
-            scope: need.scope(),
+            scopes,
         };
         if let Need::Repository(name, _) = &need {
             self.check_name(name)?;
         }
         let result = self.decide(&need, &ctx, headers, conn).await;
-        match &result {
-            Ok(_) => self.count("granted"),
-            Err(e) => self.count(outcome(e)),
+        if let Err(e) = &result {
+            self.count(outcome(e));
         }
         let identity = result?;
         let may_mount = match (endpoint, mount_from) {
             (Endpoint::UploadStart(_), Some(from)) => match &identity {
+                Decided::Token(c) if c.allows(from, Action::Pull) => true,
+                Decided::Token(_) if self.config.anonymous_pull(from) => true,
                 Decided::Token(c) => {
-                    c.allows(from, Action::Pull) || self.config.anonymous_pull(from)
+                    // As Distribution does: if the holder may pull the
+                    // source, ask for a token that says so (the challenge
+                    // names both scopes); if not, a plain upload.
+                    let holder = Identity::of_access_token(c);
+                    let may = !matches!(holder, Identity::Anonymous)
+                        && self
+                            .allowed(&holder, from, Actions::of(&[Action::Pull]))
+                            .await
+                            .is_ok_and(|a| !a.is_empty());
+                    if may {
+                        self.count("unauthorized");
+                        return Err(ctx.unauthorized(
+                            Some("insufficient_scope"),
+                            &format!("the token does not grant pull on the mount source {from}"),
+                        ));
+                    }
+                    false
                 }
                 Decided::Identity(i) => self
                     .allowed(i, from, Actions::of(&[Action::Pull]))
@@ -311,6 +334,7 @@ impl Auth {
             },
             _ => false,
         };
+        self.count("granted");
         Ok(Caller {
             auth: self.clone(),
             identity: match identity {
@@ -326,9 +350,9 @@ impl Auth {
     /// NAME_INVALID (400), not DENIED: no credentials can make such a name
     /// usable, so the client must not retry with a token; the message says
     /// how to name it.
-    fn check_name(&self, _name: &str) -> Result<(), Error> {
+    fn check_name(&self, name: &str) -> Result<(), Error> {
         if self.config.mode == Mode::Kubernetes {
-            berth_access::repository::split(_name)
+            berth_access::repository::split(name)
                 .map_err(|e| Error::new(Code::NameInvalid, e.to_string()))?;
         }
         Ok(())
@@ -639,19 +663,20 @@ impl Refusal {
 struct Challenge<'a> {
     origin: String,
     service: &'a str,
-    scope: Option<Scope>,
+    /// What the request needs; a mount adds pull on its source.
+    scopes: Vec<Scope>,
 }
 
 impl Challenge<'_> {
     fn scope_text(&self) -> String {
-        self.scope
-            .as_ref()
+        self.scopes
+            .first()
             .map(|s| s.to_string())
             .unwrap_or_default()
     }
 
     fn unauthorized(&self, error: Option<&str>, message: &str) -> Error {
-        let value = challenge::bearer(&self.origin, self.service, self.scope.as_ref(), error);
+        let value = challenge::bearer(&self.origin, self.service, &self.scopes, error);
         let mut e = Error::new(Code::Unauthorized, message.to_owned());
         if let Ok(v) = HeaderValue::from_str(&value) {
             e = e.with_header(header::WWW_AUTHENTICATE, v);
