@@ -30,6 +30,7 @@ pub mod challenge;
 pub mod credentials;
 pub mod htpasswd;
 pub mod keys;
+pub mod kubernetes;
 pub mod rate_limit;
 pub mod token;
 mod watch;
@@ -39,7 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use berth_access::config::{AuthConfig, Mode};
+use berth_access::config::{AuthConfig, KubernetesAuth, Mode};
 use berth_access::keys::TokenError;
 use berth_access::{Action, Actions, Claims, Scope, TokenKind};
 
@@ -51,6 +52,7 @@ use challenge::Need;
 use credentials::Credentials;
 use htpasswd::{Htpasswd, HtpasswdError};
 use keys::{KeyStore, KeysError};
+use kubernetes::{KubeUser, Kubernetes, KubernetesError};
 use rate_limit::{Limits, RateLimiter};
 
 /// How often the key and htpasswd files are checked for changes.
@@ -73,8 +75,8 @@ pub enum StartError {
     NoHtpasswdFile,
     #[error("the auth config has an empty `service`; set it to the registry's service name")]
     NoService,
-    #[error("Kubernetes auth mode is not available in this build; use mode Htpasswd or None")]
-    KubernetesUnavailable,
+    #[error(transparent)]
+    Kubernetes(#[from] kubernetes::KubernetesError),
 }
 
 /// Who a request speaks for, once authenticated.
@@ -126,6 +128,22 @@ impl Identity {
     }
 }
 
+/// The Kubernetes user an identity stands for.
+fn kube_user(identity: &Identity) -> KubeUser {
+    match identity {
+        Identity::User { name, uid, groups } => KubeUser {
+            name: name.clone(),
+            uid: uid.clone(),
+            groups: groups.clone(),
+        },
+        other => KubeUser {
+            name: other.subject().to_owned(),
+            uid: None,
+            groups: Vec::new(),
+        },
+    }
+}
+
 /// What a robot may do (pull its namespace), as claims.
 fn robot_claims(c: &Claims, namespace: &str) -> Claims {
     Claims {
@@ -153,6 +171,37 @@ impl Caller {
     /// others).
     pub async fn visible(&self, repositories: Vec<String>) -> Vec<String> {
         let mut out = Vec::with_capacity(repositories.len());
+        if let (Backend::Kubernetes(k), Identity::User { .. }) =
+            (&self.auth.backend, &self.identity)
+        {
+            // One review per namespace, not per repository.
+            let user = kube_user(&self.identity);
+            let mut namespaces: std::collections::HashMap<String, bool> = Default::default();
+            for r in repositories {
+                if self.auth.config.anonymous_pull(&r) {
+                    out.push(r);
+                    continue;
+                }
+                let Ok(path) = berth_access::repository::split(&r) else {
+                    continue;
+                };
+                let ns = path.namespace.to_owned();
+                let may = match namespaces.get(&ns) {
+                    Some(m) => *m,
+                    None => match k.may_pull_namespace(&user, &ns).await {
+                        Ok(m) => *namespaces.entry(ns).or_insert(m),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "catalog: cannot tell who may pull; leaving repositories out");
+                            break;
+                        }
+                    },
+                };
+                if may {
+                    out.push(r);
+                }
+            }
+            return out;
+        }
         for r in repositories {
             match self
                 .auth
@@ -180,6 +229,7 @@ pub struct Unavailable(String);
 
 enum Backend {
     Htpasswd(Htpasswd),
+    Kubernetes(Kubernetes),
 }
 
 /// The registry's auth: config, keys, users, and the login throttle.
@@ -227,7 +277,16 @@ impl Auth {
                 }
                 (Backend::Htpasswd(h), "htpasswd")
             }
-            Mode::Kubernetes => return Err(StartError::KubernetesUnavailable),
+            Mode::Kubernetes => {
+                let cfg = config.kubernetes.clone().unwrap_or(KubernetesAuth {
+                    audiences: Vec::new(),
+                    same_namespace_pull: true,
+                });
+                (
+                    Backend::Kubernetes(Kubernetes::connect(&cfg).await?),
+                    "kubernetes",
+                )
+            }
         };
         let keys = KeyStore::load(&config.keys_dir)?;
         let auth = Arc::new(Auth {
@@ -257,12 +316,10 @@ impl Auth {
     /// few seconds by a background task).
     pub fn reload(&self) {
         self.keys.reload();
-        match &self.backend {
-            Backend::Htpasswd(h) => {
-                if h.reload() {
-                    self.logins.clear();
-                }
-            }
+        if let Backend::Htpasswd(h) = &self.backend
+            && h.reload()
+        {
+            self.logins.clear();
         }
     }
 
@@ -480,6 +537,16 @@ impl Auth {
             Identity::Robot(c) => c.actions_on(repository),
             Identity::User { name, groups, .. } => match &self.backend {
                 Backend::Htpasswd(_) => self.config.policy.actions(name, groups, repository),
+                // Anonymous pull covers it: no review needed.
+                Backend::Kubernetes(_) if wanted.intersect(anon) == wanted => Actions::NONE,
+                Backend::Kubernetes(k) => {
+                    match k.allowed(&kube_user(identity), repository, wanted).await {
+                        Ok(a) => a,
+                        // Not a namespace's repository: nobody's right.
+                        Err(KubernetesError::Repository(_)) => Actions::NONE,
+                        Err(e) => return Err(Unavailable(e.to_string())),
+                    }
+                }
             },
         };
         Ok(own.union(anon).intersect(wanted))
@@ -526,6 +593,21 @@ impl Auth {
             }
         }
         match &self.backend {
+            Backend::Kubernetes(k) => match k.authenticate(password).await {
+                // The user name is ignored: the token says who it is.
+                Ok(Some(u)) => Ok(Identity::User {
+                    name: u.name,
+                    uid: u.uid,
+                    groups: u.groups,
+                }),
+                Ok(None) => Err(Refusal::BadCredentials(
+                    "not a valid Kubernetes token (expired, deleted service account or wrong audience)",
+                )),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check a Kubernetes token; granting nothing");
+                    Err(Refusal::Unavailable(Unavailable(e.to_string())))
+                }
+            },
             Backend::Htpasswd(h) => {
                 let key = LoginCache::<Identity>::key(user, password);
                 if let Some(i) = self.logins.get(&key) {
@@ -556,11 +638,10 @@ impl Auth {
             TokenKind::Refresh => {
                 // A refresh token carries identity, not rights; an htpasswd
                 // user removed since it was issued is refused.
-                match &self.backend {
-                    Backend::Htpasswd(h) if !h.users().contains(&c.sub) => {
-                        return Err(Refusal::BadCredentials("the user no longer exists"));
-                    }
-                    Backend::Htpasswd(_) => {}
+                if let Backend::Htpasswd(h) = &self.backend
+                    && !h.users().contains(&c.sub)
+                {
+                    return Err(Refusal::BadCredentials("the user no longer exists"));
                 }
                 Ok(Identity::User {
                     name: c.sub,
