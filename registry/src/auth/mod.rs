@@ -229,7 +229,7 @@ pub struct Unavailable(String);
 
 enum Backend {
     Htpasswd(Htpasswd),
-    Kubernetes(Kubernetes),
+    Kubernetes(Box<Kubernetes>),
 }
 
 /// The registry's auth: config, keys, users, and the login throttle.
@@ -283,7 +283,7 @@ impl Auth {
                     same_namespace_pull: true,
                 });
                 (
-                    Backend::Kubernetes(Kubernetes::connect(&cfg).await?),
+                    Backend::Kubernetes(Box::new(Kubernetes::connect(&cfg).await?)),
                     "kubernetes",
                 )
             }
