@@ -1180,3 +1180,188 @@ async fn auth_outcomes_are_counted_without_user_labels() {
     assert!(m.contains("outcome=\"unauthorized\""), "{m}");
     assert!(!m.contains("alice"));
 }
+
+/// Kubernetes mode through HTTP against the e2e cluster's apiserver:
+/// editors push, viewers are denied push, another namespace is denied,
+/// names without a namespace are refused, the catalog shows one's own
+/// namespaces. Opt in with a cluster up:
+///   eval "$(e2e/cluster env)"; BERTH_TEST_CLUSTER=1 cargo test -p berth-registry --test auth kubernetes
+#[tokio::test]
+async fn kubernetes_mode_decides_by_rbac_through_the_token_flow() {
+    if std::env::var("BERTH_TEST_CLUSTER").as_deref() != Ok("1") {
+        eprintln!("skipped: set BERTH_TEST_CLUSTER=1 with KUBECONFIG for the e2e cluster");
+        return;
+    }
+    let (a, b) = ("reg-auth-k8s-a", "reg-auth-k8s-b");
+    let kubectl = |args: &[&str], stdin: Option<&str>| -> String {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("kubectl")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(s) = stdin {
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "kubectl {args:?} failed");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let role = |ns: &str, name: &str, verbs: &str, sa: &str| {
+        format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             rules: [{{apiGroups: [berth.dev], resources: [repositories], verbs: [{verbs}]}}]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}-{sa}, namespace: {ns}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}\n\
+             subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]\n"
+        )
+    };
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {a}}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {b}}}\n---\n"
+    );
+    yaml.push_str(&role(a, "push", "get, create, update, delete", "editor"));
+    yaml.push_str("---\n");
+    yaml.push_str(&role(a, "pull", "get", "viewer"));
+    yaml.push_str("---\n");
+    yaml.push_str(&role(b, "push", "get, create, update, delete", "other"));
+    yaml.push_str(&format!(
+        "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: plain, namespace: {a}}}\n"
+    ));
+    kubectl(&["apply", "-f", "-"], Some(&yaml));
+    let token = |ns: &str, sa: &str| {
+        kubectl(
+            &["create", "token", sa, "-n", ns, "--duration", "10m"],
+            None,
+        )
+    };
+    let (editor, viewer, other, plain) = (
+        token(a, "editor"),
+        token(a, "viewer"),
+        token(b, "other"),
+        token(a, "plain"),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = berth_access::keys::generate().unwrap();
+    std::fs::write(dir.path().join(SIGNING_KEY_FILE), &private).unwrap();
+    std::fs::write(dir.path().join(VERIFY_KEYS_FILE), &public).unwrap();
+    let config = AuthConfig {
+        mode: Mode::Kubernetes,
+        service: SERVICE.into(),
+        keys_dir: dir.path().into(),
+        token_ttl_seconds: 300,
+        refresh_ttl_seconds: 3600,
+        kubernetes: Some(berth_access::config::KubernetesAuth {
+            audiences: vec![],
+            same_namespace_pull: true,
+        }),
+        htpasswd: None,
+        policy: Policy::default(),
+        anonymous_pull: vec![],
+    };
+    let auth = Auth::start(config).await.unwrap().unwrap();
+    let store = berth_registry::filesystem_store(&dir.path().join("data")).unwrap();
+    let f = Fixture {
+        app: berth_registry::router_with_auth(store, Some(auth.clone())),
+        auth,
+        dir,
+        signer: Signer::from_pem(private.as_bytes()).unwrap(),
+        secrets: std::sync::Mutex::new(vec![editor.clone(), viewer.clone(), other.clone()]),
+    };
+    let get_token = |who: &str, scope: String| {
+        let f = &f;
+        let auth = basic("any", who);
+        async move {
+            let r = f
+                .send(
+                    Method::GET,
+                    &format!("/token?scope={}", urlencode(&scope)),
+                    &[("authorization", &auth)],
+                    Bytes::new(),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            f.remember(&r);
+            r.json()["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let app = format!("{a}/app");
+    // The editor pushes through the token flow.
+    let t = get_token(&editor, format!("repository:{app}:pull,push")).await;
+    f.push_image(&app, "v1", &bearer(&t)).await;
+    // The viewer gets pull only, and is denied push by name.
+    let t = get_token(&viewer, format!("repository:{app}:pull,push")).await;
+    assert_eq!(
+        payload(&t)["access"][0]["actions"],
+        serde_json::json!(["pull"])
+    );
+    assert_eq!(
+        f.get_manifest(&app, "v1", Some(&bearer(&t))).await.status,
+        StatusCode::OK
+    );
+    let r = f
+        .send(
+            Method::POST,
+            &format!("/v2/{app}/blobs/uploads/"),
+            &[("authorization", &bearer(&t))],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        r.message().contains(&format!(
+            "system:serviceaccount:{a}:viewer may not push to {app}"
+        )),
+        "{}",
+        r.message()
+    );
+    // Another namespace's account: nothing in a.
+    let t = get_token(&other, format!("repository:{app}:pull")).await;
+    assert_eq!(payload(&t)["access"], serde_json::json!([]));
+    let r = f.get_manifest(&app, "v1", Some(&bearer(&t))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = f
+        .get_manifest(&app, "v1", Some(&basic("any", &other)))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A namespace's own account with no role pulls (sameNamespacePull).
+    assert_eq!(
+        f.get_manifest(&app, "v1", Some(&basic("any", &plain)))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // A name whose first component cannot be a namespace.
+    let r = f
+        .get_manifest("my.team/app", "v1", Some(&basic("any", &editor)))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.code(), "NAME_INVALID");
+    // Not a token at all.
+    let r = f
+        .get_manifest(&app, "v1", Some(&basic("any", "not-a-token")))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // The catalog: each sees their namespaces only.
+    f.push_image(&format!("{b}/tool"), "v1", &basic("any", &other))
+        .await;
+    for (who, want) in [
+        (&viewer, vec![app.clone()]),
+        (&other, vec![format!("{b}/tool")]),
+    ] {
+        let r = f
+            .send(
+                Method::GET,
+                "/v2/_catalog",
+                &[("authorization", &basic("any", who))],
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(r.json()["repositories"], serde_json::json!(want));
+    }
+    kubectl(&["delete", "namespace", a, b, "--wait=false"], None);
+}
