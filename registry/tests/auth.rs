@@ -818,6 +818,8 @@ async fn refresh_tokens_carry_identity_and_are_authorised_afresh() {
         serde_json::json!(["pull", "push"])
     );
     f.push_image("team/app", "v1", &bearer(&t)).await;
+    // A refresh grant gives no new refresh token: the first bounds them all.
+    assert!(r.json().get("refresh_token").is_none());
     // As a Basic password, too (docker's credential store may hold it).
     let r = f
         .get_manifest("team/app", "v1", Some(&basic("alice", &refresh)))
@@ -1290,6 +1292,23 @@ async fn kubernetes_mode_decides_by_rbac_through_the_token_flow() {
         }
     };
     let app = format!("{a}/app");
+    // A refresh token lives no longer than the Kubernetes token (10 min).
+    let r = f
+        .send(
+            Method::GET,
+            "/token?offline_token=true",
+            &[("authorization", &basic("any", &editor))],
+            Bytes::new(),
+        )
+        .await;
+    f.remember(&r);
+    let exp = payload(r.json()["refresh_token"].as_str().unwrap())["exp"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        exp <= now() + 600 + 5,
+        "refresh exp {exp} outlives the token"
+    );
     // The editor pushes through the token flow.
     let t = get_token(&editor, format!("repository:{app}:pull,push")).await;
     f.push_image(&app, "v1", &bearer(&t)).await;

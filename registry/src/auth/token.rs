@@ -55,18 +55,21 @@ pub async fn get(State(state): State<AppState>, req: Request) -> Response {
     drop(req);
     let result = async {
         let scopes = Scope::parse_many(scopes).map_err(bad_request)?;
-        let identity = match credentials {
-            Credentials::Anonymous => Identity::Anonymous,
-            Credentials::Basic { user, password } => auth
-                .login(&user, &password, client)
-                .await
-                .map_err(|r| refused(&auth, r))?,
+        let (identity, refresh_until) = match credentials {
+            Credentials::Anonymous => (Identity::Anonymous, None),
+            Credentials::Basic { user, password } => (
+                auth.login(&user, &password, client)
+                    .await
+                    .map_err(|r| refused(&auth, r))?,
+                auth.refresh_until(&password),
+            ),
             Credentials::Bearer(_) | Credentials::Invalid => {
                 auth.count("unauthorized");
                 return Err(unauthorized(&auth));
             }
         };
-        issue(&auth, &identity, &scopes, offline).await
+        let refresh_until = refresh_until.filter(|_| offline);
+        issue(&auth, &identity, &scopes, refresh_until).await
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
@@ -99,27 +102,57 @@ pub async fn post(State(state): State<AppState>, req: Request) -> Response {
         )
         .map_err(bad_request)?;
         let offline = param("access_type") == "offline";
-        let identity = match param("grant_type") {
-            "password" => auth
-                .login(param("username"), param("password"), client)
-                .await
-                .map_err(|r| refused(&auth, r))?,
-            "refresh_token" => auth
-                .refresh(param("refresh_token"), client)
-                .map_err(|r| refused(&auth, r))?,
+        let (identity, refresh_until) = match param("grant_type") {
+            "password" => (
+                auth.login(param("username"), param("password"), client)
+                    .await
+                    .map_err(|r| refused(&auth, r))?,
+                auth.refresh_until(param("password")).filter(|_| offline),
+            ),
+            // The client keeps the refresh token it has: no new one, so a
+            // refresh token never outlives the first.
+            "refresh_token" => (
+                auth.refresh(param("refresh_token"), client)
+                    .map_err(|r| refused(&auth, r))?,
+                None,
+            ),
             other => {
                 return Err(bad_request(format!(
                     "grant_type {other:?} is not supported; use password or refresh_token"
                 )));
             }
         };
-        issue(&auth, &identity, &scopes, offline).await
+        issue(&auth, &identity, &scopes, refresh_until).await
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
 impl Auth {
+    /// Until when a refresh token for a login with `password` may live, or
+    /// None for no refresh token: a refresh token never outlives the
+    /// credential it was given for. Htpasswd passwords do not expire (and
+    /// a refresh checks that the user still exists); a Kubernetes token
+    /// carries its own `exp` (read after the TokenReview accepted it; a
+    /// token without one gets no refresh token); a berth token as password
+    /// (robot, refresh) gets none.
+    fn refresh_until(&self, password: &str) -> Option<i64> {
+        let svc = &self.config.service;
+        if self
+            .keys
+            .current()
+            .verifier
+            .verify(password, svc, svc)
+            .is_ok()
+        {
+            return None;
+        }
+        match &self.backend {
+            super::Backend::Htpasswd(_) => Some(i64::MAX),
+            super::Backend::Kubernetes(_) => unverified_exp(password),
+        }
+    }
+
     /// `grant_type=refresh_token`: the token must be one of our refresh
     /// tokens, still valid, for a user who still exists.
     fn refresh(&self, token: &str, client: Option<std::net::IpAddr>) -> Result<Identity, Refusal> {
@@ -156,7 +189,7 @@ async fn issue(
     auth: &Arc<Auth>,
     identity: &Identity,
     scopes: &[Scope],
-    offline: bool,
+    refresh_until: Option<i64>,
 ) -> Result<Response, Error> {
     let access = auth
         .grants(identity, scopes)
@@ -191,11 +224,17 @@ async fn issue(
         "expires_in": ttl,
         "issued_at": now.to_string(),
     });
-    if offline && matches!(identity, Identity::User { .. }) {
+    let refresh_exp = refresh_until.map(|until| {
+        iat.saturating_add(
+            i64::try_from(auth.config.refresh_ttl_seconds.max(1)).unwrap_or(i64::MAX),
+        )
+        .min(until)
+    });
+    if let (Some(exp), Identity::User { .. }) = (refresh_exp, identity)
+        && exp > iat
+    {
         let refresh = Claims {
-            exp: iat.saturating_add(
-                i64::try_from(auth.config.refresh_ttl_seconds.max(1)).unwrap_or(i64::MAX),
-            ),
+            exp,
             jti: random_id(),
             access: Vec::new(),
             kind: TokenKind::Refresh,
@@ -269,4 +308,18 @@ fn not_found() -> Response {
     )
     .with_status(StatusCode::NOT_FOUND)
     .into_response()
+}
+
+/// The `exp` of a JWT, read without checking it (the caller has had it
+/// checked by its issuer).
+fn unverified_exp(token: &str) -> Option<i64> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()?
+        .get("exp")?
+        .as_i64()
 }
