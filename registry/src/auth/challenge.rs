@@ -24,15 +24,18 @@ pub enum Need {
 impl Need {
     /// What `method` on `endpoint` needs: GET/HEAD pull; PUT/POST/PATCH
     /// pull and push (a push reads back what it wrote); DELETE delete.
+    /// Upload sessions are a push's, whatever the method (status and
+    /// cancel too), as in Distribution.
     pub fn of(method: &Method, endpoint: &Endpoint) -> Need {
         let name = match endpoint {
             Endpoint::Base => return Need::Base,
             Endpoint::Catalog => return Need::Catalog,
+            Endpoint::UploadStart(n) | Endpoint::Upload(n, _) => {
+                return Need::Repository(n.to_string(), actions_for(&Method::POST));
+            }
             Endpoint::Tags(n)
             | Endpoint::Manifest(n, _)
             | Endpoint::Blob(n, _)
-            | Endpoint::UploadStart(n)
-            | Endpoint::Upload(n, _)
             | Endpoint::Referrers(n, _) => n.to_string(),
         };
         Need::Repository(name, actions_for(method))
@@ -177,6 +180,15 @@ mod tests {
                 .to_string(),
             "repository:team/app:pull,push"
         );
+        for m in [Method::GET, Method::DELETE] {
+            assert_eq!(
+                n(m, "/v2/team/app/blobs/uploads/x")
+                    .scope()
+                    .unwrap()
+                    .to_string(),
+                "repository:team/app:pull,push"
+            );
+        }
         assert_eq!(
             n(Method::DELETE, "/v2/team/app/manifests/v1")
                 .scope()
