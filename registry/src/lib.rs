@@ -27,12 +27,27 @@ pub use storage::Store;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
+    /// None: no auth, anyone may do anything.
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 /// The application: `/v2/...` (the distribution API), `/healthz`, `/metrics`.
 pub fn router(store: Arc<Store>) -> Router {
-    let state = AppState { store };
-    Router::new()
+    router_with_auth(store, None)
+}
+
+/// The application with `auth` deciding every `/v2/...` request, and its
+/// token endpoint at `/token`.
+pub fn router_with_auth(store: Arc<Store>, auth: Option<Arc<auth::Auth>>) -> Router {
+    let token_endpoint = auth.is_some();
+    let state = AppState { store, auth };
+    let router = Router::new();
+    let router = if token_endpoint {
+        router.route("/token", get(auth::token::get).post(auth::token::post))
+    } else {
+        router
+    };
+    router
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/metrics",

@@ -27,6 +27,12 @@ struct RouteLabels {
     method: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    mode: &'static str,
+    outcome: &'static str,
+}
+
 struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -35,6 +41,7 @@ struct Metrics {
     bytes_out: Counter,
     sendfile_bytes: Counter,
     storage_errors: Counter,
+    auth: Family<AuthLabels, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -77,7 +84,14 @@ fn metrics() -> &'static Metrics {
             "Storage operations that failed",
             storage_errors.clone(),
         );
+        let auth = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_decisions",
+            "Auth outcomes by mode: granted, denied, unauthorized, rate_limited, unavailable, token_issued",
+            auth.clone(),
+        );
         Metrics {
+            auth,
             registry,
             requests,
             latency,
@@ -120,6 +134,14 @@ pub fn sendfile_bytes(n: u64) {
 
 pub fn storage_error() {
     metrics().storage_errors.inc();
+}
+
+/// One auth outcome (never a user or token label: those are unbounded and secret).
+pub fn auth(mode: &'static str, outcome: &'static str) {
+    metrics()
+        .auth
+        .get_or_create(&AuthLabels { mode, outcome })
+        .inc();
 }
 
 /// The text exposition format.

@@ -20,6 +20,15 @@ use tower::ServiceExt as _;
 
 use crate::zero_copy;
 
+/// What the router learns of a request's connection (a request extension):
+/// the peer address (login throttling) and whether it came over TLS (the
+/// scheme of the token realm).
+#[derive(Clone, Copy, Debug)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
 /// How long open transfers may finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(25);
 
@@ -60,6 +69,7 @@ pub async fn serve(
                     if req.version() <= Version::HTTP_11 {
                         req.extensions_mut().insert(regions.clone());
                     }
+                    req.extensions_mut().insert(Connection { peer, tls: false });
                     req
                 });
                 let service = TowerToHyperService::new(app);
@@ -70,7 +80,11 @@ pub async fn serve(
                 tokio::spawn(async move { log_conn(conn.await, peer) });
             }
             Some(acceptor) => {
-                let service = TowerToHyperService::new(app.clone());
+                let app = app.clone().map_request(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(Connection { peer, tls: true });
+                    req
+                });
+                let service = TowerToHyperService::new(app);
                 let acceptor = acceptor.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
