@@ -60,6 +60,12 @@ const RELOAD_EVERY: Duration = Duration::from_secs(3);
 /// How long a successful password check is remembered.
 const LOGIN_CACHE_TTL: Duration = Duration::from_secs(60);
 const LOGIN_CACHE_CAPACITY: usize = 4096;
+/// Bearer tokens already verified: an ES256 check costs more than the rest
+/// of a manifest GET, and a client sends the same token with every request
+/// until it expires. Emptied when the keys change, so a retired key's
+/// tokens stop working at once.
+const BEARER_CACHE_TTL: Duration = Duration::from_secs(60);
+const BEARER_CACHE_CAPACITY: usize = 4096;
 /// At most this many scopes are considered in one token request.
 const MAX_SCOPES: usize = 64;
 
@@ -240,6 +246,7 @@ pub struct Auth {
     backend: Backend,
     limiter: RateLimiter,
     logins: LoginCache<Identity>,
+    bearers: LoginCache<Claims>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -296,6 +303,7 @@ impl Auth {
             backend,
             limiter: RateLimiter::new(limits),
             logins: LoginCache::new(LOGIN_CACHE_TTL, LOGIN_CACHE_CAPACITY),
+            bearers: LoginCache::new(BEARER_CACHE_TTL, BEARER_CACHE_CAPACITY),
         });
         // The watcher holds a weak reference: it ends with the last router.
         let weak = Arc::downgrade(&auth);
@@ -315,7 +323,9 @@ impl Auth {
     /// Re-reads the keys and users if their files changed (also done every
     /// few seconds by a background task).
     pub fn reload(&self) {
-        self.keys.reload();
+        if self.keys.reload() {
+            self.bearers.clear();
+        }
         if let Backend::Htpasswd(h) = &self.backend
             && h.reload()
         {
@@ -507,11 +517,19 @@ impl Auth {
 
     /// Verifies an access token (the only kind a Bearer header may carry).
     fn verify_access(&self, token: &str) -> Result<Claims, TokenError> {
+        let key = LoginCache::<Claims>::key("bearer", token);
+        if let Some(claims) = self.bearers.get(&key) {
+            // The signature held when it was cached; the clock still counts.
+            if claims.exp > jiff::Timestamp::now().as_second() {
+                return Ok(claims);
+            }
+        }
         let svc = &self.config.service;
         let claims = self.keys.current().verifier.verify(token, svc, svc)?;
         if claims.kind != TokenKind::Access {
             return Err(TokenError::MissingClaim);
         }
+        self.bearers.insert(key, claims.clone());
         Ok(claims)
     }
 
