@@ -616,6 +616,92 @@ async fn the_operator_and_node_agent_converge_through_their_own_faults() {
     }
 }
 
+/// Two operators (a killed leader's last requests and its successor, or
+/// replicas with leader election off) reconciling a new Registry at once:
+/// one CA is stored, and no other is ever published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_first_reconciles_store_and_publish_one_ca() {
+    if std::env::var("BERTH_TEST_CLUSTER").ok().as_deref() != Some("1") {
+        eprintln!("skipped: set BERTH_TEST_CLUSTER=1 with a cluster up");
+        return;
+    }
+    let client = Client::try_default().await.expect("kubeconfig");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "registries.berth.dev",
+        &PatchParams::apply("berth-tests").force(),
+        &Patch::Apply(&berth_operator::crdgen::crd().expect("crd")),
+    )
+    .await
+    .expect("apply CRD");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(
+            crds,
+            "registries.berth.dev",
+            conditions::is_crd_established(),
+        ),
+    )
+    .await
+    .expect("CRD established in time")
+    .expect("CRD watch");
+    let ns = format!("berth-op-faults-race-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut namespace = Namespace::default();
+    namespace.metadata.name = Some(ns.clone());
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("namespace");
+    let outcome = tokio::spawn(race(client.clone(), ns.clone())).await;
+    let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
+async fn race(client: Client, ns: String) {
+    use berth_operator::controller::{self, Config, Context};
+    let registries: Api<Registry> = Api::namespaced(client.clone(), &ns);
+    put_registry(&registries, &ns, "race", 1).await;
+    let registry = Arc::new(registries.get("race").await.expect("get"));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Config {
+            cluster_domain: "cluster.local".into(),
+            default_image: "berth.dev/berth-registry:faults".into(),
+            node_agent: None,
+        },
+        Arc::new(berth_operator::metrics::Metrics::default()),
+    ));
+    let racers: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(controller::reconcile(registry.clone(), ctx.clone())))
+        .collect();
+    let mut failed = 0;
+    for racer in racers {
+        if let Err(e) = racer.await.expect("reconcile task") {
+            log(format!("a racing reconcile failed: {e}"));
+            failed += 1;
+        }
+    }
+    log(format!("{failed} of 8 racing reconciles failed"));
+    // What the retries do: reconcile again from a fresh read.
+    for _ in 0..3 {
+        let fresh = Arc::new(registries.get("race").await.expect("get"));
+        if controller::reconcile(fresh, ctx.clone()).await.is_ok() {
+            break;
+        }
+    }
+    let wanted = BTreeSet::from(["race".to_owned()]);
+    let cas = eventually(
+        "converged after racing reconciles",
+        Duration::from_secs(10),
+        || converged(&client, &ns, &wanted),
+    )
+    .await;
+    log(format!("one CA: {}", cas["race"]));
+}
+
 /// The admin kubeconfig with its server replaced by the proxy.
 fn proxied_kubeconfig(dir: &Path) -> (PathBuf, PathBuf, String) {
     let path = PathBuf::from(
