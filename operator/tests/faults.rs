@@ -610,7 +610,14 @@ async fn the_operator_and_node_agent_converge_through_their_own_faults() {
                     }
                 }
             }
-            std::panic::resume_unwind(panic.into_panic());
+            let payload = panic.into_panic();
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            eprintln!("# FAILED: {message}");
+            std::panic::resume_unwind(payload);
         }
     }
 }
@@ -875,11 +882,21 @@ async fn scenario(client: Client, ns: String, dir: PathBuf) {
     fs::create_dir_all(&root).expect("root");
     let layout =
         Layout::new("/etc/containerd/certs.d", "/etc/docker/certs.d", &root).expect("layout");
+    // The cluster's node, so the agent reads real labels; it reports into
+    // this test's namespace, apart from any agent the cluster runs.
+    let node = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("list nodes")
+        .items
+        .first()
+        .map(|n| n.name_any())
+        .expect("a node");
     let agent = {
         let (ns, root, kubeconfig) = (ns.clone(), root.clone(), admin_kubeconfig.clone());
         Supervised::start("node-agent", dir.join("node-agent.log"), move || {
             let mut c = Command::new(bin);
-            c.args(["node-agent", "--node-name", "berth-faults-node"])
+            c.args(["node-agent", "--node-name", &node])
                 .arg("--host-root")
                 .arg(&root)
                 .args(["--report-namespace", &ns, "--resync-seconds", "1"])
