@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod oci;
 pub mod page_cache;
@@ -16,7 +17,8 @@ pub mod zero_copy;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::header;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -26,13 +28,36 @@ pub use storage::Store;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
+    /// A request body that sends nothing for this long is cut off.
+    pub body_timeout: std::time::Duration,
 }
 
-/// The application: `/v2/...` (the distribution API), `/healthz`, `/metrics`.
+/// The application: `/v2/...` (the distribution API), `/healthz`
+/// (liveness), `/readyz` (readiness: storage takes writes), `/metrics`.
 pub fn router(store: Arc<Store>) -> Router {
-    let state = AppState { store };
+    router_with(store, &limits::Limits::default())
+}
+
+/// [`router`] with the request limits that apply inside a request (the
+/// body-progress timeout); the server applies the rest.
+pub fn router_with(store: Arc<Store>, limits: &limits::Limits) -> Router {
+    let state = AppState {
+        store,
+        body_timeout: limits.body_timeout,
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(state): State<AppState>| async move {
+                if state.store.storage_writable() {
+                    (StatusCode::OK, "ready").into_response()
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, error::STORAGE_FULL_OR_UNWRITABLE)
+                        .into_response()
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(|| async {

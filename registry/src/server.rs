@@ -1,5 +1,6 @@
 //! Accepts connections and serves the router over HTTP/1.1 and HTTP/2,
-//! optionally behind TLS, and drains open connections on shutdown.
+//! optionally behind TLS, within the connection limits and timeouts of
+//! [`Limits`], and drains open connections on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,34 +11,63 @@ use axum::Router;
 use axum::http::Request;
 use axum::http::Version;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
+use crate::limits::Limits;
 use crate::zero_copy;
 
 /// How long open transfers may finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(25);
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains.
+/// Serves `app` on `listener` until `shutdown` resolves, then drains, with
+/// the default [`Limits`].
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with(listener, app, tls, &Limits::default(), shutdown).await
+}
+
+/// [`serve`] with the connection limits and timeouts of `limits`.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper then queues body chunks as they are rather than copying them
-    // into one buffer: zero-copy bodies rely on it (see `zero_copy`).
-    builder.http1().writev(true);
+    let builder = builder(limits);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let handshake_timeout = limits.tls_handshake_timeout;
     tokio::pin!(shutdown);
     loop {
+        // At the cap, stop accepting: new clients wait in the listen backlog
+        // (not refused) and are taken in order as connections close.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                crate::metrics::connection_wait();
+                tracing::debug!("connection limit reached; new connections wait");
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -50,6 +80,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let open = crate::metrics::connection_opened();
         let _ = tcp.set_nodelay(true);
         match &acceptor {
             None => {
@@ -67,7 +98,10 @@ pub async fn serve(
                     .serve_connection_with_upgrades(TokioIo::new(io), service)
                     .into_owned();
                 let conn = graceful.watch(conn);
-                tokio::spawn(async move { log_conn(conn.await, peer) });
+                tokio::spawn(async move {
+                    log_conn(conn.await, peer);
+                    drop((slot, open));
+                });
             }
             Some(acceptor) => {
                 let service = TowerToHyperService::new(app.clone());
@@ -75,15 +109,17 @@ pub async fn serve(
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _held = (slot, open);
                     let stream =
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                            .await
-                        {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 return tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             }
-                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                            Err(_) => {
+                                crate::metrics::timeout("tls");
+                                return tracing::debug!(%peer, "TLS handshake timed out");
+                            }
                         };
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -102,8 +138,37 @@ pub async fn serve(
     Ok(())
 }
 
-fn log_conn<E: std::fmt::Display>(r: Result<(), E>, peer: SocketAddr) {
+/// The HTTP/1 and HTTP/2 connection settings, limits applied.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // hyper then queues body chunks as they are rather than copying them
+        // into one buffer: zero-copy bodies rely on it (see `zero_copy`).
+        .writev(true)
+        .timer(TokioTimer::new())
+        // Timed from when hyper starts waiting for a request: this closes
+        // idle keep-alive connections as well as slow senders of headers.
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Pings find peers that vanished without closing; an unanswered
+        // ping within the header timeout closes the connection.
+        .keep_alive_interval(limits.header_timeout)
+        .keep_alive_timeout(limits.header_timeout.min(Duration::from_secs(20)));
+    builder
+}
+
+fn log_conn(r: Result<(), Box<dyn std::error::Error + Send + Sync>>, peer: SocketAddr) {
     if let Err(e) = r {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            crate::metrics::timeout("header");
+            tracing::debug!(%peer, "connection closed: no complete request head in time");
+        } else {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
     }
 }

@@ -78,6 +78,7 @@ pub trait Appender: Send {
     async fn write(&mut self, data: &[u8]) -> io::Result<()>;
 
     /// Flushes what was written (durability comes with [`Driver::commit`]).
+    /// If it fails, the object is left as it was before this appender.
     async fn finish(self: Box<Self>) -> io::Result<()>;
 
     /// Drops what this appender wrote, leaving the object as it was.

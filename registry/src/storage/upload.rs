@@ -30,14 +30,30 @@ pub enum UploadError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("the request body ended early: {0}")]
     Body(String),
+    #[error(
+        "another request is writing to this upload; wait for it to finish, then ask GET for the upload's range and resume"
+    )]
+    Busy,
+    #[error("the upload was cancelled by a DELETE while this request was writing to it")]
+    Cancelled,
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
 
-/// Per-session running hashes, and a lock so one session takes one request at a time.
+/// Per-session running hashes, and a lock so one session takes one request
+/// at a time. An entry exists only while a request holds it or the session
+/// has a running hash worth keeping: a request naming a session that does
+/// not exist leaves nothing behind.
 #[derive(Default)]
 pub struct Sessions {
-    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<HashCache>>>>,
+    map: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+#[derive(Default)]
+struct Session {
+    cache: tokio::sync::Mutex<HashCache>,
+    /// Wakes the request writing to this session when a DELETE cancels it.
+    cancel: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -46,10 +62,33 @@ struct HashCache {
     state: Option<(u64, Hasher)>,
 }
 
+/// How long a request waits for another request on the same session to
+/// finish before it is refused: a retry may arrive just before the server
+/// notices the first attempt's connection is gone, but a stalled writer
+/// must not queue everyone behind it.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a DELETE waits for the writer it cancelled to let go.
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Sessions {
-    fn get(&self, id: &str) -> Arc<tokio::sync::Mutex<HashCache>> {
+    fn get(&self, id: &str) -> Arc<Session> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(id.to_owned()).or_default().clone()
+        if let Some(s) = map.get(id) {
+            return s.clone();
+        }
+        let s = Arc::new(Session::default());
+        map.insert(id.to_owned(), s.clone());
+        s
+    }
+
+    /// How many sessions are held in memory (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn forget(&self, id: &str) {
@@ -57,6 +96,25 @@ impl Sessions {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+    }
+
+    /// Drops the entry `session` for a session found not to exist, unless
+    /// another request holds it too (that one will drop it in turn).
+    fn forget_unknown(&self, id: &str, session: Arc<Session>) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(id).is_some_and(|s| Arc::ptr_eq(s, &session)) && Arc::strong_count(&session) == 2
+        {
+            map.remove(id);
+        }
+    }
+}
+
+impl Session {
+    /// The session's lock, waiting at most [`BUSY_WAIT`] for another request.
+    async fn lock(&self) -> Result<tokio::sync::MutexGuard<'_, HashCache>, UploadError> {
+        tokio::time::timeout(BUSY_WAIT, self.cache.lock())
+            .await
+            .map_err(|_| UploadError::Busy)
     }
 }
 
@@ -87,7 +145,8 @@ impl Store {
         self.put_scratch(&layout::upload_data(name, &id), Bytes::new())
             .await?;
         let session = self.sessions.get(&id);
-        session.lock().await.state = Some((0, algorithm.unwrap_or(Algorithm::Sha256).hasher()));
+        session.cache.lock().await.state =
+            Some((0, algorithm.unwrap_or(Algorithm::Sha256).hasher()));
         Ok(id)
     }
 
@@ -113,9 +172,39 @@ impl Store {
         S: Stream<Item = BodyChunk> + Send + Unpin,
     {
         let session = self.sessions.get(id);
-        let mut cache = session.lock().await;
-        self.append_locked(&mut cache, name, id, start, declared, body)
-            .await
+        let result = self
+            .append_cancellable(&session, name, id, start, declared, body)
+            .await;
+        if matches!(result, Err(UploadError::Unknown)) {
+            self.sessions.forget_unknown(id, session);
+        }
+        result
+    }
+
+    /// Appends under the session's lock; a DELETE of the session ends the
+    /// append early (the DELETE removes what was written).
+    async fn append_cancellable<S>(
+        &self,
+        session: &Session,
+        name: &Name,
+        id: &str,
+        start: Option<u64>,
+        declared: Option<u64>,
+        body: S,
+    ) -> Result<u64, UploadError>
+    where
+        S: Stream<Item = BodyChunk> + Send + Unpin,
+    {
+        // Listening before taking the lock: a DELETE that comes later is heard.
+        let cancelled = session.cancel.notified();
+        tokio::pin!(cancelled);
+        cancelled.as_mut().enable();
+        let mut cache = session.lock().await?;
+        tokio::select! {
+            biased;
+            () = cancelled => Err(UploadError::Cancelled),
+            r = self.append_locked(&mut cache, name, id, start, declared, body) => r,
+        }
     }
 
     /// Appends the final chunk (if any, checked like [`Self::upload_append`]),
@@ -134,10 +223,38 @@ impl Store {
         S: Stream<Item = BodyChunk> + Send + Unpin,
     {
         let session = self.sessions.get(id);
-        let mut cache = session.lock().await;
-        let size = self
-            .append_locked(&mut cache, name, id, start, declared, body)
-            .await?;
+        let result = self
+            .complete_locked(&session, name, id, expected, start, declared, body)
+            .await;
+        if matches!(result, Err(UploadError::Unknown)) {
+            self.sessions.forget_unknown(id, session);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn complete_locked<S>(
+        &self,
+        session: &Session,
+        name: &Name,
+        id: &str,
+        expected: &Digest,
+        start: Option<u64>,
+        declared: Option<u64>,
+        body: S,
+    ) -> Result<u64, UploadError>
+    where
+        S: Stream<Item = BodyChunk> + Send + Unpin,
+    {
+        let cancelled = session.cancel.notified();
+        tokio::pin!(cancelled);
+        cancelled.as_mut().enable();
+        let mut cache = session.lock().await?;
+        let size = tokio::select! {
+            biased;
+            () = cancelled => Err(UploadError::Cancelled),
+            r = self.append_locked(&mut cache, name, id, start, declared, body) => r,
+        }?;
         let data = layout::upload_data(name, id);
         let actual = match cache.state.take() {
             Some((offset, h)) if offset == size && h.algorithm() == expected.algorithm() => {
@@ -200,9 +317,19 @@ impl Store {
     /// Abandons a session and its data.
     pub async fn upload_cancel(&self, name: &Name, id: &str) -> Result<(), UploadError> {
         let session = self.sessions.get(id);
-        let _guard = session.lock().await;
-        self.upload_size(name, id).await?;
-        self.upload_cancel_locked(name, id).await
+        // A writer in flight (perhaps stalled) gives way to the DELETE.
+        session.cancel.notify_waiters();
+        let result = match tokio::time::timeout(CANCEL_WAIT, session.cache.lock()).await {
+            Err(_) => Err(UploadError::Busy),
+            Ok(_guard) => match self.upload_size(name, id).await {
+                Ok(_) => self.upload_cancel_locked(name, id).await,
+                Err(e) => Err(e),
+            },
+        };
+        if matches!(result, Err(UploadError::Unknown)) {
+            self.sessions.forget_unknown(id, session);
+        }
+        result
     }
 
     async fn upload_cancel_locked(&self, name: &Name, id: &str) -> Result<(), UploadError> {
