@@ -53,7 +53,10 @@ pub fn router_with(store: Arc<Store>, limits: &limits::Limits) -> Router {
                 if state.store.storage_writable() {
                     (StatusCode::OK, "ready").into_response()
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, error::STORAGE_FULL_OR_UNWRITABLE)
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        error::STORAGE_FULL_OR_UNWRITABLE,
+                    )
                         .into_response()
                 }
             }),

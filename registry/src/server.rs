@@ -50,6 +50,8 @@ pub async fn serve_with(
     let builder = builder(limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let handshake_timeout = limits.tls_handshake_timeout;
+    let header_timeout = limits.header_timeout;
+    let (h1, h2) = (builder.clone().http1_only(), builder.clone().http2_only());
     tokio::pin!(shutdown);
     loop {
         // At the cap, stop accepting: new clients wait in the listen backlog
@@ -84,29 +86,30 @@ pub async fn serve_with(
         let _ = tcp.set_nodelay(true);
         match &acceptor {
             None => {
-                let (io, regions) = zero_copy::Conn::new(tcp);
-                // HTTP/1.x responses on this connection may sendfile blobs;
-                // HTTP/2 (prior knowledge) frames bodies itself, so not there.
-                let app = app.clone().map_request(move |mut req: Request<Incoming>| {
-                    if req.version() <= Version::HTTP_11 {
-                        req.extensions_mut().insert(regions.clone());
-                    }
-                    req
-                });
-                let service = TowerToHyperService::new(app);
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
+                let app = app.clone();
+                let builder = builder.clone();
+                let graceful = graceful.watcher();
                 tokio::spawn(async move {
-                    log_conn(conn.await, peer);
-                    drop((slot, open));
+                    let _held = (slot, open);
+                    // hyper's header timeout starts only once it has seen
+                    // bytes telling HTTP/1 from HTTP/2: a client that sends
+                    // nothing is timed here.
+                    // (`readable` may wake spuriously; a peek waits for a byte.)
+                    match tokio::time::timeout(header_timeout, tcp.peek(&mut [0u8; 1])).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return,
+                        Ok(Ok(_)) => {}
+                        Err(_) => {
+                            crate::metrics::timeout("header");
+                            return tracing::debug!(%peer, "connection closed: sent nothing in time");
+                        }
+                    }
+                    serve_plain(tcp, peer, app, &builder, graceful).await;
                 });
             }
             Some(acceptor) => {
                 let service = TowerToHyperService::new(app.clone());
                 let acceptor = acceptor.clone();
-                let builder = builder.clone();
+                let (h1, h2) = (h1.clone(), h2.clone());
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let _held = (slot, open);
@@ -121,6 +124,13 @@ pub async fn serve_with(
                                 return tracing::debug!(%peer, "TLS handshake timed out");
                             }
                         };
+                    // The protocol is known from ALPN: no sniffing of the
+                    // first bytes, whose wait no hyper timeout covers.
+                    let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        h2
+                    } else {
+                        h1
+                    };
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     log_conn(watcher.watch(conn).await, peer);
@@ -138,6 +148,30 @@ pub async fn serve_with(
     Ok(())
 }
 
+/// Serves one plain-TCP connection (HTTP/1.x or HTTP/2 prior knowledge).
+async fn serve_plain(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: hyper_util::server::graceful::Watcher,
+) {
+    let (io, regions) = zero_copy::Conn::new(tcp);
+    // HTTP/1.x responses on this connection may sendfile blobs;
+    // HTTP/2 (prior knowledge) frames bodies itself, so not there.
+    let app = app.clone().map_request(move |mut req: Request<Incoming>| {
+        if req.version() <= Version::HTTP_11 {
+            req.extensions_mut().insert(regions.clone());
+        }
+        req
+    });
+    let service = TowerToHyperService::new(app);
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    log_conn(graceful.watch(conn).await, peer);
+}
+
 /// The HTTP/1 and HTTP/2 connection settings, limits applied.
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -153,8 +187,7 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        // Pings find peers that vanished without closing; an unanswered
-        // ping within the header timeout closes the connection.
+        // Pings find peers that vanished without closing.
         .keep_alive_interval(limits.header_timeout)
         .keep_alive_timeout(limits.header_timeout.min(Duration::from_secs(20)));
     builder

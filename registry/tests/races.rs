@@ -49,7 +49,10 @@ async fn a_manifest_put_racing_a_delete_never_leaves_a_dangling_tag() {
             dangling.push(tag.to_owned());
         }
     }
-    assert!(dangling.is_empty(), "tags listed but not resolvable: {dangling:?}");
+    assert!(
+        dangling.is_empty(),
+        "tags listed but not resolvable: {dangling:?}"
+    );
 }
 
 #[tokio::test]
@@ -105,9 +108,7 @@ fn stalled_patch(
         .unwrap();
     let app = reg.app.clone();
     let tx2 = tx.clone();
-    let task = tokio::spawn(async move {
-        app.oneshot(req).await.map(|r| r.status()).unwrap()
-    });
+    let task = tokio::spawn(async move { app.oneshot(req).await.map(|r| r.status()).unwrap() });
     let chunk = Bytes::from(vec![7u8; first]);
     tokio::spawn(async move {
         let _ = tx2.send(Ok(chunk)).await;

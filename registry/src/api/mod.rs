@@ -170,7 +170,8 @@ impl Ctx {
     /// an error if the client stops sending for the body timeout.
     pub fn body_stream(&self, body: Body) -> impl Stream<Item = BodyChunk> + Send + Unpin {
         crate::limits::Progress::new(
-            body.into_data_stream().map(|r| r.map_err(|e| e.to_string())),
+            body.into_data_stream()
+                .map(|r| r.map_err(|e| e.to_string())),
             self.body_timeout,
         )
     }
@@ -227,10 +228,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
 /// answers only those past its own (larger) limits, with a bare status.
 fn within_limits(req: &Request) -> Result<()> {
     let limits = crate::limits::Limits::default();
-    let uri_len = req
-        .uri()
-        .path_and_query()
-        .map_or(0, |pq| pq.as_str().len());
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > limits.max_uri_bytes {
         crate::metrics::refusal("uri_too_long");
         return Err(Error::new(

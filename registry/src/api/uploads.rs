@@ -34,10 +34,11 @@ pub async fn start(store: &Store, name: &Name, ctx: &Ctx, body: Body) -> Result<
             _ => None,
         })
     });
-    let id = store.upload_start(name, algorithm).await?;
     let Some(digest) = digest else {
+        let id = store.upload_start(name, algorithm).await?;
         return Ok(session(StatusCode::ACCEPTED, name, &id, 0));
     };
+    let id = store.upload_start_monolithic(name, algorithm).await?;
     // Monolithic: the whole blob is this request's body.
     let declared = ctx.content_length();
     let body = ctx.body_stream(body);
@@ -194,7 +195,7 @@ fn upload_error(e: UploadError, name: &Name, id: &str) -> Error {
         UploadError::Busy => {
             crate::metrics::refusal("upload_busy");
             Error::new(Code::BlobUploadInvalid, msg)
-            .with_status(axum::http::StatusCode::RANGE_NOT_SATISFIABLE)
+                .with_status(axum::http::StatusCode::RANGE_NOT_SATISFIABLE)
                 .with_header(header::LOCATION, hv(&location(name, id)))
         }
         UploadError::Cancelled => Error::new(Code::BlobUploadUnknown, msg),

@@ -198,6 +198,18 @@ impl Driver for FsDriver {
         .await
     }
 
+    async fn modified(&self, key: &str) -> io::Result<Option<std::time::SystemTime>> {
+        let meta = not_found_is_none(fs::metadata(self.path(key)))?;
+        meta.map(|m| m.modified()).transpose()
+    }
+
+    async fn reclaim_temporaries(&self, before: std::time::SystemTime) -> io::Result<usize> {
+        let root = self.root.clone();
+        // Temporaries are written beside their destination: blobs, links,
+        // tags, revisions. Session data is appended in place, never a temporary.
+        blocking(move || reclaim_tmp_under(&root, before)).await
+    }
+
     async fn delete(&self, key: &str) -> io::Result<()> {
         let path = self.path(key);
         blocking(move || {
@@ -217,6 +229,34 @@ impl Driver for FsDriver {
         })
         .await
     }
+}
+
+/// Removes `.tmp-*` files under `dir` last modified before `before`.
+fn reclaim_tmp_under(dir: &Path, before: std::time::SystemTime) -> io::Result<usize> {
+    let mut removed = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Some(entries) = not_found_is_none(fs::read_dir(&dir))? else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX)
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < before)
+                && fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Appends are gathered to this size before a write: network frames are

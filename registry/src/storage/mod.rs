@@ -100,7 +100,10 @@ impl Store {
     pub async fn probe_storage(&self) -> bool {
         // A few KiB: a whole block must be free, not just an inode.
         static PROBE: [u8; 4096] = [b'p'; 4096];
-        let ok = match self.put_scratch(layout::probe(), Bytes::from_static(&PROBE)).await {
+        let ok = match self
+            .put_scratch(layout::probe(), Bytes::from_static(&PROBE))
+            .await
+        {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "storage cannot be written: not ready");

@@ -91,6 +91,12 @@ impl Sessions {
         self.len() == 0
     }
 
+    /// Whether a request holds the session's lock now.
+    fn is_busy(&self, id: &str) -> bool {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id).is_some_and(|s| s.cache.try_lock().is_err())
+    }
+
     fn forget(&self, id: &str) {
         self.map
             .lock()
@@ -118,6 +124,9 @@ impl Session {
     }
 }
 
+/// Marks a one-request push in its session's start-time file.
+const MONOLITHIC: &str = "monolithic";
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -136,12 +145,34 @@ impl Store {
         name: &Name,
         algorithm: Option<Algorithm>,
     ) -> Result<String, StorageError> {
+        self.start_session(name, algorithm, false).await
+    }
+
+    /// Opens a session for a one-request (monolithic) push: no client knows
+    /// its id, so once its request is gone it can be reclaimed at once
+    /// (see [`Self::purge_stale_uploads`]).
+    pub async fn upload_start_monolithic(
+        &self,
+        name: &Name,
+        algorithm: Option<Algorithm>,
+    ) -> Result<String, StorageError> {
+        self.start_session(name, algorithm, true).await
+    }
+
+    async fn start_session(
+        &self,
+        name: &Name,
+        algorithm: Option<Algorithm>,
+        monolithic: bool,
+    ) -> Result<String, StorageError> {
         let id = uuid::Uuid::new_v4().to_string();
-        self.put_scratch(
-            &layout::upload_started(name, &id),
-            Bytes::from(unix_now().to_string()),
-        )
-        .await?;
+        let started = if monolithic {
+            format!("{} {MONOLITHIC}", unix_now())
+        } else {
+            unix_now().to_string()
+        };
+        self.put_scratch(&layout::upload_started(name, &id), Bytes::from(started))
+            .await?;
         self.put_scratch(&layout::upload_data(name, &id), Bytes::new())
             .await?;
         let session = self.sessions.get(&id);
@@ -278,14 +309,25 @@ impl Store {
         Ok(size)
     }
 
-    /// Removes sessions started more than `max_age` ago: clients that
-    /// vanished mid-push would otherwise hold their bytes forever.
-    /// Returns how many were removed.
+    /// Removes sessions idle (no bytes received) for more than `max_age`,
+    /// and one-request pushes idle for more than `monolithic_max_age`:
+    /// clients that vanished mid-push would otherwise hold their bytes
+    /// forever. Returns how many were removed.
     pub async fn purge_stale_uploads(
         &self,
         max_age: std::time::Duration,
     ) -> Result<usize, StorageError> {
-        let now = unix_now();
+        self.purge_uploads_idle(max_age, max_age).await
+    }
+
+    /// [`Self::purge_stale_uploads`] with a separate (shorter) limit for
+    /// one-request pushes, whose ids no client holds.
+    pub async fn purge_uploads_idle(
+        &self,
+        max_age: std::time::Duration,
+        monolithic_max_age: std::time::Duration,
+    ) -> Result<usize, StorageError> {
+        let now = std::time::SystemTime::now();
         let mut purged = 0;
         for repo in self.repositories_with_uploads().await? {
             let Ok(name) = repo.parse::<Name>() else {
@@ -295,16 +337,31 @@ impl Store {
                 .list(&format!("{}/_uploads", layout::repository(&name)))
                 .await?
             {
-                let started = self
-                    .get(&layout::upload_started(&name, &id))
-                    .await?
-                    .and_then(|b| {
-                        std::str::from_utf8(&b)
-                            .ok()
-                            .and_then(|s| s.trim().parse::<u64>().ok())
-                    });
+                let started = self.get(&layout::upload_started(&name, &id)).await?;
+                let started = started.as_deref().and_then(|b| std::str::from_utf8(b).ok());
+                let monolithic = started.is_some_and(|s| s.contains(MONOLITHIC));
+                let started = started
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .map(|t| std::time::UNIX_EPOCH + std::time::Duration::from_secs(t));
+                // Last activity: the data's last write, else the start.
+                let data = layout::upload_data(&name, &id);
+                let written = self
+                    .driver
+                    .modified(&data)
+                    .await
+                    .map_err(|e| StorageError::new("stat", &data, e))?;
+                let last = written.max(started);
+                let limit = if monolithic {
+                    monolithic_max_age
+                } else {
+                    max_age
+                };
                 // A session with no start time is a crash between its two writes: stale too.
-                if started.is_none_or(|t| now.saturating_sub(t) > max_age.as_secs()) {
+                let stale = last.is_none_or(|t| now.duration_since(t).unwrap_or_default() > limit);
+                // A request writing to it right now keeps it, however old.
+                let busy = self.sessions.is_busy(&id);
+                if stale && !busy {
                     self.delete(&layout::upload_dir(&name, &id)).await?;
                     self.sessions.forget(&id);
                     purged += 1;
@@ -312,6 +369,27 @@ impl Store {
             }
         }
         Ok(purged)
+    }
+
+    /// After a crash: removes temporary files and one-request pushes last
+    /// written before `before` (this process's start, so none of them is
+    /// in use by it). Returns (temporaries, sessions) removed.
+    pub async fn reclaim_after_crash(
+        &self,
+        before: std::time::SystemTime,
+    ) -> Result<(usize, usize), StorageError> {
+        let tmp = self
+            .driver
+            .reclaim_temporaries(before)
+            .await
+            .map_err(|e| StorageError::new("reclaim", "temporary files", e))?;
+        let age = std::time::SystemTime::now()
+            .duration_since(before)
+            .unwrap_or_default();
+        let sessions = self
+            .purge_uploads_idle(std::time::Duration::MAX, age)
+            .await?;
+        Ok((tmp, sessions))
     }
 
     /// Abandons a session and its data.
