@@ -107,16 +107,20 @@ where
             Poll::Pending => {}
         }
         loop {
-            let deadline = this.last + this.timeout;
+            let timeout = this.timeout;
+            let last = this.last;
             let timer = this
                 .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(last + timeout)));
             match timer.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) if Instant::now() >= this.last + this.timeout => {
+                Poll::Ready(()) => {
+                    let deadline = this.last + this.timeout;
+                    if Instant::now() < deadline {
+                        // Chunks came since the timer was set: wait out the rest.
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
                     crate::metrics::timeout("body");
                     // Further polls end the stream rather than erroring again.
                     this.last = Instant::now() + Duration::from_secs(365 * 86400);
@@ -125,7 +129,6 @@ where
                         this.timeout.as_secs()
                     ))));
                 }
-                Poll::Ready(()) => continue,
             }
         }
     }
