@@ -64,7 +64,7 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {
         limit.current = limit.maximum;
-        setrlimit(Resource::Nofile, limit.clone()).map_err(std::io::Error::from)?;
+        setrlimit(Resource::Nofile, limit).map_err(std::io::Error::from)?;
     }
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }

@@ -8,7 +8,7 @@
 //! hash keeps memory constant however many repositories there are; two
 //! repositories sharing a lock only wait for each other's short writes.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -33,9 +33,7 @@ impl Default for RepoLocks {
 impl RepoLocks {
     /// Waits for, then holds, the lock of `name`'s manifests and tags.
     pub async fn lock(&self, name: &Name) -> MutexGuard<'_, ()> {
-        let mut h = self.hasher.build_hasher();
-        name.as_str().hash(&mut h);
-        let i = (h.finish() as usize) % self.stripes.len();
+        let i = (self.hasher.hash_one(name.as_str()) as usize) % self.stripes.len();
         self.stripes[i].lock().await
     }
 }
