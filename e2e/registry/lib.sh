@@ -7,6 +7,10 @@
 #   berth         berth-registry serve --listen ADDR --data DIR [--tls-cert F --tls-key F]
 #   distribution  CNCF Distribution v3 (`registry serve CONFIG`), the baseline
 # Everything listens on 127.0.0.1 only.
+#
+# berth_htpasswd_auth BINARY DIR USER PASSWORD (below): writes into DIR an htpasswd
+# file (bcrypt), a token key pair and an auth config (mode Htpasswd, USER
+# may pull, push and delete everywhere) and sets REGISTRY_ARGS to use it.
 
 # shellcheck disable=SC2034 # used by the scripts that source this file
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -14,6 +18,8 @@ BERTH_CACHE="${BERTH_CACHE:-$HOME/.cache/berth}"
 export PATH="$BERTH_CACHE/bin:$PATH"
 
 REGISTRY_PID=""
+# Extra arguments for `berth-registry serve` (e.g. --auth-config FILE).
+REGISTRY_ARGS=()
 
 die() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
 note() { printf '# %s\n' "$*"; }
@@ -49,7 +55,7 @@ registry_start() {
   mkdir -p "$data"
   case $impl in
     berth)
-      local args=(serve --listen "$addr" --data "$data")
+      local args=(serve --listen "$addr" --data "$data" "${REGISTRY_ARGS[@]}")
       [[ -n $cert ]] && args+=(--tls-cert "$cert" --tls-key "$key")
       "$bin" "${args[@]}" >"$logf" 2>&1 &
       ;;
@@ -110,4 +116,71 @@ registry_stop() {
     wait "$REGISTRY_PID" 2>/dev/null || true
     REGISTRY_PID=""
   fi
+}
+
+berth_htpasswd_auth() {
+  local bin=$1 dir=$2 user=$3 password=$4
+  mkdir -p "$dir"
+  printf '%s\n' "$password" | "$bin" htpasswd "$user" >"$dir/htpasswd"
+  "$bin" keygen "$dir/keys"
+  cat >"$dir/auth.json" <<EOF
+{
+  "mode": "Htpasswd",
+  "service": "e2e.registry.berth.dev",
+  "keysDir": "$dir/keys",
+  "htpasswd": {"file": "$dir/htpasswd"},
+  "policy": {"authenticated": ["pull", "push", "delete"]}
+}
+EOF
+  REGISTRY_ARGS=(--auth-config "$dir/auth.json")
+}
+
+# berth_kubernetes_auth BINARY DIR NAMESPACE: Kubernetes mode against the
+# e2e cluster (it must be up: e2e/cluster up). Creates NAMESPACE (if missing)
+# with a service account `pusher` bound to a Role that may pull, push and
+# delete its repositories, writes token keys and an auth config into DIR,
+# sets REGISTRY_ARGS, and KUBE_TOKEN to a one-hour token of `pusher`. The
+# registry reviews tokens with the credentials of KUBECONFIG.
+berth_kubernetes_auth() {
+  local bin=$1 dir=$2 ns=$3
+  eval "$("$REPO_ROOT/e2e/cluster" env)"
+  export KUBECONFIG
+  kubectl get namespace "$ns" >/dev/null 2>&1 || kubectl create namespace "$ns" >/dev/null
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: pusher, namespace: $ns}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: berth-repositories, namespace: $ns}
+rules:
+- apiGroups: [berth.dev]
+  resources: [repositories]
+  verbs: [get, create, update, delete]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: pusher-repositories, namespace: $ns}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: berth-repositories}
+subjects:
+- {kind: ServiceAccount, name: pusher, namespace: $ns}
+EOF
+  KUBE_TOKEN=$(kubectl create token pusher -n "$ns" --duration 1h)
+  mkdir -p "$dir"
+  "$bin" keygen "$dir/keys"
+  cat >"$dir/auth.json" <<EOF
+{
+  "mode": "Kubernetes",
+  "service": "e2e.registry.berth.dev",
+  "keysDir": "$dir/keys",
+  "kubernetes": {"audiences": [], "sameNamespacePull": true}
+}
+EOF
+  REGISTRY_ARGS=(--auth-config "$dir/auth.json")
+}
+
+# random_password: 24 random characters for a throw-away test user.
+random_password() {
+  python3 -c 'import secrets; print(secrets.token_urlsafe(18))'
 }

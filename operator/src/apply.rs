@@ -9,7 +9,7 @@
 
 use std::fmt::Debug;
 
-use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject};
 use kube::{Client, Resource, ResourceExt};
@@ -39,6 +39,64 @@ where
     let namespace = object.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(client.clone(), &namespace);
     api.patch(&object.name_any(), &params(), &Patch::Apply(object))
+        .await
+}
+
+/// Server-side apply a cluster-scoped `object` (a ClusterRoleBinding).
+pub async fn apply_cluster<K>(client: &Client, object: &K) -> Result<K, kube::Error>
+where
+    K: Resource<Scope = ClusterResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    api.patch(&object.name_any(), &params(), &Patch::Apply(object))
+        .await
+}
+
+/// Delete the cluster-scoped `name` if it carries every label in `labels`
+/// (objects of the same name that berth did not make are left alone).
+pub async fn delete_cluster_labelled<K>(
+    client: &Client,
+    name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<bool, kube::Error>
+where
+    K: Resource<Scope = ClusterResourceScope, DynamicType = ()> + DeserializeOwned + Clone + Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let Some(existing) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    if !labels
+        .iter()
+        .all(|(k, v)| existing.labels().get(k) == Some(v))
+    {
+        return Ok(false);
+    }
+    api.delete(name, &DeleteParams::default()).await?;
+    Ok(true)
+}
+
+/// Merge-patch `name` in `namespace` with `patch` (which carries the
+/// resourceVersion it was computed from, so a concurrent change makes it
+/// fail rather than be overwritten).
+pub async fn merge_patch<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<K, kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
 }
 

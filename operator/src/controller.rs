@@ -15,7 +15,9 @@ use futures_util::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
 use kube::core::GroupVersionKind;
@@ -26,6 +28,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
 use crate::apply;
+use crate::auth;
 use crate::crd::{NodeTrustStatus, Registry, TlsMode};
 use crate::desired::{self, ca_bundle, labels, tls};
 use crate::metrics::Metrics;
@@ -117,6 +120,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error("token signing keys: {0}")]
+    Keys(String),
+    #[error("{0}")]
+    Spec(String),
 }
 
 impl Error {
@@ -126,11 +133,13 @@ impl Error {
             Self::MissingMetadata => "MissingMetadata",
             Self::Kube { .. } => "Kube",
             Self::Pki(_) => "Pki",
+            Self::Keys(_) => "Keys",
+            Self::Spec(_) => "Spec",
         }
     }
 }
 
-fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+pub(crate) fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let action = action.into();
     move |source| Error::Kube { action, source }
 }
@@ -172,7 +181,7 @@ pub fn error_policy(registry: Arc<Registry>, error: &Error, ctx: Arc<Context>) -
     Action::requeue(delay)
 }
 
-async fn publish(
+pub(crate) async fn publish(
     ctx: &Context,
     registry: &Registry,
     type_: EventType,
@@ -214,6 +223,12 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
     let unsupported = desired::unsupported(spec);
     tracing::debug!(registry = %key(registry), "reconciling");
 
+    if auth::deleting(registry) {
+        auth::finalize(ctx, registry, &names).await?;
+        return Ok(Action::await_change());
+    }
+    auth::ensure_finalizer(ctx, registry).await?;
+
     let storage = match desired::pvc::data_claim(registry, &names) {
         Some(claim) => claim_state(
             &apply::apply(client, &claim)
@@ -234,6 +249,8 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         .map_err(kube_err("applying the Service"))?;
     let cluster_ip = service.spec.and_then(|s| s.cluster_ip);
     let cert_names = names.certificate_names(spec, cluster_ip.as_deref());
+
+    let auth = auth::reconcile(ctx, registry, &names, cluster_ip.as_deref(), now).await?;
 
     let reports = if spec.node_trust.enabled {
         observe_reports(ctx).await?
@@ -317,6 +334,7 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         node_trust_publish,
         unsupported,
         endpoints: names.endpoints(spec),
+        auth: auth.state,
     };
     let new_status = status::status(&observed, registry.status.as_ref(), now);
     if registry.status.as_ref() != Some(&new_status) {
@@ -343,6 +361,19 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
             )
             .await;
         }
+        if status::auth_disabled(&new_status)
+            && !registry.status.as_ref().is_some_and(status::auth_disabled)
+        {
+            publish(
+                ctx,
+                registry,
+                EventType::Warning,
+                status::AUTH_DISABLED,
+                "Reconcile",
+                status::AUTH_DISABLED_MESSAGE.into(),
+            )
+            .await;
+        }
         if status::is_ready(&new_status) && !was_ready {
             let endpoint = observed.endpoints.node.clone().unwrap_or_default();
             publish(
@@ -357,7 +388,11 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         }
     }
 
-    let requeue = renew_at.map_or(RESYNC, |at| pki::until(now, at).min(RESYNC));
+    let requeue = [renew_at, auth.next_step]
+        .into_iter()
+        .flatten()
+        .map(|at| pki::until(now, at))
+        .fold(RESYNC, Duration::min);
     Ok(Action::requeue(requeue))
 }
 
@@ -750,7 +785,12 @@ fn last_certificate(chain_pem: &str) -> String {
 /// a Secret written by cert-manager).
 fn by_label<K: Resource>(child: K) -> Option<ObjectRef<Registry>> {
     let name = child.labels().get(labels::REGISTRY_LABEL)?.clone();
-    Some(ObjectRef::new(&name).within(&child.namespace()?))
+    // A pull secret in a team's namespace names its Registry's namespace.
+    let namespace = match child.labels().get(labels::REGISTRY_NAMESPACE_LABEL) {
+        Some(ns) => ns.clone(),
+        None => child.namespace()?,
+    };
+    Some(ObjectRef::new(&name).within(&namespace))
 }
 
 /// The Registries a node's report Lease speaks about: a changed report
@@ -782,6 +822,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     .owns(Api::<Service>::all(client.clone()), children.clone())
     .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
     .owns(Api::<Ingress>::all(client.clone()), children.clone())
+    .owns(Api::<ServiceAccount>::all(client.clone()), children.clone())
     // Secrets and claims by label: the owned ones and the unowned ones alike.
     .watches(
         Api::<Secret>::all(client.clone()),
@@ -792,6 +833,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         Api::<PersistentVolumeClaim>::all(client.clone()),
         children,
         by_label,
+    );
+    // A namespace whose labels change may gain or lose a pull secret.
+    let registries = controller.store();
+    controller = controller.watches(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        move |_namespace| auth::registries_for_namespace(&registries.state()),
     );
     if let Some(agent) = &ctx.config.node_agent {
         controller = controller.watches(
@@ -879,6 +927,14 @@ mod tests {
             Some([(labels::REGISTRY_LABEL.to_owned(), "hub".to_owned())].into());
         assert_eq!(by_label(claim), Some(ObjectRef::new("hub").within("team")));
         assert_eq!(by_label(PersistentVolumeClaim::default()), None);
+    }
+
+    #[test]
+    fn a_pull_secret_in_another_namespace_maps_back_to_its_registry() {
+        let mut secret = Secret::default();
+        secret.metadata.namespace = Some("app".into());
+        secret.metadata.labels = Some(labels::cross_namespace_labels(&crate::fixtures::names()));
+        assert_eq!(by_label(secret), Some(ObjectRef::new("hub").within("team")));
     }
 
     #[test]

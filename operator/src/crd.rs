@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -65,6 +65,13 @@ const QUANTITY: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Auth",
+        type_ = "string",
+        priority = 1,
+        description = "Who may push and pull: Kubernetes, Htpasswd or None",
+        json_path = ".spec.auth.mode"
     ),
     printcolumn(
         name = "Reason",
@@ -502,31 +509,173 @@ impl Default for NodeTrust {
 
 /// Who may push and pull.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[x_kube(validation = Rule::new("self.mode != 'Htpasswd' || has(self.secretName)").message("auth.mode Htpasswd needs auth.secretName: a Secret with an `htpasswd` key"))]
-#[x_kube(validation = Rule::new("self.mode == 'Htpasswd' || !has(self.secretName)").message("auth.secretName is only used when auth.mode is Htpasswd"))]
+#[x_kube(validation = Rule::new("self.mode != 'Htpasswd' || has(self.htpasswd)").message("auth.mode Htpasswd needs auth.htpasswd.secretName: a Secret with an `htpasswd` key holding bcrypt entries (htpasswd -B)"))]
+#[x_kube(validation = Rule::new("self.mode == 'Htpasswd' || !has(self.htpasswd)").message("auth.htpasswd is only used when auth.mode is Htpasswd"))]
+#[x_kube(validation = Rule::new("self.mode == 'Htpasswd' || !has(self.policy)").message("auth.policy is only used when auth.mode is Htpasswd; in Kubernetes mode RBAC on repositories.berth.dev decides who may do what"))]
+#[x_kube(validation = Rule::new("self.mode == 'Kubernetes' || !has(self.kubernetes)").message("auth.kubernetes is only used when auth.mode is Kubernetes"))]
+#[x_kube(validation = Rule::new("self.mode != 'None' || !has(self.pullSecrets)").message("auth.pullSecrets needs auth.mode Kubernetes or Htpasswd: with mode None nobody needs credentials to pull"))]
+#[x_kube(validation = Rule::new("self.mode != 'None' || !has(self.anonymousPull)").message("auth.anonymousPull needs auth.mode Kubernetes or Htpasswd: with mode None everything can be pulled (and pushed) anonymously already"))]
 #[serde(rename_all = "camelCase")]
 pub struct Auth {
-    /// `None`: anyone who reaches the Service may push and pull.
-    /// `Htpasswd`: users from a Secret. `Kubernetes`: service account tokens
-    /// (TokenReview + SubjectAccessReview). Only `None` is served by the
-    /// bundled registry yet: for the others the operator starts no pods and
-    /// says so in the Ready condition, rather than serve without auth.
+    /// `Kubernetes` (the default): the password is a Kubernetes token
+    /// (`kubectl create token`, an OIDC token, a pod's service-account
+    /// token); RBAC on `repositories.berth.dev` in the repository's
+    /// namespace decides. `Htpasswd`: users from a Secret, rights from
+    /// `policy`. `None`: anyone who reaches the Service may push, overwrite
+    /// and delete every image.
     #[serde(default)]
     pub mode: AuthMode,
 
-    /// For mode `Htpasswd`: a Secret with key `htpasswd` (bcrypt entries).
+    /// For mode `Kubernetes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
-    pub secret_name: Option<String>,
+    pub kubernetes: Option<KubernetesAuth>,
+
+    /// For mode `Htpasswd`: where the users are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<HtpasswdAuth>,
+
+    /// For mode `Htpasswd`: who may do what, by repository pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<AccessPolicy>,
+
+    /// Repository globs anyone may pull without logging in (`public/*`);
+    /// `*` matches across `/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 255)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub anonymous_pull: Vec<String>,
+
+    /// Lifetime of the access tokens the registry issues (Go duration).
+    /// Unset: 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "tokenTTL")]
+    #[schemars(regex(pattern = GO_DURATION), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('24h')").message("auth.tokenTTL must be between 1m and 24h"))]
+    pub token_ttl: Option<String>,
+
+    /// Provision a pull secret (a pull-only robot token for the namespace's
+    /// own repositories) in the namespaces this selects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secrets: Option<PullSecrets>,
 }
 
 /// How clients authenticate.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum AuthMode {
+    /// Kubernetes tokens (TokenReview) and RBAC (SubjectAccessReview).
     #[default]
-    None,
-    Htpasswd,
     Kubernetes,
+    /// Users from an htpasswd Secret, rights from `auth.policy`.
+    Htpasswd,
+    /// No authentication at all: anyone may push.
+    None,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kubernetes => "Kubernetes",
+            Self::Htpasswd => "Htpasswd",
+            Self::None => "None",
+        }
+    }
+}
+
+/// Kubernetes mode's settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesAuth {
+    /// A namespace's own service accounts may pull its repositories with
+    /// no RoleBinding.
+    #[serde(default = "default_true")]
+    pub same_namespace_pull: bool,
+}
+
+impl Default for KubernetesAuth {
+    fn default() -> Self {
+        Self {
+            same_namespace_pull: true,
+        }
+    }
+}
+
+/// Htpasswd mode's user file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HtpasswdAuth {
+    /// A Secret in the Registry's namespace with key `htpasswd` (bcrypt
+    /// entries, as `htpasswd -nbB user password` writes). Edits are picked
+    /// up without a restart.
+    #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// Htpasswd mode's rights. For a repository, the rules with the longest
+/// matching pattern decide; a user none of them names gets
+/// `authenticated`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessPolicy {
+    /// Named groups of users.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Vec<String>>,
+
+    /// Rules by repository pattern.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub rules: Vec<AccessRule>,
+
+    /// What any logged-in user may do where no rule names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authenticated: Vec<RepositoryAction>,
+}
+
+/// One rule: who may do what on the repositories a glob matches.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("size(self.users) + size(self.groups) > 0").message("an auth.policy rule names at least one user or group (use auth.policy.authenticated for everyone)"))]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRule {
+    /// A repository glob: `*` matches any run of characters (also `/`),
+    /// `?` one character.
+    #[schemars(length(min = 1, max = 255))]
+    pub repositories: String,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[schemars(length(min = 1))]
+    pub actions: Vec<RepositoryAction>,
+}
+
+/// What may be done to a repository.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RepositoryAction {
+    Pull,
+    Push,
+    Delete,
+}
+
+/// Pull secrets the operator keeps in selected namespaces.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PullSecrets {
+    /// The namespaces that get one. An empty selector (`{}`) selects every
+    /// namespace.
+    pub namespace_selector: LabelSelector,
+
+    /// The name of the `kubernetes.io/dockerconfigjson` Secret.
+    #[serde(default = "default_pull_secret_name")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
+    pub secret_name: String,
+
+    /// Also list the Secret in `imagePullSecrets` of each selected
+    /// namespace's `default` ServiceAccount, so pods need no change.
+    #[serde(default)]
+    pub add_to_default_service_account: bool,
+}
+
+fn default_pull_secret_name() -> String {
+    "berth-pull".to_owned()
 }
 
 /// What the operator last observed and did.
@@ -537,7 +686,8 @@ pub struct RegistryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// `Ready`, `CertificateReady`, `StorageReady`, `NodeTrustReady`.
+    /// `Ready`, `CertificateReady`, `StorageReady`, `NodeTrustReady`,
+    /// `AuthReady` (False with reason `AuthDisabled` for mode None).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -636,7 +786,7 @@ mod tests {
             (ServiceType::ClusterIP, 443)
         );
         assert!(spec.node_trust.enabled);
-        assert_eq!(spec.auth.mode, AuthMode::None);
+        assert_eq!(spec.auth.mode, AuthMode::Kubernetes);
     }
 
     #[test]

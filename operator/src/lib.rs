@@ -6,9 +6,11 @@
 //! cluster, so most behaviour is tested without one.
 
 pub mod apply;
+pub mod auth;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod credential_provider;
 pub mod desired;
 pub mod fixtures;
 pub mod http;

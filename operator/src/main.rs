@@ -1,5 +1,5 @@
-//! `berth-operator`: `run` the controller, run the `node-agent`, or print
-//! the `crd`.
+//! `berth-operator`: `run` the controller, run the `node-agent`, print
+//! the `crd`, or answer the kubelet as its `credential-provider` plugin.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,8 +10,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use berth_operator::controller::{self, Config, Context, NodeAgentRef};
 use berth_operator::crd::Registry;
+use berth_operator::credential_provider;
 use berth_operator::http::{self, Health};
 use berth_operator::leader::{self, LeaseConfig};
+use berth_operator::node_agent::credential_plugin::{HostPath, PluginInstall};
 use berth_operator::node_agent::{self, AgentConfig, layout::Layout};
 use clap::{Args, Parser, Subcommand};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -37,6 +39,12 @@ enum Command {
     /// Registry's CA and host mapping into this node's containerd and docker
     /// trust directories, and report what is installed.
     NodeAgent(NodeAgentArgs),
+    /// The kubelet's image credential provider plugin (installed on nodes as
+    /// `berth-credential-provider`): reads a CredentialProviderRequest on
+    /// stdin and answers the pod's service-account token as the password
+    /// for the image's registry. Set BERTH_CREDENTIAL_PROVIDER_LOG to a file
+    /// to log each request (token hash and claims only).
+    CredentialProvider,
 }
 
 #[derive(Args)]
@@ -70,6 +78,27 @@ struct NodeAgentArgs {
     /// on the host).
     #[arg(long, env = "BERTH_RESYNC_SECONDS", default_value_t = 60)]
     resync_seconds: u64,
+    /// The kubelet's --image-credential-provider-bin-dir on the host: copy
+    /// this executable there as berth-credential-provider. Empty: do not
+    /// install the credential provider.
+    #[arg(long, env = "BERTH_CREDENTIAL_PROVIDER_BIN_DIR", default_value = "")]
+    credential_provider_bin_dir: String,
+    /// Also write the kubelet's CredentialProviderConfig (JSON) to this host
+    /// path. Empty: the cluster admin writes it.
+    #[arg(long, env = "BERTH_CREDENTIAL_PROVIDER_CONFIG", default_value = "")]
+    credential_provider_config: String,
+    /// The config's matchImages (comma-separated kubelet globs). Empty:
+    /// `*.*.svc.<cluster domain>`.
+    #[arg(
+        long,
+        env = "BERTH_CREDENTIAL_PROVIDER_MATCH_IMAGES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    credential_provider_match_images: Vec<String>,
+    /// The cluster's DNS domain, for the default matchImages.
+    #[arg(long, env = "BERTH_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 #[derive(Args)]
@@ -108,9 +137,40 @@ struct RunArgs {
     node_agent_daemonset: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The plugin runs once per pull, synchronously: no runtime, no logger
+    // (stdout is the kubelet's protocol; errors go to stderr).
+    if let Command::CredentialProvider = cli.command {
+        return credential_provider_plugin();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async_main(cli))
+}
+
+fn credential_provider_plugin() -> anyhow::Result<()> {
+    let log = std::env::var_os(credential_provider::LOG_ENV)
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    credential_provider::run(
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+        log.as_deref(),
+        now,
+    )
+    .context(credential_provider::PLUGIN_NAME)
+}
+
+async fn async_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::CredentialProvider => credential_provider_plugin(),
         Command::Crd => {
             print!(
                 "{}",
@@ -148,13 +208,61 @@ async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    let credential_plugin = credential_plugin_install(&args)?;
     let config = AgentConfig {
         node_name: args.node_name,
         layout,
         report_namespace: Some(args.report_namespace).filter(|n| !n.is_empty()),
         resync: Duration::from_secs(args.resync_seconds.max(1)),
+        credential_plugin,
     };
     node_agent::run(client, config, shutdown_signal()).await
+}
+
+/// What the agent's credential-provider flags ask it to install, if anything.
+fn credential_plugin_install(args: &NodeAgentArgs) -> anyhow::Result<Option<PluginInstall>> {
+    if args.credential_provider_bin_dir.is_empty() {
+        return Ok(None);
+    }
+    let source = std::env::current_exe()
+        .context("finding this executable to install it as the credential provider")?;
+    let bin_dir = HostPath::new(
+        std::path::Path::new(&args.credential_provider_bin_dir),
+        &args.host_root,
+        "--credential-provider-bin-dir",
+    )
+    .map_err(anyhow::Error::msg)?;
+    let config = if args.credential_provider_config.is_empty() {
+        None
+    } else {
+        let path = HostPath::new(
+            std::path::Path::new(&args.credential_provider_config),
+            &args.host_root,
+            "--credential-provider-config",
+        )
+        .map_err(anyhow::Error::msg)?;
+        let mut match_images: Vec<String> = args
+            .credential_provider_match_images
+            .iter()
+            .map(|m| m.trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .collect();
+        if match_images.is_empty() {
+            match_images = credential_provider::default_match_images(&args.cluster_domain);
+        }
+        Some((
+            path,
+            credential_provider::KubeletConfig {
+                match_images,
+                log_path: None,
+            },
+        ))
+    };
+    Ok(Some(PluginInstall {
+        source,
+        bin_dir,
+        config,
+    }))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {

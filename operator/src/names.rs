@@ -74,6 +74,31 @@ impl Names {
         self.name.clone()
     }
 
+    /// The ServiceAccount the registry pods run as (Kubernetes mode: the
+    /// identity that calls TokenReview and SubjectAccessReview).
+    pub fn service_account(&self) -> String {
+        format!("{}-registry", self.name)
+    }
+
+    /// The ClusterRoleBinding that lets the registry's ServiceAccount call
+    /// TokenReview and SubjectAccessReview. Cluster-scoped, so it carries
+    /// the namespace; `:` cannot occur in either name, so no two Registries
+    /// share one.
+    pub fn auth_delegator_binding(&self) -> String {
+        format!("berth-registry:{}:{}", self.namespace, self.name)
+    }
+
+    /// The ConfigMap holding the registry's auth config file.
+    pub fn auth_config_map(&self) -> String {
+        format!("{}-auth", self.name)
+    }
+
+    /// The Secret holding the token signing key and the accepted public
+    /// keys.
+    pub fn token_keys_secret(&self) -> String {
+        format!("{}-token-keys", self.name)
+    }
+
     /// The cert-manager Certificate (CertManager mode).
     pub fn certificate(&self) -> String {
         self.name.clone()

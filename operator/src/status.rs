@@ -16,6 +16,9 @@ pub const READY: &str = "Ready";
 pub const CERTIFICATE_READY: &str = "CertificateReady";
 pub const STORAGE_READY: &str = "StorageReady";
 pub const NODE_TRUST_READY: &str = "NodeTrustReady";
+pub const AUTH_READY: &str = "AuthReady";
+/// The AuthReady reason for mode None.
+pub const AUTH_DISABLED: &str = "AuthDisabled";
 
 /// The serving certificate, as the controller found or made it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +100,21 @@ impl NodeTrustState {
     }
 }
 
+/// Who may push and pull, as the operator set it up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthState {
+    /// Kubernetes or Htpasswd: the config, keys and (Kubernetes mode) the
+    /// auth delegation binding are in place.
+    Enabled { mode: &'static str },
+    /// Mode None: anyone who reaches the registry may push.
+    Disabled,
+    /// Something the registry needs is missing (a user's htpasswd Secret).
+    Pending {
+        reason: &'static str,
+        message: String,
+    },
+}
+
 /// Everything status is computed from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observed {
@@ -110,6 +128,7 @@ pub struct Observed {
     pub node_trust_publish: Option<NodeTrustStatus>,
     pub unsupported: Option<Unsupported>,
     pub endpoints: Endpoints,
+    pub auth: AuthState,
 }
 
 struct Verdict {
@@ -204,9 +223,36 @@ fn node_trust(obs: &Observed) -> Verdict {
     }
 }
 
+/// The sentence for mode None, on AuthReady and appended to Ready.
+pub const AUTH_DISABLED_MESSAGE: &str = "auth.mode is None: anyone who can reach this registry can push, overwrite and delete every image; set auth.mode Kubernetes (the default) to require a login";
+
+fn auth(obs: &Observed) -> Verdict {
+    match &obs.auth {
+        AuthState::Enabled { mode } => verdict(
+            true,
+            "Enabled",
+            match *mode {
+                "Kubernetes" => "pushes and pulls need a Kubernetes token; RBAC on repositories.berth.dev in the repository's namespace decides".to_owned(),
+                other => format!("pushes and pulls need a login ({other} mode)"),
+            },
+        ),
+        AuthState::Disabled => verdict(false, AUTH_DISABLED, AUTH_DISABLED_MESSAGE),
+        AuthState::Pending { reason, message } => verdict(false, reason, message.clone()),
+    }
+}
+
 /// Ready means: a client can push and pull now. Node trust is reported on
 /// its own condition and does not hold Ready back.
 fn ready(obs: &Observed, cert: &Verdict, storage: &Verdict) -> Verdict {
+    let mut v = ready_ignoring_auth_mode(obs, cert, storage);
+    if v.status && obs.auth == AuthState::Disabled {
+        v.message.push_str("; ");
+        v.message.push_str(AUTH_DISABLED_MESSAGE);
+    }
+    v
+}
+
+fn ready_ignoring_auth_mode(obs: &Observed, cert: &Verdict, storage: &Verdict) -> Verdict {
     if let Some(unsupported) = &obs.unsupported {
         return verdict(false, unsupported.reason, unsupported.message.clone());
     }
@@ -215,6 +261,9 @@ fn ready(obs: &Observed, cert: &Verdict, storage: &Verdict) -> Verdict {
     }
     if !storage.status {
         return verdict(false, "StorageNotReady", storage.message.clone());
+    }
+    if let AuthState::Pending { message, .. } = &obs.auth {
+        return verdict(false, "AuthNotReady", message.clone());
     }
     match obs.workload {
         WorkloadState::ScaledToZero => {
@@ -241,11 +290,13 @@ pub fn conditions(obs: &Observed, previous: &[Condition], now: Timestamp) -> Vec
     let storage = storage(obs);
     let ready = ready(obs, &cert, &storage);
     let trust = node_trust(obs);
+    let auth = auth(obs);
     [
         (READY, ready),
         (CERTIFICATE_READY, cert),
         (STORAGE_READY, storage),
         (NODE_TRUST_READY, trust),
+        (AUTH_READY, auth),
     ]
     .into_iter()
     .map(|(type_, v)| {
@@ -305,6 +356,14 @@ pub fn status(obs: &Observed, previous: Option<&RegistryStatus>, now: Timestamp)
     }
 }
 
+/// Whether `status` says auth is off (mode None).
+pub fn auth_disabled(status: &RegistryStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == AUTH_READY && c.reason == AUTH_DISABLED)
+}
+
 /// Whether the Ready condition in `status` is True.
 pub fn is_ready(status: &RegistryStatus) -> bool {
     status
@@ -351,6 +410,7 @@ mod tests {
                 external: None,
                 node: None,
             },
+            auth: AuthState::Enabled { mode: "Kubernetes" },
         }
     }
 
@@ -374,7 +434,13 @@ mod tests {
         let types: Vec<_> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(
             types,
-            [READY, CERTIFICATE_READY, STORAGE_READY, NODE_TRUST_READY]
+            [
+                READY,
+                CERTIFICATE_READY,
+                STORAGE_READY,
+                NODE_TRUST_READY,
+                AUTH_READY
+            ]
         );
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(
@@ -551,5 +617,39 @@ mod tests {
         };
         let second = status(&obs, Some(&first), t("2026-11-24T12:05:00Z"));
         assert_eq!(second.certificate, first.certificate);
+    }
+
+    #[test]
+    fn mode_none_is_ready_but_says_anyone_can_push() {
+        let mut obs = healthy();
+        obs.auth = AuthState::Disabled;
+        let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
+        assert!(is_ready(&s));
+        assert!(
+            condition(&s.conditions, READY)
+                .message
+                .contains("anyone who can reach this registry can push")
+        );
+        let auth = condition(&s.conditions, AUTH_READY);
+        assert_eq!(
+            (auth.status.as_str(), auth.reason.as_str()),
+            ("False", AUTH_DISABLED)
+        );
+    }
+
+    #[test]
+    fn a_missing_htpasswd_secret_holds_ready_back() {
+        let mut obs = healthy();
+        obs.auth = AuthState::Pending {
+            reason: "HtpasswdSecretNotFound",
+            message: "Secret team/users does not exist".into(),
+        };
+        let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
+        assert!(!is_ready(&s));
+        assert_eq!(condition(&s.conditions, READY).reason, "AuthNotReady");
+        assert_eq!(
+            condition(&s.conditions, AUTH_READY).reason,
+            "HtpasswdSecretNotFound"
+        );
     }
 }

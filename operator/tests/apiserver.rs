@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_access::{Action, AuthConfig, Mode, Verifier};
 use berth_operator::controller::{self, Config, Context, NodeAgentRef};
 use berth_operator::crd::{Registry, RegistrySpec};
 use berth_operator::metrics::Metrics;
@@ -22,7 +23,10 @@ use berth_operator::status;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -247,6 +251,65 @@ async fn scenario(client: Client, ns: String) {
         "a retained claim has no owner reference"
     );
 
+    // Auth is on by default: the registry's account, its auth delegation
+    // binding, the config file and the token keys.
+    assert!(
+        reconciled
+            .finalizers()
+            .iter()
+            .any(|f| f == berth_operator::auth::FINALIZER),
+        "the cleanup finalizer is set"
+    );
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    let account = accounts
+        .get("hub-registry")
+        .await
+        .expect("registry account");
+    assert!(owned_by_hub(&account.metadata));
+    let pod_spec = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod spec");
+    assert_eq!(
+        pod_spec.service_account_name.as_deref(),
+        Some("hub-registry")
+    );
+    assert_eq!(pod_spec.automount_service_account_token, Some(true));
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let binding_name = format!("berth-registry:{ns}:hub");
+    let binding = bindings
+        .get(&binding_name)
+        .await
+        .expect("auth delegation binding");
+    assert_eq!(binding.role_ref.name, "system:auth-delegator");
+    let subject = &binding.subjects.clone().expect("subjects")[0];
+    assert_eq!(
+        (subject.name.as_str(), subject.namespace.as_deref()),
+        ("hub-registry", Some(ns.as_str()))
+    );
+    let auth_cm = config_maps.get("hub-auth").await.expect("auth config");
+    let auth_config: AuthConfig =
+        serde_json::from_str(&auth_cm.data.as_ref().expect("data")["config.json"])
+            .expect("the auth config parses as the registry reads it");
+    assert_eq!(auth_config.mode, Mode::Kubernetes);
+    let service = berth_access::config::service_name(&ns, "hub");
+    assert_eq!(auth_config.service, service);
+    let keys = secrets.get("hub-token-keys").await.expect("token keys");
+    assert!(owned_by_hub(&keys.metadata));
+    let keys_data = keys.data.clone().expect("data");
+    let verify_pem = keys_data["verify.pem"].0.clone();
+    let signer = berth_access::Signer::from_pem(&keys_data["signing.key"].0).expect("signing key");
+    assert_eq!(
+        Verifier::from_pem(&verify_pem).expect("verify.pem").kids(),
+        vec![signer.kid().to_owned()]
+    );
+    let auth_ready = condition(status::AUTH_READY);
+    assert_eq!(
+        (auth_ready.status.as_str(), auth_ready.reason.as_str()),
+        ("True", "Enabled")
+    );
+
     // What node agents are told, and how their reports are counted.
     let published = status.node_trust.clone().expect("status.nodeTrust");
     assert_eq!(published.upstream, format!("https://{cluster_ip}:443"));
@@ -311,6 +374,38 @@ async fn scenario(client: Client, ns: String) {
                 .get("hub-ca")
                 .await
                 .expect("cm")
+                .resource_version(),
+        );
+        v.insert(
+            "secret/token-keys",
+            secrets
+                .get("hub-token-keys")
+                .await
+                .expect("keys")
+                .resource_version(),
+        );
+        v.insert(
+            "configmap/auth",
+            config_maps
+                .get("hub-auth")
+                .await
+                .expect("auth cm")
+                .resource_version(),
+        );
+        v.insert(
+            "serviceaccount",
+            Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+                .get("hub-registry")
+                .await
+                .expect("sa")
+                .resource_version(),
+        );
+        v.insert(
+            "clusterrolebinding",
+            Api::<ClusterRoleBinding>::all(client.clone())
+                .get(&format!("berth-registry:{ns}:hub"))
+                .await
+                .expect("crb")
                 .resource_version(),
         );
         v.insert(
@@ -508,6 +603,132 @@ async fn scenario(client: Client, ns: String) {
     )
     .await;
 
+    // Pull secrets: a namespace labelled to match gets one whose robot
+    // token the registry's keys verify, for pulls of that namespace only.
+    let app_ns = format!("{ns}-app");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            &app_ns,
+            &PatchParams::apply("berth-tests"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": app_ns, "labels": {"berth-it-pull": ns}}})),
+        )
+        .await
+        .expect("app namespace");
+    registries
+        .patch(
+            "hub",
+            &PatchParams::apply("berth-tests"),
+            &Patch::Apply(registry(
+                "hub",
+                json!({"auth": {"pullSecrets": {"namespaceSelector": {"matchLabels": {"berth-it-pull": ns}}}}}),
+            )),
+        )
+        .await
+        .expect("ask for pull secrets");
+    let app_secrets: Api<Secret> = Api::namespaced(client.clone(), &app_ns);
+    let pull = eventually("a pull secret in the selected namespace", || async {
+        app_secrets.get_opt("berth-pull").await.ok().flatten()
+    })
+    .await;
+    assert_eq!(
+        pull.type_.as_deref(),
+        Some("kubernetes.io/dockerconfigjson")
+    );
+    let docker_config: serde_json::Value =
+        serde_json::from_slice(&pull.data.as_ref().expect("data")[".dockerconfigjson"].0)
+            .expect("docker config json");
+    let auths = docker_config["auths"].as_object().expect("auths");
+    assert!(
+        auths.contains_key(&format!("hub.{ns}.svc.cluster.local")),
+        "{:?}",
+        auths.keys()
+    );
+    assert!(auths.contains_key(&cluster_ip), "{:?}", auths.keys());
+    let token = auths
+        .values()
+        .next()
+        .and_then(|a| a["password"].as_str())
+        .expect("password");
+    let verify_pem = secrets
+        .get("hub-token-keys")
+        .await
+        .expect("keys")
+        .data
+        .expect("data")["verify.pem"]
+        .0
+        .clone();
+    let robot = Verifier::from_pem(&verify_pem)
+        .expect("verify.pem")
+        .verify(token, &service, &service)
+        .expect("the robot token verifies with the registry's keys");
+    assert_eq!(robot.kind, berth_access::TokenKind::Robot);
+    assert!(robot.allows(&format!("{app_ns}/x"), Action::Pull));
+    assert!(!robot.allows(&format!("{app_ns}/x"), Action::Push));
+    assert!(!robot.allows(&format!("{ns}/x"), Action::Pull));
+    // A second look keeps the token.
+    let again = Arc::new(registries.get("hub").await.expect("registry"));
+    controller::reconcile(again, ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        app_secrets
+            .get("berth-pull")
+            .await
+            .expect("pull secret")
+            .resource_version(),
+        pull.resource_version(),
+        "an unchanged pull secret is not rewritten"
+    );
+    // The namespace stops matching: its pull secret goes.
+    namespaces
+        .patch(
+            &app_ns,
+            &PatchParams::apply("berth-tests"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": app_ns, "labels": {}}})),
+        )
+        .await
+        .expect("unlabel app namespace");
+    eventually("the pull secret to go with the label", || async {
+        app_secrets
+            .get_opt("berth-pull")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // Mode None is an explicit choice, and says what it means.
+    registries
+        .patch(
+            "open",
+            &PatchParams::apply("berth-tests"),
+            &Patch::Apply(registry("open", json!({"auth": {"mode": "None"}}))),
+        )
+        .await
+        .expect("apply open Registry");
+    eventually("mode None to be reported on AuthReady", || async {
+        let s = registries.get("open").await.ok()?.status?;
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == status::AUTH_READY && c.reason == status::AUTH_DISABLED)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        bindings
+            .get_opt(&format!("berth-registry:{ns}:open"))
+            .await
+            .expect("lookup")
+            .is_none(),
+        "mode None needs no auth delegation"
+    );
+    registries
+        .delete("open", &DeleteParams::default())
+        .await
+        .expect("delete open");
+
     // Deletion: owned children go with the Registry, the data volume stays.
     registries
         .delete("hub", &DeleteParams::foreground())
@@ -539,7 +760,28 @@ async fn scenario(client: Client, ns: String) {
             .is_some(),
         "Retain keeps the data volume"
     );
+    eventually("the auth delegation binding to be removed", || async {
+        bindings
+            .get_opt(&binding_name)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("the open Registry to be gone", || async {
+        registries
+            .get_opt("open")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
     running.stop().await;
+    let _ = namespaces
+        .delete(&app_ns, &DeleteParams::background())
+        .await;
 }
 
 /// Write the report Lease a node agent on node `it-node` would write,

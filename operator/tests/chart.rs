@@ -355,3 +355,138 @@ fn the_node_agent_follows_the_runtime_paths_of_other_distributions() {
         .expect("run helm");
     assert!(!refused.status.success(), "a relative host path is refused");
 }
+
+#[test]
+fn the_chart_ships_registry_roles_aggregated_into_view_edit_and_admin() {
+    let Some(helm) = helm() else {
+        eprintln!("skipped: no helm binary (e2e/tools/install provides one)");
+        return;
+    };
+    let docs = rendered(&helm);
+    for (name, aggregate_to, verbs) in [
+        ("berth-registry-pull", "view", "get,list"),
+        ("berth-registry-push", "edit", "get,list,create,update"),
+        (
+            "berth-registry-admin",
+            "admin",
+            "get,list,create,update,delete",
+        ),
+    ] {
+        let role = find(&docs, "ClusterRole", name);
+        assert_eq!(
+            role["metadata"]["labels"]
+                [format!("rbac.authorization.k8s.io/aggregate-to-{aggregate_to}")],
+            "true",
+            "{name}"
+        );
+        assert_eq!(
+            rules(role),
+            [format!("berth.dev|repositories|{verbs}|")],
+            "{name}"
+        );
+    }
+    // The operator may bind system:auth-delegator and no other role.
+    let operator = rules(find(&docs, "ClusterRole", "berth"));
+    assert!(
+        operator.contains(
+            &"rbac.authorization.k8s.io|clusterroles|bind|system:auth-delegator".to_owned()
+        ),
+        "{operator:?}"
+    );
+    assert!(
+        !operator
+            .iter()
+            .any(|r| r.contains("tokenreviews") || r.contains("subjectaccessreviews")),
+        "the operator never reviews tokens itself: {operator:?}"
+    );
+    let off = rendered_with(&helm, &["registryRoles.create=false"]);
+    assert!(
+        !off.iter()
+            .any(|d| d["metadata"]["name"] == "berth-registry-pull"),
+        "registryRoles.create=false ships no registry roles"
+    );
+}
+
+#[test]
+fn the_credential_provider_is_off_by_default_and_mounts_only_its_directories_when_on() {
+    let Some(helm) = helm() else {
+        eprintln!("skipped: no helm binary");
+        return;
+    };
+    let off = rendered(&helm);
+    assert!(
+        off.iter()
+            .all(|d| d["metadata"]["name"] != "berth-credential-provider"),
+        "no credential provider RBAC by default"
+    );
+
+    let bin_dir = "/usr/libexec/kubernetes/kubelet-plugins/credential-provider/exec";
+    let on = rendered_with(
+        &helm,
+        &[
+            "credentialProvider.enabled=true",
+            "credentialProvider.configPath=/etc/kubernetes/credential-providers/berth.json",
+            "credentialProvider.matchImages={hub.example.com,*.*.svc.cluster.local:5000}",
+        ],
+    );
+    let pod = &find(&on, "DaemonSet", "berth-node-agent")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for wanted in [
+        format!("--credential-provider-bin-dir={bin_dir}"),
+        "--credential-provider-config=/etc/kubernetes/credential-providers/berth.json".into(),
+        "--credential-provider-match-images=hub.example.com,*.*.svc.cluster.local:5000".into(),
+        "--cluster-domain=cluster.local".into(),
+    ] {
+        assert!(args.contains(&wanted.as_str()), "{wanted} not in {args:?}");
+    }
+    // The same hardening, and only the plugin dir and the config's dir added.
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["capabilities"],
+        serde_json::json!({"drop": ["ALL"]})
+    );
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    assert_eq!(volumes.len(), 4, "{volumes:?}");
+    assert!(volumes.contains(&serde_json::json!(
+        {"name": "credential-provider-bin", "hostPath": {"path": bin_dir, "type": "DirectoryOrCreate"}}
+    )));
+    assert!(volumes.contains(&serde_json::json!(
+        {"name": "credential-provider-config", "hostPath": {"path": "/etc/kubernetes/credential-providers", "type": "DirectoryOrCreate"}}
+    )));
+    let mounts = container["volumeMounts"].as_array().expect("mounts");
+    assert!(mounts.contains(&serde_json::json!(
+        {"name": "credential-provider-bin", "mountPath": format!("/host{bin_dir}")}
+    )));
+
+    // The kubelets may ask for pod tokens of audience berth.dev, nothing more.
+    assert_eq!(
+        rules(find(&on, "ClusterRole", "berth-credential-provider")),
+        ["|berth.dev|request-serviceaccounts-token-audience|"]
+    );
+    let binding = find(&on, "ClusterRoleBinding", "berth-credential-provider");
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}])
+    );
+
+    // Without configPath the agent installs the binary only.
+    let bin_only = rendered_with(&helm, &["credentialProvider.enabled=true"]);
+    let pod = &find(&bin_only, "DaemonSet", "berth-node-agent")["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"].as_array().expect("volumes").len(), 3);
+    assert!(
+        pod["containers"][0]["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .all(|a| !a
+                .as_str()
+                .unwrap_or("")
+                .starts_with("--credential-provider-config")),
+    );
+}

@@ -180,7 +180,84 @@ fn a_node_port_on_a_cluster_ip_service_is_refused() {
 fn htpasswd_auth_without_a_secret_is_refused() {
     assert_refused(
         json!({"auth": {"mode": "Htpasswd"}}),
-        "needs auth.secretName",
+        "needs auth.htpasswd.secretName",
+    );
+}
+
+#[test]
+fn a_full_htpasswd_spec_is_accepted() {
+    let spec = json!({"auth": {
+        "mode": "Htpasswd",
+        "htpasswd": {"secretName": "users"},
+        "policy": {
+            "groups": {"devs": ["bob"]},
+            "rules": [{"repositories": "team/*", "users": ["alice"], "groups": ["devs"], "actions": ["pull", "push"]}],
+            "authenticated": ["pull"]
+        },
+        "anonymousPull": ["public/*"],
+        "tokenTTL": "10m",
+        "pullSecrets": {"namespaceSelector": {"matchLabels": {"berth.dev/pull": "true"}}}
+    }});
+    assert_eq!(refusals(spec), Vec::<String>::new());
+}
+
+#[test]
+fn a_kubernetes_spec_with_pull_secrets_is_accepted() {
+    let spec = json!({"auth": {
+        "kubernetes": {"sameNamespacePull": false},
+        "anonymousPull": ["public/*"],
+        "pullSecrets": {"namespaceSelector": {}, "addToDefaultServiceAccount": true}
+    }});
+    assert_eq!(refusals(spec), Vec::<String>::new());
+}
+
+#[test]
+fn settings_of_another_auth_mode_are_refused() {
+    assert_refused(
+        json!({"auth": {"mode": "Kubernetes", "htpasswd": {"secretName": "users"}}}),
+        "auth.htpasswd is only used when auth.mode is Htpasswd",
+    );
+    assert_refused(
+        json!({"auth": {"policy": {"authenticated": ["pull"]}}}),
+        "auth.policy is only used when auth.mode is Htpasswd",
+    );
+    assert_refused(
+        json!({"auth": {"mode": "Htpasswd", "htpasswd": {"secretName": "u"}, "kubernetes": {}}}),
+        "auth.kubernetes is only used when auth.mode is Kubernetes",
+    );
+}
+
+#[test]
+fn pull_secrets_and_anonymous_pull_make_no_sense_without_auth() {
+    assert_refused(
+        json!({"auth": {"mode": "None", "pullSecrets": {"namespaceSelector": {}}}}),
+        "auth.pullSecrets needs auth.mode Kubernetes or Htpasswd",
+    );
+    assert_refused(
+        json!({"auth": {"mode": "None", "anonymousPull": ["*"]}}),
+        "auth.anonymousPull needs auth.mode Kubernetes or Htpasswd",
+    );
+    assert_eq!(
+        refusals(json!({"auth": {"mode": "None"}})),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_policy_rule_must_name_someone() {
+    assert_refused(
+        json!({"auth": {"mode": "Htpasswd", "htpasswd": {"secretName": "u"}, "policy": {"rules": [{"repositories": "team/*", "actions": ["pull"]}]}}}),
+        "names at least one user or group",
+    );
+}
+
+#[test]
+fn the_token_ttl_is_bounded() {
+    assert_refused(json!({"auth": {"tokenTTL": "10s"}}), "between 1m and 24h");
+    assert_refused(json!({"auth": {"tokenTTL": "48h"}}), "between 1m and 24h");
+    assert_eq!(
+        refusals(json!({"auth": {"tokenTTL": "1h"}})),
+        Vec::<String>::new()
     );
 }
 
@@ -258,10 +335,14 @@ fn crd_schema_shape() {
         json!(65535.0)
     );
     assert_eq!(spec["nodeTrust"]["default"], json!({"enabled": true}));
-    assert_eq!(spec["auth"]["default"], json!({"mode": "None"}));
+    assert_eq!(spec["auth"]["default"], json!({"mode": "Kubernetes"}));
     assert_eq!(
         spec["auth"]["properties"]["mode"]["enum"],
-        json!(["None", "Htpasswd", "Kubernetes"])
+        json!(["Kubernetes", "Htpasswd", "None"])
+    );
+    assert_eq!(
+        spec["auth"]["properties"]["policy"]["properties"]["authenticated"]["items"]["enum"],
+        json!(["pull", "push", "delete"])
     );
     assert!(spec["tls"]["properties"]["duration"]["pattern"].is_string());
     assert!(spec["ingress"]["properties"]["host"]["pattern"].is_string());

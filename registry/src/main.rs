@@ -29,6 +29,19 @@ struct Cli {
 enum Command {
     /// Serve the registry API.
     Serve(Serve),
+    /// Write a new token key pair into a directory (signing.key, verify.pem),
+    /// as the operator keeps them: for running with --auth-config by hand.
+    Keygen {
+        /// The keys directory (created if missing); existing files are kept.
+        dir: PathBuf,
+    },
+    /// Print an htpasswd line (bcrypt) for USER, the password read from stdin.
+    Htpasswd {
+        user: String,
+        /// bcrypt cost (4..=31).
+        #[arg(long, default_value_t = 10)]
+        cost: u32,
+    },
 }
 
 #[derive(clap::Args)]
@@ -79,6 +92,11 @@ struct Serve {
     /// they fail (a full volume) and recovers when they succeed.
     #[arg(long, env = "BERTH_STORAGE_PROBE_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     storage_probe_secs: u64,
+    /// The auth config file (JSON, written by the operator): mode Htpasswd or
+    /// Kubernetes, the token keys directory, the access policy. Without it
+    /// anyone who reaches the registry may push and delete.
+    #[arg(long, env = "BERTH_AUTH_CONFIG")]
+    auth_config: Option<PathBuf>,
     /// Log format: "text" for people, "json" for log collectors.
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -86,7 +104,11 @@ struct Serve {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Keygen { dir } => return keygen(&dir),
+        Command::Htpasswd { user, cost } => return htpasswd_line(&user, cost),
+    };
     if let Some(n) = args.sendfile_after {
         berth_registry::zero_copy::set_sendfile_after(n);
     }
@@ -160,6 +182,28 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    let auth = match &args.auth_config {
+        Some(path) => {
+            let text = std::fs::read(path)
+                .with_context(|| format!("cannot read the auth config {}", path.display()))?;
+            let config: berth_access::AuthConfig = serde_json::from_slice(&text).with_context(|| {
+                format!(
+                    "the auth config {} is not a valid berth auth config (JSON: mode, service, keysDir, ...)",
+                    path.display()
+                )
+            })?;
+            berth_registry::auth::Auth::start(config)
+                .await
+                .with_context(|| format!("cannot start auth from {}", path.display()))?
+        }
+        None => None,
+    };
+    match &auth {
+        Some(a) => tracing::info!(mode = a.mode(), service = a.service(), "auth on"),
+        None => tracing::warn!(
+            "auth is off: anyone who reaches this registry can push, overwrite and delete images (give --auth-config to require logins)"
+        ),
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}; is the port free?", args.listen))?;
@@ -201,8 +245,42 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         store.clone(),
         std::time::Duration::from_secs(args.storage_probe_secs),
     ));
-    let app = berth_registry::router_with(store, &limits);
+    let app = berth_registry::router_full(store, auth, &limits);
     berth_registry::server::serve_with(listener, app, tls, &limits, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn keygen(dir: &std::path::Path) -> anyhow::Result<()> {
+    use berth_access::keys::{SIGNING_KEY_FILE, VERIFY_KEYS_FILE};
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (private, public) = berth_access::keys::generate()?;
+    for (name, text) in [(SIGNING_KEY_FILE, private), (VERIFY_KEYS_FILE, public)] {
+        let path = dir.join(name);
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create {} (is it already there?)", path.display()))?;
+        f.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn htpasswd_line(user: &str, cost: u32) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    anyhow::ensure!(
+        !user.is_empty() && !user.contains(':'),
+        "a user name must be non-empty and hold no ':'"
+    );
+    let mut password = String::new();
+    std::io::stdin().lock().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "no password on stdin");
+    let hash = bcrypt::hash(password, cost).context("cannot hash the password")?;
+    writeln!(std::io::stdout(), "{user}:{hash}")?;
     Ok(())
 }
 

@@ -34,6 +34,12 @@ struct RouteLabels {
     method: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    mode: &'static str,
+    outcome: &'static str,
+}
+
 struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -47,6 +53,7 @@ struct Metrics {
     connection_waits: Counter,
     timeouts: Family<KindLabels, Counter>,
     refusals: Family<KindLabels, Counter>,
+    auth: Family<AuthLabels, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -119,7 +126,14 @@ fn metrics() -> &'static Metrics {
             "Requests refused by a limit (kind: upload_busy, uri_too_long, headers_too_large, upload_buffer_budget)",
             refusals.clone(),
         );
+        let auth = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_decisions",
+            "Auth outcomes by mode: granted, denied, unauthorized, rate_limited, unavailable, token_issued",
+            auth.clone(),
+        );
         Metrics {
+            auth,
             registry,
             storage_full,
             connections_open,
@@ -204,6 +218,14 @@ pub fn refusal(kind: &'static str) {
 /// An upload got a small write buffer: the buffer budget was spent.
 pub fn upload_buffer_budget_spent() {
     refusal("upload_buffer_budget");
+}
+
+/// One auth outcome (never a user or token label: those are unbounded and secret).
+pub fn auth(mode: &'static str, outcome: &'static str) {
+    metrics()
+        .auth
+        .get_or_create(&AuthLabels { mode, outcome })
+        .inc();
 }
 
 /// The text exposition format.

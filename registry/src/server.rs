@@ -27,6 +27,15 @@ use crate::zero_copy;
 /// head hyper accepts; the application's own limit is lower).
 const READ_BUFFER: usize = 128 << 10;
 
+/// What the router learns of a request's connection (a request extension):
+/// the peer address (login throttling) and whether it came over TLS (the
+/// scheme of the token realm).
+#[derive(Clone, Copy, Debug)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
 /// How long open transfers may finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(25);
 
@@ -111,7 +120,11 @@ pub async fn serve_with(
                 });
             }
             Some(acceptor) => {
-                let service = TowerToHyperService::new(app.clone());
+                let app = app.clone().map_request(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(Connection { peer, tls: true });
+                    req
+                });
+                let service = TowerToHyperService::new(app);
                 let acceptor = acceptor.clone();
                 let (h1, h2) = (h1.clone(), h2.clone());
                 let watcher = graceful.watcher();
@@ -167,6 +180,7 @@ async fn serve_plain(
         if req.version() <= Version::HTTP_11 {
             req.extensions_mut().insert(regions.clone());
         }
+        req.extensions_mut().insert(Connection { peer, tls: false });
         req
     });
     let service = TowerToHyperService::new(app);

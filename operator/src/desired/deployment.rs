@@ -12,16 +12,17 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::crd::Registry;
-use crate::desired::{labels, owner};
+use crate::crd::{AuthMode, Registry};
+use crate::desired::{auth, labels, owner};
 use crate::names::Names;
 
 /// The port the registry listens on inside the pod (unprivileged).
@@ -29,6 +30,10 @@ pub const CONTAINER_PORT: i32 = 5443;
 pub const PORT_NAME: &str = "https";
 pub const DATA_DIR: &str = "/var/lib/registry";
 pub const TLS_DIR: &str = "/etc/berth/tls";
+/// The pod template annotation holding the auth config's hash: a changed
+/// config rolls the pods; rotated keys and edited users do not (the
+/// registry re-reads those files).
+pub const AUTH_CONFIG_HASH: &str = "berth.dev/auth-config";
 /// The nonroot uid/gid of distroless images.
 pub const RUN_AS: i64 = 65532;
 
@@ -48,6 +53,13 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
         "--tls-key".to_owned(),
         format!("{TLS_DIR}/tls.key"),
     ];
+    let auth_config = auth::auth_config(registry, names);
+    let auth_args = auth_config.as_ref().map(|_| {
+        [
+            "--auth-config".to_owned(),
+            format!("{}/{}", auth::AUTH_DIR, auth::CONFIG_FILE),
+        ]
+    });
     let args = ["serve", "--listen"]
         .into_iter()
         .map(String::from)
@@ -57,7 +69,12 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
             DATA_DIR.to_owned(),
         ])
         .chain(tls_args)
+        .chain(auth_args.into_iter().flatten())
         .collect();
+    let (auth_mounts, auth_volumes) = auth_volumes(registry, names, auth_config.is_some());
+    let template_annotations = auth_config
+        .as_ref()
+        .map(|c| BTreeMap::from([(AUTH_CONFIG_HASH.to_owned(), auth::config_hash(c))]));
 
     let container = Container {
         name: "registry".to_owned(),
@@ -87,24 +104,29 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
             seccomp_profile: Some(runtime_default()),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "data".into(),
-                mount_path: DATA_DIR.into(),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "tls".into(),
-                mount_path: TLS_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(
+            [
+                VolumeMount {
+                    name: "data".into(),
+                    mount_path: DATA_DIR.into(),
+                    ..VolumeMount::default()
+                },
+                VolumeMount {
+                    name: "tls".into(),
+                    mount_path: TLS_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+                VolumeMount {
+                    name: "tmp".into(),
+                    mount_path: "/tmp".into(),
+                    ..VolumeMount::default()
+                },
+            ]
+            .into_iter()
+            .chain(auth_mounts)
+            .collect(),
+        ),
         ..Container::default()
     };
 
@@ -124,12 +146,15 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels::labels(names)),
+                    annotations: template_annotations,
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
-                    // The registry never calls the Kubernetes API.
-                    automount_service_account_token: Some(false),
+                    service_account_name: Some(names.service_account()),
+                    // Only Kubernetes mode calls the Kubernetes API
+                    // (TokenReview, SubjectAccessReview).
+                    automount_service_account_token: Some(spec.auth.mode == AuthMode::Kubernetes),
                     enable_service_links: Some(false),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
@@ -141,33 +166,38 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                         seccomp_profile: Some(runtime_default()),
                         ..PodSecurityContext::default()
                     }),
-                    volumes: Some(vec![
-                        Volume {
-                            name: "data".into(),
-                            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                                claim_name: names.data_claim(),
-                                read_only: None,
-                            }),
-                            ..Volume::default()
-                        },
-                        Volume {
-                            name: "tls".into(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(names.serving_secret(spec)),
-                                default_mode: Some(0o440),
-                                ..SecretVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                        Volume {
-                            name: "tmp".into(),
-                            empty_dir: Some(EmptyDirVolumeSource {
-                                size_limit: Some(Quantity("1Gi".into())),
-                                medium: None,
-                            }),
-                            ..Volume::default()
-                        },
-                    ]),
+                    volumes: Some(
+                        [
+                            Volume {
+                                name: "data".into(),
+                                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                                    claim_name: names.data_claim(),
+                                    read_only: None,
+                                }),
+                                ..Volume::default()
+                            },
+                            Volume {
+                                name: "tls".into(),
+                                secret: Some(SecretVolumeSource {
+                                    secret_name: Some(names.serving_secret(spec)),
+                                    default_mode: Some(0o440),
+                                    ..SecretVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            },
+                            Volume {
+                                name: "tmp".into(),
+                                empty_dir: Some(EmptyDirVolumeSource {
+                                    size_limit: Some(Quantity("1Gi".into())),
+                                    medium: None,
+                                }),
+                                ..Volume::default()
+                            },
+                        ]
+                        .into_iter()
+                        .chain(auth_volumes)
+                        .collect(),
+                    ),
                     ..PodSpec::default()
                 }),
             },
@@ -175,6 +205,65 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
         }),
         status: None,
     }
+}
+
+/// The auth ConfigMap, the token keys and (Htpasswd mode) the user's
+/// htpasswd Secret, read-only; nothing when auth is off.
+fn auth_volumes(
+    registry: &Registry,
+    names: &Names,
+    enabled: bool,
+) -> (Vec<VolumeMount>, Vec<Volume>) {
+    if !enabled {
+        return (Vec::new(), Vec::new());
+    }
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    let secret = |name: &str, secret_name: String, items: Option<Vec<KeyToPath>>| Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret_name),
+            default_mode: Some(0o440),
+            items,
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let mut mounts = vec![
+        mount("auth", auth::AUTH_DIR),
+        mount("token-keys", auth::KEYS_DIR),
+    ];
+    let mut volumes = vec![
+        Volume {
+            name: "auth".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.auth_config_map(),
+                default_mode: Some(0o444),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        secret("token-keys", names.token_keys_secret(), None),
+    ];
+    if let (AuthMode::Htpasswd, Some(htpasswd)) =
+        (registry.spec.auth.mode, &registry.spec.auth.htpasswd)
+    {
+        mounts.push(mount("htpasswd", auth::HTPASSWD_DIR));
+        volumes.push(secret(
+            "htpasswd",
+            htpasswd.secret_name.clone(),
+            Some(vec![KeyToPath {
+                key: auth::HTPASSWD_KEY.into(),
+                path: auth::HTPASSWD_KEY.into(),
+                mode: None,
+            }]),
+        ));
+    }
+    (mounts, volumes)
 }
 
 /// `GET /healthz` over HTTPS (the kubelet does not verify the certificate).
@@ -241,9 +330,112 @@ mod tests {
         &pod(d).containers[0]
     }
 
+    fn no_auth() -> Registry {
+        fixtures::registry_with(|s| s.auth.mode = AuthMode::None)
+    }
+
+    fn volume<'a>(d: &'a Deployment, name: &str) -> Option<&'a Volume> {
+        pod(d).volumes.as_ref()?.iter().find(|v| v.name == name)
+    }
+
+    fn mount_path(d: &Deployment, name: &str) -> Option<String> {
+        container(d)
+            .volume_mounts
+            .as_ref()?
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.mount_path.clone())
+    }
+
+    #[test]
+    fn kubernetes_mode_mounts_the_auth_config_and_keys_and_the_account_token() {
+        let d = build(&fixtures::registry());
+        let args = container(&d).args.clone().expect("args");
+        assert_eq!(
+            args[args.len() - 2..],
+            ["--auth-config", "/etc/berth/auth/config.json"]
+        );
+        assert_eq!(
+            pod(&d).service_account_name.as_deref(),
+            Some("hub-registry")
+        );
+        assert_eq!(pod(&d).automount_service_account_token, Some(true));
+        assert_eq!(
+            volume(&d, "auth")
+                .and_then(|v| v.config_map.as_ref())
+                .map(|c| c.name.as_str()),
+            Some("hub-auth")
+        );
+        assert_eq!(
+            volume(&d, "token-keys")
+                .and_then(|v| v.secret.as_ref())
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("hub-token-keys")
+        );
+        assert_eq!(mount_path(&d, "auth").as_deref(), Some("/etc/berth/auth"));
+        assert_eq!(
+            mount_path(&d, "token-keys").as_deref(),
+            Some("/etc/berth/token-keys")
+        );
+        assert!(volume(&d, "htpasswd").is_none());
+        let annotations = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .expect("annotations");
+        assert!(annotations[AUTH_CONFIG_HASH].starts_with("sha256:"));
+    }
+
+    #[test]
+    fn htpasswd_mode_mounts_the_users_and_no_account_token() {
+        let r = fixtures::registry_with(|s| {
+            s.auth.mode = AuthMode::Htpasswd;
+            s.auth.htpasswd = Some(crate::crd::HtpasswdAuth {
+                secret_name: "users".into(),
+            });
+        });
+        let d = build(&r);
+        assert_eq!(pod(&d).automount_service_account_token, Some(false));
+        let secret = volume(&d, "htpasswd")
+            .and_then(|v| v.secret.clone())
+            .expect("htpasswd volume");
+        assert_eq!(secret.secret_name.as_deref(), Some("users"));
+        assert_eq!(secret.items.expect("items")[0].key.as_str(), "htpasswd");
+        assert_eq!(
+            mount_path(&d, "htpasswd").as_deref(),
+            Some("/etc/berth/htpasswd")
+        );
+    }
+
+    #[test]
+    fn a_config_change_changes_the_pod_template_and_an_unchanged_one_does_not() {
+        let hash = |r: &Registry| {
+            build(r)
+                .spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations)
+                .map(|a| a[AUTH_CONFIG_HASH].clone())
+        };
+        let base = hash(&fixtures::registry());
+        assert_eq!(base, hash(&fixtures::registry()));
+        let changed = fixtures::registry_with(|s| s.auth.anonymous_pull = vec!["public/*".into()]);
+        assert_ne!(base, hash(&changed));
+        assert_eq!(hash(&no_auth()), None);
+    }
+
+    #[test]
+    fn mode_none_runs_without_auth_as_before() {
+        let d = build(&no_auth());
+        let args = container(&d).args.clone().expect("args");
+        assert!(!args.contains(&"--auth-config".to_owned()));
+        assert!(volume(&d, "auth").is_none() && volume(&d, "token-keys").is_none());
+        assert_eq!(pod(&d).automount_service_account_token, Some(false));
+    }
+
     #[test]
     fn the_registry_serves_tls_on_5443_from_the_mounted_secret() {
-        let d = build(&fixtures::registry());
+        let d = build(&no_auth());
         let args = container(&d).args.clone().expect("args");
         assert_eq!(
             args,
@@ -326,7 +518,6 @@ mod tests {
             sc.seccomp_profile.map(|p| p.type_),
             Some("RuntimeDefault".to_owned())
         );
-        assert_eq!(pod(&d).automount_service_account_token, Some(false));
         assert_eq!(
             pod(&d).security_context.as_ref().and_then(|p| p.fs_group),
             Some(65532)

@@ -14,6 +14,11 @@ pub const MANAGED_BY: &str = "berth-operator";
 /// owner reference (a retained data volume).
 pub const REGISTRY_LABEL: &str = "berth.dev/registry";
 
+/// The namespace of the owning Registry, on children outside its namespace
+/// (a pull secret in a team's namespace, a ClusterRoleBinding), which have
+/// no owner reference and cannot be found by their own namespace.
+pub const REGISTRY_NAMESPACE_LABEL: &str = "berth.dev/registry-namespace";
+
 /// Labels for the pods' selector and the Service's selector.
 pub fn selector(names: &Names) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -34,6 +39,13 @@ pub fn labels(names: &Names) -> BTreeMap<String, String> {
         MANAGED_BY.to_owned(),
     );
     labels.insert(REGISTRY_LABEL.to_owned(), names.name.clone());
+    labels
+}
+
+/// Labels for a child outside the Registry's namespace.
+pub fn cross_namespace_labels(names: &Names) -> BTreeMap<String, String> {
+    let mut labels = labels(names);
+    labels.insert(REGISTRY_NAMESPACE_LABEL.to_owned(), names.namespace.clone());
     labels
 }
 

@@ -7,17 +7,20 @@
 //! the same input (no timestamps, no random names): applying it twice
 //! changes nothing.
 
+pub mod auth;
 pub mod ca_bundle;
 pub mod certificate;
 pub mod deployment;
 pub mod ingress;
 pub mod labels;
 pub mod owner;
+pub mod pull_secret;
 pub mod pvc;
 pub mod service;
 pub mod tls;
+pub mod token_keys;
 
-use crate::crd::{AuthMode, RegistrySpec};
+use crate::crd::RegistrySpec;
 
 /// The registry image this operator was built and tested with.
 pub fn default_image() -> String {
@@ -45,22 +48,13 @@ pub fn unsupported(spec: &RegistrySpec) -> Option<Unsupported> {
             storage: true,
         });
     }
-    match spec.auth.mode {
-        AuthMode::None => None,
-        mode => Some(Unsupported {
-            reason: "AuthModeUnsupported",
-            message: format!(
-                "auth.mode {mode:?} is not served by this version of berth-registry yet; no registry pods are started rather than serve without authentication"
-            ),
-            storage: false,
-        }),
-    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{S3Storage, SecretName};
+    use crate::crd::{AuthMode, S3Storage, SecretName};
 
     #[test]
     fn the_default_spec_is_fully_supported() {
@@ -83,13 +77,12 @@ mod tests {
     }
 
     #[test]
-    fn auth_modes_other_than_none_are_reported_as_unsupported() {
-        let mut spec = RegistrySpec::default();
-        spec.auth.mode = AuthMode::Kubernetes;
-        assert_eq!(
-            unsupported(&spec).map(|u| u.reason),
-            Some("AuthModeUnsupported")
-        );
+    fn every_auth_mode_is_served() {
+        for mode in [AuthMode::Kubernetes, AuthMode::Htpasswd, AuthMode::None] {
+            let mut spec = RegistrySpec::default();
+            spec.auth.mode = mode;
+            assert_eq!(unsupported(&spec), None, "{mode:?}");
+        }
     }
 
     #[test]

@@ -9,7 +9,12 @@
 //! Registries and its own Node, and to write its own Lease; everything it
 //! writes on the node comes from `status.nodeTrust`, which the operator
 //! publishes, so it reads no Secrets, ConfigMaps or Services.
+//!
+//! When the chart enables it, each pass also keeps berth's image credential
+//! provider installed in the kubelet's plugin directory
+//! ([`credential_plugin`]).
 
+pub mod credential_plugin;
 pub mod desired;
 pub mod hosts_toml;
 pub mod layout;
@@ -30,6 +35,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::crd::Registry;
+use credential_plugin::{Installer, PluginInstall};
 use layout::Layout;
 use report::NodeReport;
 
@@ -46,6 +52,8 @@ pub struct AgentConfig {
     pub report_namespace: Option<String>,
     /// A pass at least this often, to put back files removed on the host.
     pub resync: Duration,
+    /// Install berth's image credential provider on this node; `None`: off.
+    pub credential_plugin: Option<PluginInstall>,
 }
 
 /// What this node knows about itself.
@@ -62,6 +70,8 @@ struct Memory {
     /// The report last written, with the Node uid its Lease is owned by.
     reported: Option<(NodeReport, Option<String>)>,
     problems: BTreeSet<String>,
+    /// Shared with the blocking task that copies files.
+    installer: Option<Arc<std::sync::Mutex<Installer>>>,
 }
 
 /// Run until `shutdown` resolves.
@@ -91,6 +101,27 @@ pub async fn run(
         }))
     };
 
+    // The credential provider does not depend on any Registry: install it
+    // before the first list, which waits for the CRD.
+    let mut memory = Memory {
+        installer: config
+            .credential_plugin
+            .clone()
+            .map(|install| Arc::new(std::sync::Mutex::new(Installer::new(install)))),
+        ..Memory::default()
+    };
+    if let Some(install) = &config.credential_plugin {
+        tracing::info!(
+            bin_dir = %install.bin_dir.host.display(),
+            config = install.config.as_ref().map(|(path, _)| path.host.display().to_string()).unwrap_or_default(),
+            "installing the image credential provider"
+        );
+        if let Some(problem) = install_plugin(memory.installer.clone()).await {
+            tracing::error!(problem = %problem, "node trust");
+            memory.problems.insert(problem);
+        }
+    }
+
     tokio::pin!(shutdown);
     tokio::select! {
         ready = reader.wait_until_ready() => ready?,
@@ -102,7 +133,6 @@ pub async fn run(
         "node agent started"
     );
 
-    let mut memory = Memory::default();
     loop {
         let registries: Vec<Registry> = reader.state().iter().map(|r| (**r).clone()).collect();
         pass(&client, &config, registries, &mut memory).await;
@@ -133,6 +163,37 @@ async fn node_facts(client: &Client, name: &str) -> NodeFacts {
             tracing::warn!(node = name, error = %e, "reading this node's labels failed; Registries with a nodeSelector wait");
             NodeFacts::default()
         }
+    }
+}
+
+/// Keep the credential provider installed; a problem to report, if any.
+async fn install_plugin(installer: Option<Arc<std::sync::Mutex<Installer>>>) -> Option<String> {
+    let installer = installer?;
+    let done = tokio::task::spawn_blocking(move || {
+        let mut installer = installer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let result = installer.sync();
+        (installer.install().bin_dir.host.clone(), result)
+    })
+    .await;
+    match done {
+        Ok((_, Ok(installed))) => {
+            if installed.binary_written {
+                tracing::info!(
+                    plugin = credential_plugin::PLUGIN_NAME,
+                    "installed the image credential provider"
+                );
+            }
+            if installed.config_written {
+                tracing::info!(
+                    "wrote the kubelet's credential provider config (the kubelet reads it when it starts)"
+                );
+            }
+            None
+        }
+        Ok((bin_dir, Err(e))) => Some(format!("credential provider in {}: {e}", bin_dir.display())),
+        Err(e) => Some(format!("credential provider: the installer stopped: {e}")),
     }
 }
 
@@ -170,6 +231,9 @@ async fn pass(
         }
     }
     problems.extend(outcome.warnings.iter().cloned());
+    if let Some(problem) = install_plugin(memory.installer.clone()).await {
+        problems.insert(problem);
+    }
     for problem in problems.difference(&memory.problems) {
         tracing::error!(problem = %problem, "node trust");
     }

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use crate::storage::Store;
 
 pub async fn get(store: &Arc<Store>, ctx: &Ctx) -> Result<Response> {
-    let repos = store.repositories().await?;
+    let mut repos = store.repositories().await?;
+    if let Some(caller) = &ctx.caller {
+        repos = caller.visible(repos).await;
+    }
     let (page, link) = paginate(repos, &ctx.query, "/v2/_catalog")?;
     let body = serde_json::json!({ "repositories": page }).to_string();
     let mut resp = (

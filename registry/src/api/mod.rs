@@ -154,6 +154,9 @@ pub struct Ctx {
     pub zero_copy: Option<crate::zero_copy::Regions>,
     /// A request body silent for this long is cut off.
     pub body_timeout: std::time::Duration,
+    /// Who is asking, when auth is on (the catalog shows only what they
+    /// may pull).
+    pub caller: Option<crate::auth::Caller>,
 }
 
 impl Ctx {
@@ -186,19 +189,41 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let method = req.method().clone();
     let endpoint = parse(req.uri().path());
     let route = endpoint.as_ref().map(Endpoint::route).unwrap_or("unknown");
-    let query = Query::from_request(&req);
+    let mut query = Query::from_request(&req);
     let (mut parts, body) = req.into_parts();
     let zero_copy = parts.extensions.remove::<crate::zero_copy::Regions>();
+    // Auth decides here, once: handlers receive only authorised requests.
+    let caller = match (&state.auth, &endpoint) {
+        (Some(auth), Ok(e)) => {
+            let conn = parts.extensions.get::<crate::server::Connection>();
+            let mount_from = query.get("mount").and(query.get("from"));
+            match auth
+                .authorize(&method, e, &parts.uri, &parts.headers, conn, mount_from)
+                .await
+            {
+                Ok(caller) => {
+                    if !caller.may_mount {
+                        // Not allowed to read the source: a plain upload.
+                        query.0.retain(|(k, _)| k != "mount");
+                    }
+                    Ok(Some(caller))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        _ => Ok(None),
+    };
     let ctx = Ctx {
         method: parts.method,
         headers: parts.headers,
         query,
         zero_copy,
         body_timeout: state.body_timeout,
+        caller: caller.as_ref().ok().cloned().flatten(),
     };
-    let result = match endpoint {
-        Ok(e) => dispatch(&state, e, ctx, body).await,
-        Err(e) => Err(e),
+    let result = match (endpoint, caller) {
+        (Ok(e), Ok(_)) => dispatch(&state, e, ctx, body).await,
+        (Err(e), _) | (_, Err(e)) => Err(e),
     };
     let mut resp = match result {
         Ok(r) => r,
