@@ -270,7 +270,8 @@ fn within_limits(req: &Request) -> Result<()> {
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
-    if head > limits.max_header_bytes {
+    // Auth decides first on oversized credentials (401, as it expects).
+    if head > limits.max_header_bytes && !req.headers().contains_key(header::AUTHORIZATION) {
         crate::metrics::refusal("headers_too_large");
         return Err(Error::new(
             Code::Unsupported,
