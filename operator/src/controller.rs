@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -497,7 +497,7 @@ async fn self_signed(
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &names.namespace);
     let policy = CertPolicy::from_tls(&registry.spec.tls)?;
 
-    let stored = secrets
+    let mut stored = secrets
         .get_opt(&names.ca_secret())
         .await
         .map_err(kube_err("reading the CA Secret"))?;
@@ -516,6 +516,18 @@ async fn self_signed(
                 ),
                 None => ("CAIssued", "made this Registry's CA"),
             };
+            let previous = old.filter(|p| pki::can_sign(p, now));
+            // Stored before anything publishes it, and only if nobody stored
+            // another CA since we read: a reconcile killed half-way, or a
+            // second operator, must never leave a CA whose key is lost.
+            stored = Some(
+                store_new_ca(
+                    client,
+                    stored.as_ref(),
+                    tls::ca_secret(registry, names, &ca, previous.as_ref()),
+                )
+                .await?,
+            );
             publish(
                 ctx,
                 registry,
@@ -525,7 +537,7 @@ async fn self_signed(
                 note.into(),
             )
             .await;
-            (ca, old.filter(|p| pki::can_sign(p, now)))
+            (ca, previous)
         }
     };
     let ca_info = pki::parse_cert(&ca.cert_pem, "the CA")?;
@@ -564,8 +576,10 @@ async fn self_signed(
         }
         _ => (&ca, None),
     };
-    let ca_secret = tls::ca_secret(registry, names, &ca, keep_previous);
+    let mut ca_secret = tls::ca_secret(registry, names, &ca, keep_previous);
     if stored.as_ref().and_then(|s| s.data.as_ref()) != ca_secret.data.as_ref() {
+        // Only over the CA Secret we read (a 409 retries the reconcile).
+        ca_secret.metadata.resource_version = stored.as_ref().and_then(|s| s.resource_version());
         apply::apply(client, &ca_secret)
             .await
             .map_err(kube_err("storing the CA"))?;
@@ -620,6 +634,38 @@ async fn self_signed(
         state,
         renew_at: Some(renew_at),
         bundle: Some(bundle),
+    })
+}
+
+/// Store a newly made CA Secret only if the CA Secret is still as it was
+/// read (`stored`): created when there was none, else applied with the
+/// read resourceVersion as a precondition. Losing the race is an error, so
+/// the retry reads and keeps the CA that won.
+async fn store_new_ca(
+    client: &Client,
+    stored: Option<&Secret>,
+    mut fresh: Secret,
+) -> Result<Secret, Error> {
+    const RACED: &str = "storing the new CA (another writer stored one first; the retry keeps it)";
+    let result = match stored {
+        None => {
+            let params = PostParams {
+                field_manager: Some(apply::FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            let namespace = fresh.namespace().unwrap_or_default();
+            Api::<Secret>::namespaced(client.clone(), &namespace)
+                .create(&params, &fresh)
+                .await
+        }
+        Some(stored) => {
+            fresh.metadata.resource_version = stored.resource_version();
+            apply::apply(client, &fresh).await
+        }
+    };
+    result.map_err(|e| match &e {
+        kube::Error::Api(status) if status.code == 409 => kube_err(RACED)(e),
+        _ => kube_err("storing the new CA")(e),
     })
 }
 

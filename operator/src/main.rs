@@ -265,6 +265,9 @@ fn credential_plugin_install(args: &NodeAgentArgs) -> anyhow::Result<Option<Plug
     }))
 }
 
+/// How long to wait before trying the apiserver again at start-up.
+const RETRY: Duration = Duration::from_secs(5);
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logs();
 
@@ -277,21 +280,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    Api::<Registry>::all(client.clone())
-        .list(&ListParams::default().limit(1))
-        .await
-        .context("listing Registries: is the CRD installed (helm install berth charts/berth)?")?;
-    health.ready.store(true, Ordering::Relaxed);
-
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         stop_tx.send_replace(true);
     });
+
+    // An apiserver that is away at start-up is waited for, not a reason to
+    // exit: restarts would put the pod into CrashLoopBackOff and delay the
+    // return by minutes once the apiserver is back.
+    let registries = Api::<Registry>::all(client.clone());
+    while let Err(e) = registries.list(&ListParams::default().limit(1)).await {
+        tracing::warn!(error = %e, retry_in = ?RETRY, "listing Registries failed: is the apiserver reachable and the CRD installed (kubectl apply --server-side -f crds/registries.berth.dev.yaml)?");
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            () = tokio::time::sleep(RETRY) => {}
+            _ = stop.wait_for(|stop| *stop) => { server.abort(); return Ok(()); }
+        }
+    }
+    health.ready.store(true, Ordering::Relaxed);
     let stopped = {
-        let mut rx = stop_rx.clone();
-        move || async move {
-            let _ = rx.wait_for(|stop| *stop).await;
+        let rx = stop_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
         }
     };
 
@@ -331,32 +345,44 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         renew_every: Duration::from_secs(4),
     };
     let leases: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
-    let (leading_tx, mut leading_rx) = watch::channel(false);
-    let mut election = tokio::spawn(leader::lead(leases.clone(), lease.clone(), leading_tx));
+    // Losing the Lease (the apiserver unreachable for longer than the Lease
+    // lasts) stops reconciling at once and waits to lead again, in the same
+    // process: exiting would make the pod crash-loop through an outage.
+    loop {
+        let (leading_tx, mut leading_rx) = watch::channel(false);
+        let mut election = tokio::spawn(leader::lead(leases.clone(), lease.clone(), leading_tx));
+        tracing::info!(lease = %lease.name, identity = %lease.identity, "waiting for the leader Lease");
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            _ = leading_rx.wait_for(|leading| *leading) => {}
+            _ = stop.wait_for(|stop| *stop) => { election.abort(); server.abort(); return Ok(()); }
+            result = &mut election => return Err(anyhow::anyhow!("leader election ended: {result:?}")),
+        }
+        health.metrics.set_leader(true);
 
-    tracing::info!(lease = %lease.name, identity = %lease.identity, "waiting for the leader Lease");
-    let mut stop = stop_rx.clone();
-    tokio::select! {
-        _ = leading_rx.wait_for(|leading| *leading) => {}
-        _ = stop.wait_for(|stop| *stop) => { election.abort(); return Ok(()); }
-        result = &mut election => return Err(anyhow::anyhow!("leader election ended: {result:?}")),
+        let lost = tokio::select! {
+            () = controller::run(ctx.clone(), stopped()) => None,
+            result = &mut election => Some(result),
+        };
+        health.metrics.set_leader(false);
+        election.abort();
+        match lost {
+            Some(Ok(Err(lost))) => {
+                tracing::warn!(error = %lost, "stopped reconciling; waiting to lead again");
+            }
+            Some(other) => {
+                server.abort();
+                return Err(anyhow::anyhow!("leader election ended: {other:?}"));
+            }
+            None => {
+                if let Err(e) = leader::release(&leases, &lease).await {
+                    tracing::warn!(error = %e, "releasing the leader Lease failed");
+                }
+                server.abort();
+                return Ok(());
+            }
+        }
     }
-    health.metrics.set_leader(true);
-
-    let outcome = tokio::select! {
-        () = controller::run(ctx, stopped()) => Ok(()),
-        result = &mut election => match result {
-            Ok(Err(lost)) => Err(anyhow::Error::new(lost)),
-            other => Err(anyhow::anyhow!("leader election ended: {other:?}")),
-        },
-    };
-    health.metrics.set_leader(false);
-    election.abort();
-    if let Err(e) = leader::release(&leases, &lease).await {
-        tracing::warn!(error = %e, "releasing the leader Lease failed");
-    }
-    server.abort();
-    outcome
 }
 
 async fn shutdown_signal() {

@@ -57,6 +57,14 @@ impl Code {
     }
 }
 
+/// What a client is told when a write fails for want of space.
+pub const STORAGE_FULL: &str =
+    "the registry's storage is full; free space or grow the volume, then retry";
+
+/// What `/readyz` says while the write probe fails.
+pub const STORAGE_FULL_OR_UNWRITABLE: &str =
+    "not ready: storage cannot be written (full, or read-only); free space or grow the volume\n";
+
 /// A request failure: a spec code, a message that says what to do, and
 /// optionally a status that overrides the code's default (e.g. 413).
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +139,14 @@ impl From<ManifestError> for Error {
 
 impl From<StorageError> for Error {
     fn from(e: StorageError) -> Self {
+        if e.is_storage_full() {
+            tracing::warn!(error = %e, "storage is full");
+            crate::metrics::storage_full();
+            // 507 tells clients the request may succeed later, once space
+            // is freed; the code stays one every client knows.
+            return Error::new(Code::Unknown, STORAGE_FULL)
+                .with_status(StatusCode::INSUFFICIENT_STORAGE);
+        }
         // The detail goes to the log, not to the client: paths are internal.
         tracing::error!(error = %e, "storage error");
         crate::metrics::storage_error();

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod oci;
 pub mod page_cache;
@@ -17,7 +18,8 @@ pub mod zero_copy;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::header;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -27,20 +29,42 @@ pub use storage::Store;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
+    /// A request body that sends nothing for this long is cut off.
+    pub body_timeout: std::time::Duration,
     /// None: no auth, anyone may do anything.
     pub auth: Option<Arc<auth::Auth>>,
 }
 
-/// The application: `/v2/...` (the distribution API), `/healthz`, `/metrics`.
+/// The application: `/v2/...` (the distribution API), `/healthz`
+/// (liveness), `/readyz` (readiness: storage takes writes), `/metrics`.
 pub fn router(store: Arc<Store>) -> Router {
-    router_with_auth(store, None)
+    router_full(store, None, &limits::Limits::default())
+}
+
+/// [`router`] with the request limits that apply inside a request (the
+/// body-progress timeout); the server applies the rest.
+pub fn router_with(store: Arc<Store>, limits: &limits::Limits) -> Router {
+    router_full(store, None, limits)
 }
 
 /// The application with `auth` deciding every `/v2/...` request, and its
 /// token endpoint at `/token`.
 pub fn router_with_auth(store: Arc<Store>, auth: Option<Arc<auth::Auth>>) -> Router {
+    router_full(store, auth, &limits::Limits::default())
+}
+
+/// The application with auth (if any) and the in-request limits.
+pub fn router_full(
+    store: Arc<Store>,
+    auth: Option<Arc<auth::Auth>>,
+    limits: &limits::Limits,
+) -> Router {
     let token_endpoint = auth.is_some();
-    let state = AppState { store, auth };
+    let state = AppState {
+        store,
+        auth,
+        body_timeout: limits.body_timeout,
+    };
     let router = Router::new();
     let router = if token_endpoint {
         router.route("/token", get(auth::token::get).post(auth::token::post))
@@ -49,6 +73,20 @@ pub fn router_with_auth(store: Arc<Store>, auth: Option<Arc<auth::Auth>>) -> Rou
     };
     router
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(state): State<AppState>| async move {
+                if state.store.storage_writable() {
+                    (StatusCode::OK, "ready").into_response()
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        error::STORAGE_FULL_OR_UNWRITABLE,
+                    )
+                        .into_response()
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(|| async {

@@ -58,7 +58,8 @@ struct Serve {
     /// PEM private key for --tls-cert. Re-read when the file changes.
     #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Upload sessions idle this many hours are removed (checked hourly).
+    /// Upload sessions that received no bytes for this many hours are
+    /// removed (checked every 10 minutes).
     #[arg(long, env = "BERTH_UPLOAD_MAX_AGE_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..))]
     upload_max_age_hours: u64,
     /// Plain-HTTP blob downloads go by sendfile (zero-copy) once this many
@@ -66,6 +67,31 @@ struct Serve {
     /// two idle cores. Default: the number of CPUs. 0: always sendfile.
     #[arg(long, env = "BERTH_SENDFILE_AFTER")]
     sendfile_after: Option<usize>,
+    /// Close an HTTP/1 connection that has not sent a complete request head
+    /// within this many seconds of waiting for one: idle keep-alive
+    /// connections and slow headers alike.
+    #[arg(long, env = "BERTH_HEADER_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_secs: u64,
+    /// Cut off a request whose body sends no bytes for this many seconds;
+    /// an upload chunk cut off is rolled back whole, so the client resumes.
+    #[arg(long, env = "BERTH_BODY_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_secs: u64,
+    /// Close a TLS connection whose handshake takes longer than this many seconds.
+    #[arg(long, env = "BERTH_TLS_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    tls_handshake_timeout_secs: u64,
+    /// Connections open at once; more wait in the listen backlog until one
+    /// closes. Lowered at start if the open-file limit cannot hold them.
+    #[arg(long, env = "BERTH_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// MiB that uploads in flight may hold in full-size (1 MiB) write
+    /// buffers; past it, uploads get 64 KiB buffers, so memory stays
+    /// bounded however many clients stall mid-upload.
+    #[arg(long, env = "BERTH_UPLOAD_BUFFER_MIB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
+    upload_buffer_mib: u64,
+    /// Seconds between write probes of the storage; /readyz fails while
+    /// they fail (a full volume) and recovers when they succeed.
+    #[arg(long, env = "BERTH_STORAGE_PROBE_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    storage_probe_secs: u64,
     /// The auth config file (JSON, written by the operator): mode Htpasswd or
     /// Kubernetes, the token keys directory, the access policy. Without it
     /// anyone who reaches the registry may push and delete.
@@ -86,6 +112,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = args.sendfile_after {
         berth_registry::zero_copy::set_sendfile_after(n);
     }
+    berth_registry::storage::fs::set_upload_buffer_budget(
+        usize::try_from(args.upload_buffer_mib << 20).unwrap_or(usize::MAX),
+    );
     init_tracing(&args.log_format);
     // File I/O runs on tokio's blocking pool. Its default cap (512 threads)
     // only adds memory here: the work is short reads and writes, and past a
@@ -110,7 +139,40 @@ fn init_tracing(format: &str) {
     }
 }
 
+/// The limits from the flags, the connection cap fitted to the open-file
+/// limit (raised to its hard limit first).
+fn limits(args: &Serve) -> berth_registry::limits::Limits {
+    use berth_registry::limits::{FD_HEADROOM, Limits, raise_fd_limit};
+    let secs = std::time::Duration::from_secs;
+    let mut max_connections = args.max_connections;
+    match raise_fd_limit() {
+        Ok(fds) => {
+            let fit = fds.saturating_sub(FD_HEADROOM).max(1);
+            if max_connections > fit {
+                tracing::warn!(
+                    max_connections,
+                    open_files = fds,
+                    lowered_to = fit,
+                    "the open-file limit cannot hold --max-connections; raise the hard limit (ulimit -Hn) to allow more"
+                );
+                max_connections = fit;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+    Limits {
+        header_timeout: secs(args.header_timeout_secs),
+        body_timeout: secs(args.body_timeout_secs),
+        tls_handshake_timeout: secs(args.tls_handshake_timeout_secs),
+        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        ..Limits::default()
+    }
+}
+
 async fn serve(args: Serve) -> anyhow::Result<()> {
+    // Anything written before this instant was written by an earlier process.
+    let started = std::time::SystemTime::now();
+    let limits = limits(&args);
     let store = berth_registry::filesystem_store(&args.data)
         .with_context(|| format!("cannot use {} as the data directory; check it exists or can be created, and is writable", args.data.display()))?;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -159,12 +221,32 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "could not list repositories at start-up");
         }
     });
+    // What a crash left behind goes in the background: start-up does not wait.
+    let recover = store.clone();
+    tokio::spawn(async move {
+        match recover.reclaim_after_crash(started).await {
+            Ok((0, 0)) => {}
+            Ok((tmp, sessions)) => tracing::info!(
+                temporary_files = tmp,
+                upload_sessions = sessions,
+                "reclaimed what an earlier process left mid-write"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not reclaim what an earlier process left"),
+        }
+    });
     tokio::spawn(purge_uploads(
         store.clone(),
         std::time::Duration::from_secs(args.upload_max_age_hours * 3600),
+        // A one-request push idle this long has been cut off by the body
+        // timeout already: nobody can resume it.
+        (limits.body_timeout * 2).max(std::time::Duration::from_secs(300)),
     ));
-    let app = berth_registry::router_with_auth(store, auth);
-    berth_registry::server::serve(listener, app, tls, shutdown_signal()).await?;
+    tokio::spawn(probe_storage(
+        store.clone(),
+        std::time::Duration::from_secs(args.storage_probe_secs),
+    ));
+    let app = berth_registry::router_full(store, auth, &limits);
+    berth_registry::server::serve_with(listener, app, tls, &limits, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -202,16 +284,31 @@ fn htpasswd_line(user: &str, cost: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hourly (and at start), drop upload sessions older than `max_age`.
-async fn purge_uploads(store: std::sync::Arc<berth_registry::Store>, max_age: std::time::Duration) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+/// Every 10 minutes (and at start), drop upload sessions idle longer than
+/// `max_age` (one-request pushes: `monolithic_max_age`).
+async fn purge_uploads(
+    store: std::sync::Arc<berth_registry::Store>,
+    max_age: std::time::Duration,
+    monolithic_max_age: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
     loop {
         tick.tick().await;
-        match store.purge_stale_uploads(max_age).await {
+        match store.purge_uploads_idle(max_age, monolithic_max_age).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "removed abandoned upload sessions"),
             Err(e) => tracing::warn!(error = %e, "could not purge abandoned upload sessions"),
         }
+    }
+}
+
+/// Keeps readiness true to whether storage can be written.
+async fn probe_storage(store: std::sync::Arc<berth_registry::Store>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        store.probe_storage().await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! Prometheus metrics, served at `/metrics`: request counts and latencies by
 //! route and status, bytes in and out (and how many went by sendfile),
-//! storage errors.
+//! storage errors, and what the limits refused or cut short (connections
+//! over the cap, timeouts, a full disk, busy upload sessions).
 //!
 //! One process-wide registry, so any layer can count without threading a
 //! handle through every call.
@@ -11,6 +12,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -19,6 +21,11 @@ struct RequestLabels {
     route: &'static str,
     method: String,
     status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +48,11 @@ struct Metrics {
     bytes_out: Counter,
     sendfile_bytes: Counter,
     storage_errors: Counter,
+    storage_full: Counter,
+    connections_open: Gauge,
+    connection_waits: Counter,
+    timeouts: Family<KindLabels, Counter>,
+    refusals: Family<KindLabels, Counter>,
     auth: Family<AuthLabels, Counter>,
 }
 
@@ -84,6 +96,36 @@ fn metrics() -> &'static Metrics {
             "Storage operations that failed",
             storage_errors.clone(),
         );
+        let storage_full = Counter::default();
+        registry.register(
+            "storage_full",
+            "Writes refused because the storage volume is full (ENOSPC/EDQUOT)",
+            storage_full.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let connection_waits = Counter::default();
+        registry.register(
+            "connection_limit_waits",
+            "Times a new connection had to wait because --max-connections were open",
+            connection_waits.clone(),
+        );
+        let timeouts = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "timeouts",
+            "Connections or requests cut short by a timeout (kind: header, body, tls)",
+            timeouts.clone(),
+        );
+        let refusals = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Requests refused by a limit (kind: upload_busy, uri_too_long, headers_too_large, upload_buffer_budget)",
+            refusals.clone(),
+        );
         let auth = Family::<AuthLabels, Counter>::default();
         registry.register(
             "auth_decisions",
@@ -93,6 +135,11 @@ fn metrics() -> &'static Metrics {
         Metrics {
             auth,
             registry,
+            storage_full,
+            connections_open,
+            connection_waits,
+            timeouts,
+            refusals,
             requests,
             latency,
             bytes_in,
@@ -134,6 +181,43 @@ pub fn sendfile_bytes(n: u64) {
 
 pub fn storage_error() {
     metrics().storage_errors.inc();
+}
+
+pub fn storage_full() {
+    metrics().storage_full.inc();
+}
+
+/// Counts a connection open until the returned guard is dropped.
+pub fn connection_opened() -> ConnectionGuard {
+    metrics().connections_open.inc();
+    ConnectionGuard(())
+}
+
+pub struct ConnectionGuard(());
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        metrics().connections_open.dec();
+    }
+}
+
+pub fn connection_wait() {
+    metrics().connection_waits.inc();
+}
+
+/// `kind`: header, body or tls.
+pub fn timeout(kind: &'static str) {
+    metrics().timeouts.get_or_create(&KindLabels { kind }).inc();
+}
+
+/// `kind`: what refused the request.
+pub fn refusal(kind: &'static str) {
+    metrics().refusals.get_or_create(&KindLabels { kind }).inc();
+}
+
+/// An upload got a small write buffer: the buffer budget was spent.
+pub fn upload_buffer_budget_spent() {
+    refusal("upload_buffer_budget");
 }
 
 /// One auth outcome (never a user or token label: those are unbounded and secret).

@@ -1,5 +1,6 @@
 //! Accepts connections and serves the router over HTTP/1.1 and HTTP/2,
-//! optionally behind TLS, and drains open connections on shutdown.
+//! optionally behind TLS, within the connection limits and timeouts of
+//! [`Limits`], and drains open connections on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,15 +11,21 @@ use axum::Router;
 use axum::http::Request;
 use axum::http::Version;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
+use crate::limits::Limits;
 use crate::zero_copy;
+
+/// The most a connection's read buffer holds (also the largest request
+/// head hyper accepts; the application's own limit is lower).
+const READ_BUFFER: usize = 128 << 10;
 
 /// What the router learns of a request's connection (a request extension):
 /// the peer address (login throttling) and whether it came over TLS (the
@@ -32,21 +39,50 @@ pub struct Connection {
 /// How long open transfers may finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(25);
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains.
+/// Serves `app` on `listener` until `shutdown` resolves, then drains, with
+/// the default [`Limits`].
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with(listener, app, tls, &Limits::default(), shutdown).await
+}
+
+/// [`serve`] with the connection limits and timeouts of `limits`.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper then queues body chunks as they are rather than copying them
-    // into one buffer: zero-copy bodies rely on it (see `zero_copy`).
-    builder.http1().writev(true);
+    let builder = builder(limits);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let handshake_timeout = limits.tls_handshake_timeout;
+    let header_timeout = limits.header_timeout;
+    let (h1, h2) = (builder.clone().http1_only(), builder.clone().http2_only());
     tokio::pin!(shutdown);
     loop {
+        // At the cap, stop accepting: new clients wait in the listen backlog
+        // (not refused) and are taken in order as connections close.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                crate::metrics::connection_wait();
+                tracing::debug!("connection limit reached; new connections wait");
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -59,25 +95,29 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let open = crate::metrics::connection_opened();
         let _ = tcp.set_nodelay(true);
         match &acceptor {
             None => {
-                let (io, regions) = zero_copy::Conn::new(tcp);
-                // HTTP/1.x responses on this connection may sendfile blobs;
-                // HTTP/2 (prior knowledge) frames bodies itself, so not there.
-                let app = app.clone().map_request(move |mut req: Request<Incoming>| {
-                    if req.version() <= Version::HTTP_11 {
-                        req.extensions_mut().insert(regions.clone());
+                let app = app.clone();
+                let builder = builder.clone();
+                let graceful = graceful.watcher();
+                tokio::spawn(async move {
+                    let _held = (slot, open);
+                    // hyper's header timeout starts only once it has seen
+                    // bytes telling HTTP/1 from HTTP/2: a client that sends
+                    // nothing is timed here.
+                    // (`readable` may wake spuriously; a peek waits for a byte.)
+                    match tokio::time::timeout(header_timeout, tcp.peek(&mut [0u8; 1])).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return,
+                        Ok(Ok(_)) => {}
+                        Err(_) => {
+                            crate::metrics::timeout("header");
+                            return tracing::debug!(%peer, "connection closed: sent nothing in time");
+                        }
                     }
-                    req.extensions_mut().insert(Connection { peer, tls: false });
-                    req
+                    serve_plain(tcp, peer, app, &builder, graceful).await;
                 });
-                let service = TowerToHyperService::new(app);
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move { log_conn(conn.await, peer) });
             }
             Some(acceptor) => {
                 let app = app.clone().map_request(move |mut req: Request<Incoming>| {
@@ -86,19 +126,28 @@ pub async fn serve(
                 });
                 let service = TowerToHyperService::new(app);
                 let acceptor = acceptor.clone();
-                let builder = builder.clone();
+                let (h1, h2) = (h1.clone(), h2.clone());
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _held = (slot, open);
                     let stream =
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                            .await
-                        {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 return tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             }
-                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                            Err(_) => {
+                                crate::metrics::timeout("tls");
+                                return tracing::debug!(%peer, "TLS handshake timed out");
+                            }
                         };
+                    // The protocol is known from ALPN: no sniffing of the
+                    // first bytes, whose wait no hyper timeout covers.
+                    let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        h2
+                    } else {
+                        h1
+                    };
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     log_conn(watcher.watch(conn).await, peer);
@@ -116,8 +165,66 @@ pub async fn serve(
     Ok(())
 }
 
-fn log_conn<E: std::fmt::Display>(r: Result<(), E>, peer: SocketAddr) {
+/// Serves one plain-TCP connection (HTTP/1.x or HTTP/2 prior knowledge).
+async fn serve_plain(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: hyper_util::server::graceful::Watcher,
+) {
+    let (io, regions) = zero_copy::Conn::new(tcp);
+    // HTTP/1.x responses on this connection may sendfile blobs;
+    // HTTP/2 (prior knowledge) frames bodies itself, so not there.
+    let app = app.clone().map_request(move |mut req: Request<Incoming>| {
+        if req.version() <= Version::HTTP_11 {
+            req.extensions_mut().insert(regions.clone());
+        }
+        req.extensions_mut().insert(Connection { peer, tls: false });
+        req
+    });
+    let service = TowerToHyperService::new(app);
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    log_conn(graceful.watch(conn).await, peer);
+}
+
+/// The HTTP/1 and HTTP/2 connection settings, limits applied.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // hyper then queues body chunks as they are rather than copying them
+        // into one buffer: zero-copy bodies rely on it (see `zero_copy`).
+        .writev(true)
+        .timer(TokioTimer::new())
+        // hyper's read buffer grows to ~400 KiB by default, per connection,
+        // and a stalled upload keeps it: 300 stalled uploads held 240 MB.
+        // 128 KiB reads still keep a core busy with far fewer syscalls than
+        // the network's 16 KiB frames.
+        .max_buf_size(READ_BUFFER)
+        // Timed from when hyper starts waiting for a request: this closes
+        // idle keep-alive connections as well as slow senders of headers.
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Pings find peers that vanished without closing.
+        .keep_alive_interval(limits.header_timeout)
+        .keep_alive_timeout(limits.header_timeout.min(Duration::from_secs(20)));
+    builder
+}
+
+fn log_conn(r: Result<(), Box<dyn std::error::Error + Send + Sync>>, peer: SocketAddr) {
     if let Err(e) = r {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            crate::metrics::timeout("header");
+            tracing::debug!(%peer, "connection closed: no complete request head in time");
+        } else {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
     }
 }

@@ -854,6 +854,14 @@ async fn abandoned_upload_sessions_are_purged_and_fresh_ones_kept() {
         .path()
         .join(format!("repositories/team/app/_uploads/{old}/startedat"));
     std::fs::write(&started, "1000").unwrap();
+    // Idle as long as it is old: no bytes since.
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(started.with_file_name("data"))
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
     assert_eq!(
         store
             .purge_stale_uploads(std::time::Duration::from_secs(3600))

@@ -87,8 +87,10 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(health_probe(5, 3)),
-        liveness_probe: Some(health_probe(20, 6)),
+        // Ready only while storage takes writes (a full volume takes the
+        // pod out of the Service); alive as long as the process answers.
+        readiness_probe: Some(health_probe("/readyz", 5, 3)),
+        liveness_probe: Some(health_probe("/healthz", 20, 6)),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
@@ -266,11 +268,11 @@ fn auth_volumes(
     (mounts, volumes)
 }
 
-/// `GET /healthz` over HTTPS (the kubelet does not verify the certificate).
-fn health_probe(period_seconds: i32, failure_threshold: i32) -> Probe {
+/// `GET <path>` over HTTPS (the kubelet does not verify the certificate).
+fn health_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
-            path: Some("/healthz".to_owned()),
+            path: Some(path.to_owned()),
             port: IntOrString::String(PORT_NAME.to_owned()),
             scheme: Some("HTTPS".to_owned()),
             ..HTTPGetAction::default()
@@ -525,14 +527,14 @@ mod tests {
     }
 
     #[test]
-    fn probes_check_healthz_over_https() {
+    fn readiness_checks_readyz_and_liveness_healthz_over_https() {
         let d = build(&fixtures::registry());
-        for probe in [
-            container(&d).readiness_probe.clone(),
-            container(&d).liveness_probe.clone(),
+        for (probe, path) in [
+            (container(&d).readiness_probe.clone(), "/readyz"),
+            (container(&d).liveness_probe.clone(), "/healthz"),
         ] {
             let get = probe.and_then(|p| p.http_get).expect("http probe");
-            assert_eq!(get.path.as_deref(), Some("/healthz"));
+            assert_eq!(get.path.as_deref(), Some(path));
             assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
             assert_eq!(get.port, IntOrString::String("https".into()));
         }

@@ -224,6 +224,7 @@ fn write_dir(base: &Base, plan: &DirPlan, previous: Option<&Marker>) -> Result<(
     }
     let stale: Vec<&String> = previous_files.difference(&wanted).collect();
     for name in &stale {
+        let _ = fs::remove_file(path.join(temp_name(name)));
         remove_file(&path.join(name)).map_err(|e| format!("{where_}: {e}"))?;
     }
     if union != wanted {
@@ -234,6 +235,9 @@ fn write_dir(base: &Base, plan: &DirPlan, previous: Option<&Marker>) -> Result<(
         )
         .map_err(|e| format!("{where_}: {e}"))?;
     }
+    // The marker's temp file, if a killed agent left one (write_file clears
+    // those of the files it looks at).
+    let _ = fs::remove_file(path.join(temp_name(MARKER)));
     Ok(())
 }
 
@@ -241,9 +245,13 @@ fn write_dir(base: &Base, plan: &DirPlan, previous: Option<&Marker>) -> Result<(
 /// unless it already holds exactly that.
 fn write_file(dir: &Path, name: &str, contents: &str) -> Result<(), String> {
     let target = dir.join(name);
+    let tmp = dir.join(temp_name(name));
     match fs::symlink_metadata(&target) {
         Ok(meta) if meta.is_file() => {
             if fs::read(&target).is_ok_and(|now| now == contents.as_bytes()) {
+                // A temp file left by an agent killed mid-write goes even
+                // when the file it was for needs no change.
+                let _ = fs::remove_file(&tmp);
                 return Ok(());
             }
         }
@@ -251,7 +259,6 @@ fn write_file(dir: &Path, name: &str, contents: &str) -> Result<(), String> {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(format!("cannot inspect {name}: {e}")),
     }
-    let tmp = dir.join(temp_name(name));
     let _ = fs::remove_file(&tmp);
     let written = OpenOptions::new()
         .write(true)
@@ -498,6 +505,23 @@ mod tests {
         );
         assert_eq!(after.remove("root/etc/docker/"), Some(String::new()));
         assert_eq!(after, before);
+    }
+
+    #[test]
+    fn a_temp_file_left_by_a_killed_agent_is_cleared_even_when_nothing_changed() {
+        let tmp = Tmp::new("leftover");
+        let layout = layout(&tmp);
+        let dir = tmp.0.join("root/etc/containerd/certs.d/hub.team");
+        let hub = [registry("hub", "u1", &["hub.team"], &ca("one"))];
+        run(&layout, &hub);
+        let installed = listing(&tmp.0);
+        // An agent killed between writing a temp file and renaming it.
+        for name in [CA_CRT, desired::HOSTS_TOML, MARKER] {
+            fs::write(dir.join(temp_name(name)), "half a fi").expect("w");
+        }
+        let outcome = run(&layout, &hub);
+        assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
+        assert_eq!(listing(&tmp.0), installed);
     }
 
     #[test]

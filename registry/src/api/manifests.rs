@@ -93,7 +93,7 @@ pub async fn put(
         .collect::<Result<_, _>>()?;
     let tag_params = !tags.is_empty();
 
-    let mut stream = Ctx::body_stream(body);
+    let mut stream = ctx.body_stream(body);
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
@@ -126,14 +126,28 @@ pub async fn put(
         }
     };
     for d in parsed.required_blobs() {
-        if store.blob_size(name, &d.digest).await?.is_none() {
-            return Err(Error::new(
-                Code::ManifestBlobUnknown,
-                format!(
-                    "blob {} is not in repository {name}; push it before the manifest",
-                    d.digest
-                ),
-            ));
+        match store.blob_size(name, &d.digest).await? {
+            None => {
+                return Err(Error::new(
+                    Code::ManifestBlobUnknown,
+                    format!(
+                        "blob {} is not in repository {name}; push it before the manifest",
+                        d.digest
+                    ),
+                ));
+            }
+            // A client trusting the descriptor would read past the blob's end
+            // or stop short of it.
+            Some(stored) if stored != d.size => {
+                return Err(Error::new(
+                    Code::ManifestInvalid,
+                    format!(
+                        "descriptor for blob {} says {} bytes but the stored blob has {stored}; fix the size in the manifest",
+                        d.digest, d.size
+                    ),
+                ));
+            }
+            Some(_) => {}
         }
     }
     for d in parsed.required_manifests() {

@@ -152,6 +152,8 @@ pub struct Ctx {
     /// Set on plain HTTP/1.x connections: blob bodies may be sent with
     /// `sendfile` (see [`crate::zero_copy`]).
     pub zero_copy: Option<crate::zero_copy::Regions>,
+    /// A request body silent for this long is cut off.
+    pub body_timeout: std::time::Duration,
     /// Who is asking, when auth is on (the catalog shows only what they
     /// may pull).
     pub caller: Option<crate::auth::Caller>,
@@ -167,16 +169,23 @@ impl Ctx {
             .and_then(|v| v.parse().ok())
     }
 
-    /// The body as a stream of chunks, for storage to consume.
-    pub fn body_stream(body: Body) -> impl Stream<Item = BodyChunk> + Send + Unpin {
-        body.into_data_stream()
-            .map(|r| r.map_err(|e| e.to_string()))
+    /// The body as a stream of chunks, for storage to consume; it ends in
+    /// an error if the client stops sending for the body timeout.
+    pub fn body_stream(&self, body: Body) -> impl Stream<Item = BodyChunk> + Send + Unpin {
+        crate::limits::Progress::new(
+            body.into_data_stream()
+                .map(|r| r.map_err(|e| e.to_string())),
+            self.body_timeout,
+        )
     }
 }
 
 /// The entry point for every `/v2/...` request.
 pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let started = std::time::Instant::now();
+    if let Err(e) = within_limits(&req) {
+        return e.into_response();
+    }
     let method = req.method().clone();
     let endpoint = parse(req.uri().path());
     let route = endpoint.as_ref().map(Endpoint::route).unwrap_or("unknown");
@@ -209,6 +218,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         headers: parts.headers,
         query,
         zero_copy,
+        body_timeout: state.body_timeout,
         caller: caller.as_ref().ok().cloned().flatten(),
     };
     let result = match (endpoint, caller) {
@@ -237,6 +247,42 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         started.elapsed(),
     );
     resp
+}
+
+/// Over-long request targets and heads get an OCI error body here; hyper
+/// answers only those past its own (larger) limits, with a bare status.
+fn within_limits(req: &Request) -> Result<()> {
+    let limits = crate::limits::Limits::default();
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_len > limits.max_uri_bytes {
+        crate::metrics::refusal("uri_too_long");
+        return Err(Error::new(
+            Code::NameInvalid,
+            format!(
+                "the request target is {uri_len} bytes; the limit is {}",
+                limits.max_uri_bytes
+            ),
+        )
+        .with_status(StatusCode::URI_TOO_LONG));
+    }
+    let head: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    // Auth decides first on oversized credentials (401, as it expects).
+    if head > limits.max_header_bytes && !req.headers().contains_key(header::AUTHORIZATION) {
+        crate::metrics::refusal("headers_too_large");
+        return Err(Error::new(
+            Code::Unsupported,
+            format!(
+                "the request headers are {head} bytes; the limit is {}",
+                limits.max_header_bytes
+            ),
+        )
+        .with_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+    }
+    Ok(())
 }
 
 async fn dispatch(state: &AppState, endpoint: Endpoint, ctx: Ctx, body: Body) -> Result<Response> {

@@ -9,7 +9,7 @@ use axum::response::Response;
 use super::blobs::hv;
 use super::{Ctx, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, empty};
 use crate::error::{Code, Error, Result};
-use crate::oci::range::parse_content_range;
+use crate::oci::range::{content_range_len, parse_content_range};
 use crate::oci::{Algorithm, Digest, Name};
 use crate::storage::{Store, UploadError};
 
@@ -34,13 +34,14 @@ pub async fn start(store: &Store, name: &Name, ctx: &Ctx, body: Body) -> Result<
             _ => None,
         })
     });
-    let id = store.upload_start(name, algorithm).await?;
     let Some(digest) = digest else {
+        let id = store.upload_start(name, algorithm).await?;
         return Ok(session(StatusCode::ACCEPTED, name, &id, 0));
     };
+    let id = store.upload_start_monolithic(name, algorithm).await?;
     // Monolithic: the whole blob is this request's body.
     let declared = ctx.content_length();
-    let body = Ctx::body_stream(body);
+    let body = ctx.body_stream(body);
     if let Err(e) = store
         .upload_complete(name, &id, &digest, None, declared, body)
         .await
@@ -72,7 +73,7 @@ pub async fn patch(
 ) -> Result<Response> {
     check_id(id)?;
     let (start, declared) = chunk_bounds(ctx)?;
-    let body = Ctx::body_stream(body);
+    let body = ctx.body_stream(body);
     let size = store
         .upload_append(name, id, start, declared, body)
         .await
@@ -93,7 +94,7 @@ pub async fn put(store: &Store, name: &Name, id: &str, ctx: &Ctx, body: Body) ->
         })?
         .parse()?;
     let (start, declared) = chunk_bounds(ctx)?;
-    let body = Ctx::body_stream(body);
+    let body = ctx.body_stream(body);
     store
         .upload_complete(name, id, &digest, start, declared, body)
         .await
@@ -132,10 +133,10 @@ fn chunk_bounds(ctx: &Ctx) -> Result<(Option<u64>, Option<u64>)> {
     let range = parse_content_range(raw).ok_or_else(|| {
         Error::new(
             Code::RangeInvalid,
-            format!("Content-Range {raw:?} is not <start>-<end>"),
+            format!("Content-Range {raw:?} is not <start>-<end> with start <= end and a length that fits in 64 bits"),
         )
     })?;
-    let len = range.end() - range.start() + 1;
+    let len = content_range_len(&range);
     if length.is_some_and(|l| l != len) {
         return Err(Error::new(
             Code::RangeInvalid,
@@ -189,6 +190,15 @@ fn upload_error(e: UploadError, name: &Name, id: &str) -> Error {
         UploadError::SizeMismatch { .. } => Error::new(Code::SizeInvalid, msg),
         UploadError::DigestMismatch { .. } => Error::new(Code::DigestInvalid, msg),
         UploadError::Body(_) => Error::new(Code::BlobUploadInvalid, msg),
+        // 416 makes clients ask for the range and resume, which is right
+        // once the other request is done.
+        UploadError::Busy => {
+            crate::metrics::refusal("upload_busy");
+            Error::new(Code::BlobUploadInvalid, msg)
+                .with_status(axum::http::StatusCode::RANGE_NOT_SATISFIABLE)
+                .with_header(header::LOCATION, hv(&location(name, id)))
+        }
+        UploadError::Cancelled => Error::new(Code::BlobUploadUnknown, msg),
         UploadError::Storage(s) => s.into(),
     }
 }

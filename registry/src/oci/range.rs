@@ -55,7 +55,8 @@ pub fn resolve(header: Option<&str>, size: u64) -> ByteRange {
 
 /// Parses an upload chunk's `Content-Range: <start>-<end>` (inclusive).
 /// A `bytes ` or `bytes=` prefix and a `/<total>` suffix are tolerated, as
-/// some clients send the RFC form.
+/// some clients send the RFC form. A range whose length does not fit in a
+/// `u64` (`0-18446744073709551615`) is refused: its length would wrap to 0.
 pub fn parse_content_range(value: &str) -> Option<RangeInclusive<u64>> {
     let v = value.trim();
     let v = v
@@ -65,7 +66,13 @@ pub fn parse_content_range(value: &str) -> Option<RangeInclusive<u64>> {
     let v = v.split('/').next()?;
     let (a, b) = v.split_once('-')?;
     let (start, end) = (a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?);
-    (start <= end).then_some(start..=end)
+    (start <= end && (end - start).checked_add(1).is_some()).then_some(start..=end)
+}
+
+/// The number of bytes an inclusive range covers (never wraps: ranges from
+/// [`parse_content_range`] fit).
+pub fn content_range_len(range: &RangeInclusive<u64>) -> u64 {
+    (range.end() - range.start()).saturating_add(1)
 }
 
 #[cfg(test)]
@@ -108,5 +115,10 @@ mod tests {
         assert_eq!(parse_content_range("bytes 5-9/*"), Some(5..=9));
         assert_eq!(parse_content_range("9-5"), None);
         assert_eq!(parse_content_range("abc"), None);
+        assert_eq!(parse_content_range("0-18446744073709551615"), None);
+        assert_eq!(
+            parse_content_range("1-18446744073709551615"),
+            Some(1..=u64::MAX)
+        );
     }
 }

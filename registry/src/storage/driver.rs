@@ -65,6 +65,18 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Removes an object or everything under a prefix; absent is not an error.
     async fn delete(&self, key: &str) -> io::Result<()>;
+
+    /// When the object was last written; `None` if absent or unknown.
+    async fn modified(&self, _key: &str) -> io::Result<Option<std::time::SystemTime>> {
+        Ok(None)
+    }
+
+    /// Removes the driver's own temporary files last written before
+    /// `before` (left by a crash mid-write); returns how many. Drivers
+    /// without temporaries have nothing to do.
+    async fn reclaim_temporaries(&self, _before: std::time::SystemTime) -> io::Result<usize> {
+        Ok(0)
+    }
 }
 
 /// Appends to one object. Dropped without [`Appender::finish`] or
@@ -78,6 +90,7 @@ pub trait Appender: Send {
     async fn write(&mut self, data: &[u8]) -> io::Result<()>;
 
     /// Flushes what was written (durability comes with [`Driver::commit`]).
+    /// If it fails, the object is left as it was before this appender.
     async fn finish(self: Box<Self>) -> io::Result<()>;
 
     /// Drops what this appender wrote, leaving the object as it was.

@@ -148,11 +148,20 @@ impl Driver for FsDriver {
             Ok((file, start))
         })
         .await?;
+        let reserved = reserve_buffers();
+        let size = if reserved > 0 {
+            WRITE_BUFFER
+        } else {
+            crate::metrics::upload_buffer_budget_spent();
+            SMALL_WRITE_BUFFER
+        };
         Ok(Box::new(FsAppender {
             file: Arc::new(file),
             start,
             offset: start,
-            buf: Vec::with_capacity(WRITE_BUFFER),
+            buf: Vec::with_capacity(size),
+            size,
+            reserved,
             pending: None,
             spare: None,
             unhinted: start.saturating_sub(WRITE_BUFFER as u64)..start,
@@ -189,6 +198,18 @@ impl Driver for FsDriver {
         .await
     }
 
+    async fn modified(&self, key: &str) -> io::Result<Option<std::time::SystemTime>> {
+        let meta = not_found_is_none(fs::metadata(self.path(key)))?;
+        meta.map(|m| m.modified()).transpose()
+    }
+
+    async fn reclaim_temporaries(&self, before: std::time::SystemTime) -> io::Result<usize> {
+        let root = self.root.clone();
+        // Temporaries are written beside their destination: blobs, links,
+        // tags, revisions. Session data is appended in place, never a temporary.
+        blocking(move || reclaim_tmp_under(&root, before)).await
+    }
+
     async fn delete(&self, key: &str) -> io::Result<()> {
         let path = self.path(key);
         blocking(move || {
@@ -210,9 +231,65 @@ impl Driver for FsDriver {
     }
 }
 
+/// Removes `.tmp-*` files under `dir` last modified before `before`.
+fn reclaim_tmp_under(dir: &Path, before: std::time::SystemTime) -> io::Result<usize> {
+    let mut removed = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Some(entries) = not_found_is_none(fs::read_dir(&dir))? else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX)
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < before)
+                && fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Appends are gathered to this size before a write: network frames are
 /// small (~16 KiB), and each file write costs a hop to a blocking thread.
 const WRITE_BUFFER: usize = 1 << 20;
+
+/// The buffer size of an upload when the budget below is spent: slower
+/// (more hops to a blocking thread), but memory stays bounded.
+const SMALL_WRITE_BUFFER: usize = 64 << 10;
+
+/// The default of [`set_upload_buffer_budget`].
+pub const DEFAULT_UPLOAD_BUFFER_BUDGET: usize = 128 << 20;
+
+static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+static BUDGET_USED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Caps the memory all uploads in flight may hold in full-size write
+/// buffers (each holds two); past it, uploads get small buffers. Takes
+/// effect only before the first upload.
+pub fn set_upload_buffer_budget(bytes: usize) {
+    let _ = BUDGET.set(bytes);
+}
+
+/// Reserves a full-size pair of buffers if the budget allows.
+fn reserve_buffers() -> usize {
+    use std::sync::atomic::Ordering;
+    let want = 2 * WRITE_BUFFER;
+    let cap = *BUDGET.get_or_init(|| DEFAULT_UPLOAD_BUFFER_BUDGET);
+    let reserved = BUDGET_USED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+        (used + want <= cap).then_some(used + want)
+    });
+    if reserved.is_ok() { want } else { 0 }
+}
 
 /// Buffers appends and writes each full buffer on a blocking thread while
 /// the next one fills (receiving and hashing overlap the disk write).
@@ -221,6 +298,10 @@ struct FsAppender {
     start: u64,
     offset: u64,
     buf: Vec<u8>,
+    /// How full `buf` gets before it is written.
+    size: usize,
+    /// Bytes of the buffer budget this appender holds (returned on drop).
+    reserved: usize,
     /// The write in flight, if any; it hands its buffer back for reuse.
     pending: Option<tokio::task::JoinHandle<io::Result<Vec<u8>>>>,
     /// A written-out buffer to fill next (fresh ones cost page faults).
@@ -248,7 +329,7 @@ impl FsAppender {
             let next = self
                 .spare
                 .take()
-                .unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER));
+                .unwrap_or_else(|| Vec::with_capacity(self.size));
             let buf = std::mem::replace(&mut self.buf, next);
             let file = self.file.clone();
             let at = self.offset - buf.len() as u64;
@@ -268,6 +349,12 @@ impl FsAppender {
     }
 }
 
+impl Drop for FsAppender {
+    fn drop(&mut self) {
+        BUDGET_USED.fetch_sub(self.reserved, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 #[async_trait]
 impl Appender for FsAppender {
     fn offset(&self) -> u64 {
@@ -277,15 +364,29 @@ impl Appender for FsAppender {
     async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.buf.extend_from_slice(data);
         self.offset += data.len() as u64;
-        if self.buf.len() >= WRITE_BUFFER {
+        if self.buf.len() >= self.size {
             self.drain().await?;
         }
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> io::Result<()> {
-        self.drain().await?;
-        self.settle().await
+        let flushed = match self.drain().await {
+            Ok(()) => self.settle().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = flushed {
+            // The last buffer failed (disk full): the object keeps none of
+            // this chunk, so the session's range stays what was acknowledged.
+            self.buf.clear();
+            let _ = self.settle().await;
+            let (file, start) = (self.file.clone(), self.start);
+            if let Err(undo) = blocking(move || file.set_len(start)).await {
+                tracing::warn!(error = %undo, "could not roll back a failed chunk");
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn abort(mut self: Box<Self>) -> io::Result<()> {

@@ -9,7 +9,9 @@
 //!     _manifests/tags/<tag>                           holds the digest the tag points at
 //!     _referrers/<alg>/<subject hex>/<alg>-<hex>      descriptor JSON of a manifest whose subject it is
 //!     _uploads/<id>/data                              bytes received so far
-//!     _uploads/<id>/startedat                         unix seconds the session began
+//!     _uploads/<id>/startedat                         unix seconds the session began ("<secs> monolithic"
+//!                                                     for a one-request push, which no client can resume)
+//!   _probe/writable                                   rewritten every few seconds: can storage be written?
 //! ```
 //!
 //! Repository name components start with `[a-z0-9]`, so the `_`-prefixed
@@ -82,6 +84,10 @@ pub fn referrer(name: &Name, subject: &Digest, manifest: &Digest) -> String {
         manifest.algorithm().as_str(),
         manifest.hex()
     )
+}
+
+pub fn probe() -> &'static str {
+    "_probe/writable"
 }
 
 pub fn upload_dir(name: &Name, id: &str) -> String {

@@ -10,6 +10,7 @@ pub mod driver;
 pub mod file_chunks;
 pub mod fs;
 pub mod layout;
+pub mod locks;
 pub mod upload;
 
 use std::io;
@@ -41,6 +42,18 @@ impl StorageError {
             source,
         }
     }
+
+    /// Whether the volume is full (or the quota spent): freeing space, not
+    /// retrying, is what helps.
+    pub fn is_storage_full(&self) -> bool {
+        is_storage_full(&self.source)
+    }
+}
+
+pub fn is_storage_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
 }
 
 /// A manifest as stored: its digest, media type and exact bytes.
@@ -55,6 +68,9 @@ pub struct Store {
     driver: Arc<dyn Driver>,
     sessions: upload::Sessions,
     catalog: catalog::Catalog,
+    repo_locks: locks::RepoLocks,
+    /// The last write probe's answer (see [`Store::probe_storage`]).
+    writable: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -63,7 +79,42 @@ impl Store {
             driver,
             sessions: upload::Sessions::default(),
             catalog: catalog::Catalog::default(),
+            repo_locks: locks::RepoLocks::default(),
+            writable: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Upload sessions held in memory: only those with a request in flight
+    /// or a running hash to keep.
+    pub fn tracked_upload_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether the last write probe succeeded: readiness.
+    pub fn storage_writable(&self) -> bool {
+        self.writable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes a small object to learn whether storage takes writes (a full
+    /// volume does not), and records the answer for readiness.
+    pub async fn probe_storage(&self) -> bool {
+        // A few KiB: a whole block must be free, not just an inode.
+        static PROBE: [u8; 4096] = [b'p'; 4096];
+        let ok = match self
+            .put_scratch(layout::probe(), Bytes::from_static(&PROBE))
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "storage cannot be written: not ready");
+                false
+            }
+        };
+        let was = self.writable.swap(ok, std::sync::atomic::Ordering::Relaxed);
+        if ok && !was {
+            tracing::info!("storage can be written again: ready");
+        }
+        ok
     }
 
     // Thin wrappers that attach the operation and key to I/O errors.
@@ -215,6 +266,8 @@ impl Store {
         if self.size(&blob).await? != Some(m.body.len() as u64) {
             self.put(&blob, m.body.clone()).await?;
         }
+        // From here the writes are what a DELETE undoes: not interleaved with one.
+        let _repo = self.repo_locks.lock(name).await;
         if let Some(subject) = &parsed.subject {
             let descriptor = Descriptor {
                 media_type: m.media_type.clone(),
@@ -290,6 +343,7 @@ impl Store {
         name: &Name,
         digest: &Digest,
     ) -> Result<bool, StorageError> {
+        let _repo = self.repo_locks.lock(name).await;
         let Some(m) = self
             .manifest_get(name, &Reference::Digest(digest.clone()))
             .await?
@@ -317,6 +371,7 @@ impl Store {
 
     /// Removes a tag (the manifest stays). Returns whether it existed.
     pub async fn tag_delete(&self, name: &Name, tag: &Tag) -> Result<bool, StorageError> {
+        let _repo = self.repo_locks.lock(name).await;
         let key = layout::tag(name, tag);
         let existed = self.size(&key).await?.is_some();
         self.delete(&key).await?;

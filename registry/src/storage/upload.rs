@@ -30,14 +30,30 @@ pub enum UploadError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("the request body ended early: {0}")]
     Body(String),
+    #[error(
+        "another request is writing to this upload; wait for it to finish, then ask GET for the upload's range and resume"
+    )]
+    Busy,
+    #[error("the upload was cancelled by a DELETE while this request was writing to it")]
+    Cancelled,
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
 
-/// Per-session running hashes, and a lock so one session takes one request at a time.
+/// Per-session running hashes, and a lock so one session takes one request
+/// at a time. An entry exists only while a request holds it or the session
+/// has a running hash worth keeping: a request naming a session that does
+/// not exist leaves nothing behind.
 #[derive(Default)]
 pub struct Sessions {
-    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<HashCache>>>>,
+    map: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+#[derive(Default)]
+struct Session {
+    cache: tokio::sync::Mutex<HashCache>,
+    /// Wakes the request writing to this session when a DELETE cancels it.
+    cancel: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -46,10 +62,39 @@ struct HashCache {
     state: Option<(u64, Hasher)>,
 }
 
+/// How long a request waits for another request on the same session to
+/// finish before it is refused: a retry may arrive just before the server
+/// notices the first attempt's connection is gone, but a stalled writer
+/// must not queue everyone behind it.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a DELETE waits for the writer it cancelled to let go.
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Sessions {
-    fn get(&self, id: &str) -> Arc<tokio::sync::Mutex<HashCache>> {
+    fn get(&self, id: &str) -> Arc<Session> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(id.to_owned()).or_default().clone()
+        if let Some(s) = map.get(id) {
+            return s.clone();
+        }
+        let s = Arc::new(Session::default());
+        map.insert(id.to_owned(), s.clone());
+        s
+    }
+
+    /// How many sessions are held in memory (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether a request holds the session's lock now.
+    fn is_busy(&self, id: &str) -> bool {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id).is_some_and(|s| s.cache.try_lock().is_err())
     }
 
     fn forget(&self, id: &str) {
@@ -58,7 +103,29 @@ impl Sessions {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
     }
+
+    /// Drops the entry `session` for a session found not to exist, unless
+    /// another request holds it too (that one will drop it in turn).
+    fn forget_unknown(&self, id: &str, session: Arc<Session>) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(id).is_some_and(|s| Arc::ptr_eq(s, &session)) && Arc::strong_count(&session) == 2
+        {
+            map.remove(id);
+        }
+    }
 }
+
+impl Session {
+    /// The session's lock, waiting at most [`BUSY_WAIT`] for another request.
+    async fn lock(&self) -> Result<tokio::sync::MutexGuard<'_, HashCache>, UploadError> {
+        tokio::time::timeout(BUSY_WAIT, self.cache.lock())
+            .await
+            .map_err(|_| UploadError::Busy)
+    }
+}
+
+/// Marks a one-request push in its session's start-time file.
+const MONOLITHIC: &str = "monolithic";
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -78,16 +145,39 @@ impl Store {
         name: &Name,
         algorithm: Option<Algorithm>,
     ) -> Result<String, StorageError> {
+        self.start_session(name, algorithm, false).await
+    }
+
+    /// Opens a session for a one-request (monolithic) push: no client knows
+    /// its id, so once its request is gone it can be reclaimed at once
+    /// (see [`Self::purge_stale_uploads`]).
+    pub async fn upload_start_monolithic(
+        &self,
+        name: &Name,
+        algorithm: Option<Algorithm>,
+    ) -> Result<String, StorageError> {
+        self.start_session(name, algorithm, true).await
+    }
+
+    async fn start_session(
+        &self,
+        name: &Name,
+        algorithm: Option<Algorithm>,
+        monolithic: bool,
+    ) -> Result<String, StorageError> {
         let id = uuid::Uuid::new_v4().to_string();
-        self.put_scratch(
-            &layout::upload_started(name, &id),
-            Bytes::from(unix_now().to_string()),
-        )
-        .await?;
+        let started = if monolithic {
+            format!("{} {MONOLITHIC}", unix_now())
+        } else {
+            unix_now().to_string()
+        };
+        self.put_scratch(&layout::upload_started(name, &id), Bytes::from(started))
+            .await?;
         self.put_scratch(&layout::upload_data(name, &id), Bytes::new())
             .await?;
         let session = self.sessions.get(&id);
-        session.lock().await.state = Some((0, algorithm.unwrap_or(Algorithm::Sha256).hasher()));
+        session.cache.lock().await.state =
+            Some((0, algorithm.unwrap_or(Algorithm::Sha256).hasher()));
         Ok(id)
     }
 
@@ -113,9 +203,39 @@ impl Store {
         S: Stream<Item = BodyChunk> + Send + Unpin,
     {
         let session = self.sessions.get(id);
-        let mut cache = session.lock().await;
-        self.append_locked(&mut cache, name, id, start, declared, body)
-            .await
+        let result = self
+            .append_cancellable(&session, name, id, start, declared, body)
+            .await;
+        if matches!(result, Err(UploadError::Unknown)) {
+            self.sessions.forget_unknown(id, session);
+        }
+        result
+    }
+
+    /// Appends under the session's lock; a DELETE of the session ends the
+    /// append early (the DELETE removes what was written).
+    async fn append_cancellable<S>(
+        &self,
+        session: &Session,
+        name: &Name,
+        id: &str,
+        start: Option<u64>,
+        declared: Option<u64>,
+        body: S,
+    ) -> Result<u64, UploadError>
+    where
+        S: Stream<Item = BodyChunk> + Send + Unpin,
+    {
+        // Listening before taking the lock: a DELETE that comes later is heard.
+        let cancelled = session.cancel.notified();
+        tokio::pin!(cancelled);
+        cancelled.as_mut().enable();
+        let mut cache = session.lock().await?;
+        tokio::select! {
+            biased;
+            () = cancelled => Err(UploadError::Cancelled),
+            r = self.append_locked(&mut cache, name, id, start, declared, body) => r,
+        }
     }
 
     /// Appends the final chunk (if any, checked like [`Self::upload_append`]),
@@ -134,10 +254,38 @@ impl Store {
         S: Stream<Item = BodyChunk> + Send + Unpin,
     {
         let session = self.sessions.get(id);
-        let mut cache = session.lock().await;
-        let size = self
-            .append_locked(&mut cache, name, id, start, declared, body)
-            .await?;
+        let result = self
+            .complete_locked(&session, name, id, expected, start, declared, body)
+            .await;
+        if matches!(result, Err(UploadError::Unknown)) {
+            self.sessions.forget_unknown(id, session);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn complete_locked<S>(
+        &self,
+        session: &Session,
+        name: &Name,
+        id: &str,
+        expected: &Digest,
+        start: Option<u64>,
+        declared: Option<u64>,
+        body: S,
+    ) -> Result<u64, UploadError>
+    where
+        S: Stream<Item = BodyChunk> + Send + Unpin,
+    {
+        let cancelled = session.cancel.notified();
+        tokio::pin!(cancelled);
+        cancelled.as_mut().enable();
+        let mut cache = session.lock().await?;
+        let size = tokio::select! {
+            biased;
+            () = cancelled => Err(UploadError::Cancelled),
+            r = self.append_locked(&mut cache, name, id, start, declared, body) => r,
+        }?;
         let data = layout::upload_data(name, id);
         let actual = match cache.state.take() {
             Some((offset, h)) if offset == size && h.algorithm() == expected.algorithm() => {
@@ -161,14 +309,25 @@ impl Store {
         Ok(size)
     }
 
-    /// Removes sessions started more than `max_age` ago: clients that
-    /// vanished mid-push would otherwise hold their bytes forever.
-    /// Returns how many were removed.
+    /// Removes sessions idle (no bytes received) for more than `max_age`,
+    /// and one-request pushes idle for more than `monolithic_max_age`:
+    /// clients that vanished mid-push would otherwise hold their bytes
+    /// forever. Returns how many were removed.
     pub async fn purge_stale_uploads(
         &self,
         max_age: std::time::Duration,
     ) -> Result<usize, StorageError> {
-        let now = unix_now();
+        self.purge_uploads_idle(max_age, max_age).await
+    }
+
+    /// [`Self::purge_stale_uploads`] with a separate (shorter) limit for
+    /// one-request pushes, whose ids no client holds.
+    pub async fn purge_uploads_idle(
+        &self,
+        max_age: std::time::Duration,
+        monolithic_max_age: std::time::Duration,
+    ) -> Result<usize, StorageError> {
+        let now = std::time::SystemTime::now();
         let mut purged = 0;
         for repo in self.repositories_with_uploads().await? {
             let Ok(name) = repo.parse::<Name>() else {
@@ -178,16 +337,31 @@ impl Store {
                 .list(&format!("{}/_uploads", layout::repository(&name)))
                 .await?
             {
-                let started = self
-                    .get(&layout::upload_started(&name, &id))
-                    .await?
-                    .and_then(|b| {
-                        std::str::from_utf8(&b)
-                            .ok()
-                            .and_then(|s| s.trim().parse::<u64>().ok())
-                    });
+                let started = self.get(&layout::upload_started(&name, &id)).await?;
+                let started = started.as_deref().and_then(|b| std::str::from_utf8(b).ok());
+                let monolithic = started.is_some_and(|s| s.contains(MONOLITHIC));
+                let started = started
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .map(|t| std::time::UNIX_EPOCH + std::time::Duration::from_secs(t));
+                // Last activity: the data's last write, else the start.
+                let data = layout::upload_data(&name, &id);
+                let written = self
+                    .driver
+                    .modified(&data)
+                    .await
+                    .map_err(|e| StorageError::new("stat", &data, e))?;
+                let last = written.max(started);
+                let limit = if monolithic {
+                    monolithic_max_age
+                } else {
+                    max_age
+                };
                 // A session with no start time is a crash between its two writes: stale too.
-                if started.is_none_or(|t| now.saturating_sub(t) > max_age.as_secs()) {
+                let stale = last.is_none_or(|t| now.duration_since(t).unwrap_or_default() > limit);
+                // A request writing to it right now keeps it, however old.
+                let busy = self.sessions.is_busy(&id);
+                if stale && !busy {
                     self.delete(&layout::upload_dir(&name, &id)).await?;
                     self.sessions.forget(&id);
                     purged += 1;
@@ -197,12 +371,43 @@ impl Store {
         Ok(purged)
     }
 
+    /// After a crash: removes temporary files and one-request pushes last
+    /// written before `before` (this process's start, so none of them is
+    /// in use by it). Returns (temporaries, sessions) removed.
+    pub async fn reclaim_after_crash(
+        &self,
+        before: std::time::SystemTime,
+    ) -> Result<(usize, usize), StorageError> {
+        let tmp = self
+            .driver
+            .reclaim_temporaries(before)
+            .await
+            .map_err(|e| StorageError::new("reclaim", "temporary files", e))?;
+        let age = std::time::SystemTime::now()
+            .duration_since(before)
+            .unwrap_or_default();
+        let sessions = self
+            .purge_uploads_idle(std::time::Duration::MAX, age)
+            .await?;
+        Ok((tmp, sessions))
+    }
+
     /// Abandons a session and its data.
     pub async fn upload_cancel(&self, name: &Name, id: &str) -> Result<(), UploadError> {
         let session = self.sessions.get(id);
-        let _guard = session.lock().await;
-        self.upload_size(name, id).await?;
-        self.upload_cancel_locked(name, id).await
+        // A writer in flight (perhaps stalled) gives way to the DELETE.
+        session.cancel.notify_waiters();
+        let result = match tokio::time::timeout(CANCEL_WAIT, session.cache.lock()).await {
+            Err(_) => Err(UploadError::Busy),
+            Ok(_guard) => match self.upload_size(name, id).await {
+                Ok(_) => self.upload_cancel_locked(name, id).await,
+                Err(e) => Err(e),
+            },
+        };
+        if matches!(result, Err(UploadError::Unknown)) {
+            self.sessions.forget_unknown(id, session);
+        }
+        result
     }
 
     async fn upload_cancel_locked(&self, name: &Name, id: &str) -> Result<(), UploadError> {
