@@ -88,12 +88,7 @@ impl std::fmt::Debug for Signer {
 impl Signer {
     /// From a PKCS#8 PEM P-256 private key.
     pub fn from_pem(pem: &[u8]) -> Result<Signer, KeyError> {
-        let der = pem_blocks(pem, "PRIVATE KEY")
-            .into_iter()
-            .next()
-            .ok_or(KeyError::BadPrivateKey)?;
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
-            .map_err(|_| KeyError::BadPrivateKey)?;
+        let (der, pair) = private_key(pem)?;
         let kid = kid_of_point(pair.public_key().as_ref());
         Ok(Signer {
             kid,
@@ -192,22 +187,30 @@ pub fn generate() -> Result<(String, String), KeyError> {
         .map_err(|_| KeyError::BadPrivateKey)?;
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref())
         .map_err(|_| KeyError::BadPrivateKey)?;
-    let mut spki = P256_SPKI_PREFIX.to_vec();
-    spki.extend_from_slice(pair.public_key().as_ref());
-    Ok((pem("PRIVATE KEY", doc.as_ref()), pem("PUBLIC KEY", &spki)))
+    Ok((pem("PRIVATE KEY", doc.as_ref()), spki_pem(&pair)))
 }
 
 /// The public key PEM of a private key PEM.
 pub fn public_pem(private_pem: &[u8]) -> Result<String, KeyError> {
-    let der = pem_blocks(private_pem, "PRIVATE KEY")
+    Ok(spki_pem(&private_key(private_pem)?.1))
+}
+
+/// The PKCS#8 DER of the first private key in `pem`, and the key pair.
+fn private_key(pem: &[u8]) -> Result<(Vec<u8>, EcdsaKeyPair), KeyError> {
+    let der = pem_blocks(pem, "PRIVATE KEY")
         .into_iter()
         .next()
         .ok_or(KeyError::BadPrivateKey)?;
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
         .map_err(|_| KeyError::BadPrivateKey)?;
+    Ok((der, pair))
+}
+
+/// The `PUBLIC KEY` PEM of a key pair.
+fn spki_pem(pair: &EcdsaKeyPair) -> String {
     let mut spki = P256_SPKI_PREFIX.to_vec();
     spki.extend_from_slice(pair.public_key().as_ref());
-    Ok(pem("PUBLIC KEY", &spki))
+    pem("PUBLIC KEY", &spki)
 }
 
 /// The key id of a public key PEM (the first block), as tokens carry it.
