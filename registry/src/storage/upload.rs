@@ -205,7 +205,8 @@ impl Store {
         let session = self.sessions.get(id);
         let result = self
             .append_cancellable(&session, name, id, start, declared, body)
-            .await;
+            .await
+            .map(|(_, size)| size);
         if matches!(result, Err(UploadError::Unknown)) {
             self.sessions.forget_unknown(id, session);
         }
@@ -213,16 +214,17 @@ impl Store {
     }
 
     /// Appends under the session's lock; a DELETE of the session ends the
-    /// append early (the DELETE removes what was written).
-    async fn append_cancellable<S>(
+    /// append early (the DELETE removes what was written). Returns the lock,
+    /// still held, with the session's size, so a completion goes on under it.
+    async fn append_cancellable<'s, S>(
         &self,
-        session: &Session,
+        session: &'s Session,
         name: &Name,
         id: &str,
         start: Option<u64>,
         declared: Option<u64>,
         body: S,
-    ) -> Result<u64, UploadError>
+    ) -> Result<(tokio::sync::MutexGuard<'s, HashCache>, u64), UploadError>
     where
         S: Stream<Item = BodyChunk> + Send + Unpin,
     {
@@ -231,11 +233,12 @@ impl Store {
         tokio::pin!(cancelled);
         cancelled.as_mut().enable();
         let mut cache = session.lock().await?;
-        tokio::select! {
+        let size = tokio::select! {
             biased;
             () = cancelled => Err(UploadError::Cancelled),
             r = self.append_locked(&mut cache, name, id, start, declared, body) => r,
-        }
+        }?;
+        Ok((cache, size))
     }
 
     /// Appends the final chunk (if any, checked like [`Self::upload_append`]),
@@ -277,15 +280,9 @@ impl Store {
     where
         S: Stream<Item = BodyChunk> + Send + Unpin,
     {
-        let cancelled = session.cancel.notified();
-        tokio::pin!(cancelled);
-        cancelled.as_mut().enable();
-        let mut cache = session.lock().await?;
-        let size = tokio::select! {
-            biased;
-            () = cancelled => Err(UploadError::Cancelled),
-            r = self.append_locked(&mut cache, name, id, start, declared, body) => r,
-        }?;
+        let (mut cache, size) = self
+            .append_cancellable(session, name, id, start, declared, body)
+            .await?;
         let data = layout::upload_data(name, id);
         let actual = match cache.state.take() {
             Some((offset, h)) if offset == size && h.algorithm() == expected.algorithm() => {
