@@ -99,6 +99,36 @@ impl Change {
     }
 }
 
+/// Step 1's Secret (kept until step 2): the current key still signs, the
+/// next one is published beside it so every replica knows it before it
+/// signs anything.
+fn next_published(
+    signing: String,
+    current_public: &str,
+    (next_private, next_public): (String, String),
+    since: Timestamp,
+    published: Timestamp,
+    next_step: Timestamp,
+    change: Option<Change>,
+) -> Plan {
+    Plan {
+        data: BTreeMap::from([
+            (SIGNING_KEY_FILE.to_owned(), signing),
+            (NEXT_KEY_FILE.to_owned(), next_private),
+            (
+                VERIFY_KEYS_FILE.to_owned(),
+                verify_pem(current_public, &[next_public]),
+            ),
+        ]),
+        annotations: BTreeMap::from([
+            (SIGNING_SINCE.to_owned(), since.to_string()),
+            (NEXT_PUBLISHED_AT.to_owned(), published.to_string()),
+        ]),
+        next_step,
+        change,
+    }
+}
+
 /// The Secret's contents as they should be, and when to look again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -229,22 +259,15 @@ pub fn plan(
                 change: Some(Change::Switched),
             });
         }
-        return Ok(Plan {
-            data: BTreeMap::from([
-                (SIGNING_KEY_FILE.to_owned(), signing),
-                (NEXT_KEY_FILE.to_owned(), next_private),
-                (
-                    VERIFY_KEYS_FILE.to_owned(),
-                    verify_pem(&current_public, &[next_public]),
-                ),
-            ]),
-            annotations: BTreeMap::from([
-                (SIGNING_SINCE.to_owned(), since.to_string()),
-                (NEXT_PUBLISHED_AT.to_owned(), published.to_string()),
-            ]),
-            next_step: switch_at,
-            change: None,
-        });
+        return Ok(next_published(
+            signing,
+            &current_public,
+            (next_private, next_public),
+            since,
+            published,
+            switch_at,
+            None,
+        ));
     }
 
     // Step 1 is due.
@@ -253,22 +276,15 @@ pub fn plan(
         let (next_private, next_public) = fresh()?;
         // A previous key still listed goes now: it stopped signing at least
         // `rotate_after` ago, far longer than any token lives.
-        return Ok(Plan {
-            data: BTreeMap::from([
-                (SIGNING_KEY_FILE.to_owned(), signing),
-                (NEXT_KEY_FILE.to_owned(), next_private),
-                (
-                    VERIFY_KEYS_FILE.to_owned(),
-                    verify_pem(&current_public, &[next_public]),
-                ),
-            ]),
-            annotations: BTreeMap::from([
-                (SIGNING_SINCE.to_owned(), since.to_string()),
-                (NEXT_PUBLISHED_AT.to_owned(), now.to_string()),
-            ]),
-            next_step: after(now, policy.switch_after),
-            change: Some(Change::NextPublished),
-        });
+        return Ok(next_published(
+            signing,
+            &current_public,
+            (next_private, next_public),
+            since,
+            now,
+            after(now, policy.switch_after),
+            Some(Change::NextPublished),
+        ));
     }
 
     // Steady, possibly with a previous key still accepted (step 3 pending).
