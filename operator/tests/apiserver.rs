@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -93,6 +93,22 @@ async fn a_registry_is_reconciled_against_a_real_apiserver() {
         return;
     }
     let client = Client::try_default().await.expect("kubeconfig");
+
+    // This test is the only operator: one installed by the chart (a demo
+    // left running) would reconcile the same Registries with its own image.
+    let operators = Api::<Deployment>::all(client.clone())
+        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .await
+        .expect("list deployments");
+    let running: Vec<String> = operators
+        .iter()
+        .filter(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) > 0)
+        .map(|d| format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any()))
+        .collect();
+    assert!(
+        running.is_empty(),
+        "a berth operator already runs on this cluster ({running:?}); `helm uninstall` it or start from `e2e/cluster up --fresh`"
+    );
 
     // The CRD, as the chart installs it.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
