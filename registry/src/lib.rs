@@ -10,6 +10,7 @@ pub mod limits;
 pub mod metrics;
 pub mod oci;
 pub mod page_cache;
+pub mod raw_errors;
 pub mod server;
 pub mod storage;
 pub mod tls;

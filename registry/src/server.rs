@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::limits::Limits;
+use crate::raw_errors::ErrorBodies;
 use crate::zero_copy;
 
 /// The most a connection's read buffer holds (also the largest request
@@ -143,14 +144,14 @@ pub async fn serve_with(
                         };
                     // The protocol is known from ALPN: no sniffing of the
                     // first bytes, whose wait no hyper timeout covers.
-                    let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        h2
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let conn = h2.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        log_conn(watcher.watch(conn).await, peer);
                     } else {
-                        h1
-                    };
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    log_conn(watcher.watch(conn).await, peer);
+                        let io = TokioIo::new(ErrorBodies::new(stream));
+                        let conn = h1.serve_connection_with_upgrades(io, service);
+                        log_conn(watcher.watch(conn).await, peer);
+                    }
                 });
             }
         }
@@ -185,7 +186,7 @@ async fn serve_plain(
     });
     let service = TowerToHyperService::new(app);
     let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .serve_connection_with_upgrades(TokioIo::new(ErrorBodies::new(io)), service)
         .into_owned();
     log_conn(graceful.watch(conn).await, peer);
 }

@@ -203,6 +203,31 @@ async fn an_over_long_request_target_gets_an_oci_error_body() {
     assert!(reply.contains("\"errors\""), "{reply}");
 }
 
+/// Requests hyper refuses before the router sees them (a head beyond its
+/// read buffer, more than 100 headers, not HTTP at all) still get an OCI
+/// error body, not an empty one.
+#[tokio::test]
+async fn requests_hyper_refuses_itself_get_an_oci_error_body() {
+    let s = start(quick()).await;
+    let huge_head = format!(
+        "GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many_headers = format!("GET /v2/ HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    for (request, status) in [
+        (huge_head.as_str(), "431"),
+        (many_headers.as_str(), "431"),
+        ("NOT HTTP AT ALL\r\n\r\n", "400"),
+    ] {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        let reply = exchange(&mut c, request.as_bytes(), Duration::from_secs(2)).await;
+        assert!(reply.starts_with(&format!("HTTP/1.1 {status}")), "{reply}");
+        assert!(reply.contains("content-type: application/json"), "{reply}");
+        assert!(reply.contains("\"code\":\"UNSUPPORTED\""), "{reply}");
+    }
+}
+
 #[test]
 fn the_open_file_limit_is_raised_to_the_hard_limit() {
     let fds = berth_registry::limits::raise_fd_limit().unwrap();
