@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
@@ -220,7 +221,6 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
     let client = &ctx.client;
     let spec = &registry.spec;
     let now = Timestamp::now();
-    let unsupported = desired::unsupported(spec);
     tracing::debug!(registry = %key(registry), "reconciling");
 
     if auth::deleting(registry) {
@@ -229,19 +229,14 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
     }
     auth::ensure_finalizer(ctx, registry).await?;
 
-    let storage = match desired::pvc::data_claim(registry, &names) {
-        Some(claim) => claim_state(
+    let storage = match (&spec.storage.s3, desired::pvc::data_claim(registry, &names)) {
+        (Some(s3), _) => bucket_state(ctx, &names, s3).await?,
+        (None, Some(claim)) => claim_state(
             &apply::apply(client, &claim)
                 .await
                 .map_err(kube_err("applying the data claim"))?,
         ),
-        None => StorageState::Unsupported(
-            unsupported
-                .as_ref()
-                .filter(|u| u.storage)
-                .map(|u| u.message.clone())
-                .unwrap_or_default(),
-        ),
+        (None, None) => StorageState::Pending("storage names no backend".into()),
     };
 
     let service = apply::apply(client, &desired::service::service(registry, &names))
@@ -278,21 +273,29 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         TlsMode::CertManager => cert_manager(ctx, registry, &names, &cert_names).await?,
     };
 
-    let workload = if unsupported.is_some() {
-        apply::delete_owned::<Deployment>(client, registry, &names.namespace, &names.deployment())
+    let deployment = desired::deployment::deployment(registry, &names, &ctx.config.default_image);
+    let workload = workload_state(
+        &apply::apply(client, &deployment)
             .await
-            .map_err(kube_err("removing the Deployment of an unsupported spec"))?;
-        WorkloadState::NotRun
-    } else {
-        let deployment =
-            desired::deployment::deployment(registry, &names, &ctx.config.default_image);
-        workload_state(
-            &apply::apply(client, &deployment)
+            .map_err(kube_err("applying the Deployment"))?,
+        spec.replicas,
+    );
+    match desired::disruption_budget::disruption_budget(registry, &names) {
+        Some(budget) => {
+            apply::apply(client, &budget)
                 .await
-                .map_err(kube_err("applying the Deployment"))?,
-            spec.replicas,
+                .map_err(kube_err("applying the PodDisruptionBudget"))?;
+        }
+        None => apply::delete_owned::<PodDisruptionBudget>(
+            client,
+            registry,
+            &names.namespace,
+            &names.deployment(),
         )
-    };
+        .await
+        .map(drop)
+        .map_err(kube_err("removing the PodDisruptionBudget"))?,
+    }
 
     match desired::ingress::ingress(registry, &names) {
         Some(ingress) => {
@@ -332,7 +335,6 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         workload,
         node_trust,
         node_trust_publish,
-        unsupported,
         endpoints: names.endpoints(spec),
         auth: auth.state,
     };
@@ -394,6 +396,39 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         .map(|at| pki::until(now, at))
         .fold(RESYNC, Duration::min);
     Ok(Action::requeue(requeue))
+}
+
+/// Object storage is usable once its credentials Secret holds both keys;
+/// whether the bucket answers is the pods' readiness (`/readyz` writes to it).
+async fn bucket_state(
+    ctx: &Context,
+    names: &Names,
+    s3: &crate::crd::S3Storage,
+) -> Result<StorageState, Error> {
+    use desired::storage::{ACCESS_KEY_ID, SECRET_ACCESS_KEY};
+    let secret_name = &s3.credentials_secret.name;
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace)
+        .get_opt(secret_name)
+        .await
+        .map_err(kube_err("reading the object storage credentials"))?;
+    let Some(secret) = secret else {
+        return Ok(StorageState::CredentialsMissing(format!(
+            "Secret {secret_name} (storage.s3.credentialsSecret) is not in namespace {}: create it with keys {ACCESS_KEY_ID} and {SECRET_ACCESS_KEY}",
+            names.namespace
+        )));
+    };
+    let data = secret.data.unwrap_or_default();
+    let missing: Vec<&str> = [ACCESS_KEY_ID, SECRET_ACCESS_KEY]
+        .into_iter()
+        .filter(|k| data.get(*k).is_none_or(|v| v.0.is_empty()))
+        .collect();
+    if !missing.is_empty() {
+        return Ok(StorageState::CredentialsMissing(format!(
+            "Secret {secret_name} has no {}: add the bucket's access key id and secret access key",
+            missing.join(" and ")
+        )));
+    }
+    Ok(StorageState::Bucket)
 }
 
 fn claim_state(claim: &PersistentVolumeClaim) -> StorageState {
@@ -869,6 +904,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
     .owns(Api::<Ingress>::all(client.clone()), children.clone())
     .owns(Api::<ServiceAccount>::all(client.clone()), children.clone())
+    .owns(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        children.clone(),
+    )
     // Secrets and claims by label: the owned ones and the unowned ones alike.
     .watches(
         Api::<Secret>::all(client.clone()),

@@ -200,8 +200,7 @@ pub struct Storage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filesystem: Option<FilesystemStorage>,
 
-    /// An S3-compatible bucket. Not served by the bundled registry yet: the
-    /// operator reports StorageReady=False and starts no pods for it.
+    /// An S3-compatible bucket: any number of replicas share it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Storage>,
 }
@@ -277,6 +276,12 @@ pub struct S3Storage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"), length(max = 512))]
     pub endpoint: Option<String>,
+
+    /// A key prefix inside the bucket, so several registries can share one
+    /// bucket. Unset: the bucket's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"), length(max = 256))]
+    pub prefix: Option<String>,
 
     /// A Secret in the Registry's namespace with keys `accessKeyId` and
     /// `secretAccessKey`.

@@ -10,7 +10,6 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{CertificateStatus, Endpoints, NodeCounts, NodeTrustStatus, RegistryStatus};
-use crate::desired::Unsupported;
 
 pub const READY: &str = "Ready";
 pub const CERTIFICATE_READY: &str = "CertificateReady";
@@ -48,7 +47,11 @@ pub enum StorageState {
     Pending(String),
     /// The claim lost its volume.
     Lost,
-    Unsupported(String),
+    /// Object storage: the credentials Secret holds both keys (whether the
+    /// bucket answers, the pods' readiness tells).
+    Bucket,
+    /// Object storage whose credentials Secret is missing or incomplete.
+    CredentialsMissing(String),
 }
 
 /// The registry pods.
@@ -60,8 +63,6 @@ pub enum WorkloadState {
     },
     /// `replicas: 0`.
     ScaledToZero,
-    /// No Deployment is run (an unsupported spec); the reason is elsewhere.
-    NotRun,
 }
 
 /// Node trust, as reported by the node agents (see [`crate::trust::count`]).
@@ -126,7 +127,6 @@ pub struct Observed {
     /// What the node agents should install (`status.nodeTrust`); `None`
     /// when it is not known yet (no ClusterIP or CA) or node trust is off.
     pub node_trust_publish: Option<NodeTrustStatus>,
-    pub unsupported: Option<Unsupported>,
     pub endpoints: Endpoints,
     pub auth: AuthState,
 }
@@ -175,7 +175,14 @@ fn storage(obs: &Observed) -> Verdict {
             "ClaimLost",
             "the data volume's PersistentVolume is gone",
         ),
-        StorageState::Unsupported(message) => verdict(false, "BackendUnsupported", message.clone()),
+        StorageState::Bucket => verdict(
+            true,
+            "Bucket",
+            "object storage: the credentials are in place; the pods check the bucket",
+        ),
+        StorageState::CredentialsMissing(message) => {
+            verdict(false, "CredentialsMissing", message.clone())
+        }
     }
 }
 
@@ -253,9 +260,6 @@ fn ready(obs: &Observed, cert: &Verdict, storage: &Verdict) -> Verdict {
 }
 
 fn ready_ignoring_auth_mode(obs: &Observed, cert: &Verdict, storage: &Verdict) -> Verdict {
-    if let Some(unsupported) = &obs.unsupported {
-        return verdict(false, unsupported.reason, unsupported.message.clone());
-    }
     if !cert.status {
         return verdict(false, "CertificateNotReady", cert.message.clone());
     }
@@ -269,7 +273,6 @@ fn ready_ignoring_auth_mode(obs: &Observed, cert: &Verdict, storage: &Verdict) -
         WorkloadState::ScaledToZero => {
             verdict(false, "ScaledToZero", "replicas is 0: no registry pod runs")
         }
-        WorkloadState::NotRun => verdict(false, "NotRun", "no registry pods are run for this spec"),
         WorkloadState::Running { ready, wanted } if ready >= wanted && ready > 0 => verdict(
             true,
             "Available",
@@ -404,7 +407,6 @@ mod tests {
                 upstream: "https://10.96.0.42:443".into(),
                 ca_bundle: "PEM".into(),
             }),
-            unsupported: None,
             endpoints: Endpoints {
                 internal: Some("hub.team.svc.cluster.local".into()),
                 external: None,
@@ -513,19 +515,16 @@ mod tests {
     }
 
     #[test]
-    fn an_unsupported_spec_is_the_ready_reason() {
+    fn object_storage_without_its_credentials_is_not_ready() {
         let mut obs = healthy();
-        obs.unsupported = Some(Unsupported {
-            reason: "AuthModeUnsupported",
-            message: "auth".into(),
-            storage: false,
-        });
-        obs.workload = WorkloadState::NotRun;
+        obs.storage = StorageState::CredentialsMissing("Secret s3 not found".into());
         let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
+        let storage = condition(&s.conditions, STORAGE_READY);
         assert_eq!(
-            condition(&s.conditions, READY).reason,
-            "AuthModeUnsupported"
+            (storage.status.as_str(), storage.reason.as_str()),
+            ("False", "CredentialsMissing")
         );
+        assert_eq!(condition(&s.conditions, READY).reason, "StorageNotReady");
     }
 
     #[test]

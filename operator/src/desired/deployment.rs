@@ -2,33 +2,35 @@
 //!
 //! One container running `berth-registry serve` over HTTPS on 5443, with the
 //! TLS Secret mounted read-only (the registry re-reads the files when the
-//! kubelet swaps them, so a renewed certificate needs no restart) and the
-//! data volume at `/var/lib/registry`. Locked down as far as a registry
-//! allows: non-root, read-only root filesystem, no capabilities, the
-//! runtime's default seccomp profile. `Recreate`, because the ReadWriteOnce
-//! volume can be mounted by one pod at a time.
+//! kubelet swaps them, so a renewed certificate needs no restart) and its
+//! storage ([`storage::wiring`]). Locked down as far as a registry allows:
+//! non-root, read-only root filesystem, no capabilities, the runtime's
+//! default seccomp profile. On a ReadWriteOnce volume `Recreate`, because
+//! one pod at a time can mount it; on object storage a rolling update that
+//! keeps every replica serving, replicas spread over nodes.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{AuthMode, Registry};
-use crate::desired::{auth, labels, owner};
+use crate::desired::{auth, labels, owner, storage};
 use crate::names::Names;
 
 /// The port the registry listens on inside the pod (unprivileged).
 pub const CONTAINER_PORT: i32 = 5443;
 pub const PORT_NAME: &str = "https";
-pub const DATA_DIR: &str = "/var/lib/registry";
 pub const TLS_DIR: &str = "/etc/berth/tls";
 /// The pod template annotation holding the auth config's hash: a changed
 /// config rolls the pods; rotated keys and edited users do not (the
@@ -60,14 +62,12 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
             format!("{}/{}", auth::AUTH_DIR, auth::CONFIG_FILE),
         ]
     });
+    let storage = storage::wiring(registry, names);
     let args = ["serve", "--listen"]
         .into_iter()
         .map(String::from)
-        .chain([
-            format!("0.0.0.0:{CONTAINER_PORT}"),
-            "--data".to_owned(),
-            DATA_DIR.to_owned(),
-        ])
+        .chain([format!("0.0.0.0:{CONTAINER_PORT}")])
+        .chain(storage.args)
         .chain(tls_args)
         .chain(auth_args.into_iter().flatten())
         .collect();
@@ -107,28 +107,26 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
             ..SecurityContext::default()
         }),
         volume_mounts: Some(
-            [
-                VolumeMount {
-                    name: "data".into(),
-                    mount_path: DATA_DIR.into(),
-                    ..VolumeMount::default()
-                },
-                VolumeMount {
-                    name: "tls".into(),
-                    mount_path: TLS_DIR.into(),
-                    read_only: Some(true),
-                    ..VolumeMount::default()
-                },
-                VolumeMount {
-                    name: "tmp".into(),
-                    mount_path: "/tmp".into(),
-                    ..VolumeMount::default()
-                },
-            ]
-            .into_iter()
-            .chain(auth_mounts)
-            .collect(),
+            storage
+                .mounts
+                .into_iter()
+                .chain([
+                    VolumeMount {
+                        name: "tls".into(),
+                        mount_path: TLS_DIR.into(),
+                        read_only: Some(true),
+                        ..VolumeMount::default()
+                    },
+                    VolumeMount {
+                        name: "tmp".into(),
+                        mount_path: "/tmp".into(),
+                        ..VolumeMount::default()
+                    },
+                ])
+                .chain(auth_mounts)
+                .collect(),
         ),
+        env: Some(storage.env).filter(|e| !e.is_empty()),
         ..Container::default()
     };
 
@@ -140,10 +138,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                 match_labels: Some(selector),
                 match_expressions: None,
             },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".to_owned()),
-                rolling_update: None,
-            }),
+            strategy: Some(strategy(storage.shared)),
             revision_history_limit: Some(3),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -168,37 +163,44 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                         seccomp_profile: Some(runtime_default()),
                         ..PodSecurityContext::default()
                     }),
+                    topology_spread_constraints: (spec.replicas > 1).then(|| {
+                        vec![TopologySpreadConstraint {
+                            max_skew: 1,
+                            topology_key: "kubernetes.io/hostname".into(),
+                            // Spread when nodes allow; a one-node cluster still runs them all.
+                            when_unsatisfiable: "ScheduleAnyway".into(),
+                            label_selector: Some(LabelSelector {
+                                match_labels: Some(labels::selector(names)),
+                                match_expressions: None,
+                            }),
+                            ..TopologySpreadConstraint::default()
+                        }]
+                    }),
                     volumes: Some(
-                        [
-                            Volume {
-                                name: "data".into(),
-                                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                                    claim_name: names.data_claim(),
-                                    read_only: None,
-                                }),
-                                ..Volume::default()
-                            },
-                            Volume {
-                                name: "tls".into(),
-                                secret: Some(SecretVolumeSource {
-                                    secret_name: Some(names.serving_secret(spec)),
-                                    default_mode: Some(0o440),
-                                    ..SecretVolumeSource::default()
-                                }),
-                                ..Volume::default()
-                            },
-                            Volume {
-                                name: "tmp".into(),
-                                empty_dir: Some(EmptyDirVolumeSource {
-                                    size_limit: Some(Quantity("1Gi".into())),
-                                    medium: None,
-                                }),
-                                ..Volume::default()
-                            },
-                        ]
-                        .into_iter()
-                        .chain(auth_volumes)
-                        .collect(),
+                        storage
+                            .volumes
+                            .into_iter()
+                            .chain([
+                                Volume {
+                                    name: "tls".into(),
+                                    secret: Some(SecretVolumeSource {
+                                        secret_name: Some(names.serving_secret(spec)),
+                                        default_mode: Some(0o440),
+                                        ..SecretVolumeSource::default()
+                                    }),
+                                    ..Volume::default()
+                                },
+                                Volume {
+                                    name: "tmp".into(),
+                                    empty_dir: Some(EmptyDirVolumeSource {
+                                        size_limit: Some(Quantity("1Gi".into())),
+                                        medium: None,
+                                    }),
+                                    ..Volume::default()
+                                },
+                            ])
+                            .chain(auth_volumes)
+                            .collect(),
                     ),
                     ..PodSpec::default()
                 }),
@@ -206,6 +208,24 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
             ..DeploymentSpec::default()
         }),
         status: None,
+    }
+}
+
+/// `Recreate` for a volume one pod at a time can mount; otherwise a new
+/// pod is Ready before an old one goes, so a rollout never stops pulls.
+fn strategy(shared_storage: bool) -> DeploymentStrategy {
+    if !shared_storage {
+        return DeploymentStrategy {
+            type_: Some("Recreate".to_owned()),
+            rolling_update: None,
+        };
+    }
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".to_owned()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(0)),
+        }),
     }
 }
 
@@ -319,6 +339,59 @@ mod tests {
             &fixtures::names(),
             "berth.dev/berth-registry:0.1.0",
         )
+    }
+
+    fn on_object_storage(replicas: i32) -> Registry {
+        fixtures::registry_with(|s| {
+            s.replicas = replicas;
+            s.storage.filesystem = None;
+            s.storage.s3 = Some(crate::crd::S3Storage {
+                bucket: "images".into(),
+                region: "us-east-1".into(),
+                endpoint: None,
+                prefix: None,
+                credentials_secret: crate::crd::SecretName { name: "s3".into() },
+            });
+        })
+    }
+
+    #[test]
+    fn a_volume_one_pod_mounts_is_replaced_not_rolled() {
+        let d = build(&fixtures::registry());
+        let strategy = d.spec.and_then(|s| s.strategy).expect("strategy");
+        assert_eq!(strategy.type_.as_deref(), Some("Recreate"));
+    }
+
+    #[test]
+    fn replicas_on_object_storage_roll_one_at_a_time_and_spread_over_nodes() {
+        let d = build(&on_object_storage(2));
+        let spec = d.spec.expect("spec");
+        let strategy = spec.strategy.expect("strategy");
+        assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+        let rolling = strategy.rolling_update.expect("rolling update");
+        assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+        let pod = spec.template.spec.expect("pod");
+        let spread = pod.topology_spread_constraints.expect("spread");
+        assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+        assert!(
+            pod.volumes
+                .unwrap_or_default()
+                .iter()
+                .all(|v| v.persistent_volume_claim.is_none()),
+            "no data claim"
+        );
+        let container = &pod.containers[0];
+        let args = container.args.clone().unwrap_or_default();
+        assert!(args.windows(2).any(|w| w == ["--s3-bucket", "images"]));
+        assert!(!args.contains(&"--data".to_owned()));
+        assert_eq!(container.env.as_ref().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn one_replica_has_no_spread_constraint() {
+        let d = build(&on_object_storage(1));
+        let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
+        assert!(pod.topology_spread_constraints.is_none());
     }
 
     fn pod(d: &Deployment) -> &PodSpec {

@@ -83,6 +83,7 @@ mod tests {
                 bucket: "images".into(),
                 region: "us-east-1".into(),
                 endpoint: None,
+                prefix: None,
                 credentials_secret: SecretName { name: "s3".into() },
             });
         });
