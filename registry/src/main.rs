@@ -52,6 +52,22 @@ struct Serve {
     /// Directory holding blobs, manifests and upload sessions (created if missing).
     #[arg(long, env = "BERTH_DATA", default_value = "/var/lib/registry")]
     data: PathBuf,
+    /// Keep images in this S3 bucket instead of --data. Credentials come
+    /// from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a web identity
+    /// or container role), as for any AWS client. The bucket must exist.
+    #[arg(long, env = "BERTH_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// Key prefix inside the S3 bucket (e.g. "registry"): several
+    /// registries can share one bucket.
+    #[arg(long, env = "BERTH_S3_PREFIX", requires = "s3_bucket")]
+    s3_prefix: Option<String>,
+    /// URL of an S3-compatible server (e.g. https://s3.example.com:9000);
+    /// AWS when not given. Plain http:// is allowed only when given here.
+    #[arg(long, env = "BERTH_S3_ENDPOINT", requires = "s3_bucket")]
+    s3_endpoint: Option<String>,
+    /// The bucket's region (default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, env = "BERTH_S3_REGION", requires = "s3_bucket")]
+    s3_region: Option<String>,
     /// PEM certificate chain; with --tls-key, serve HTTPS. Re-read when the file changes.
     #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -173,8 +189,28 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     // Anything written before this instant was written by an earlier process.
     let started = std::time::SystemTime::now();
     let limits = limits(&args);
-    let store = berth_registry::filesystem_store(&args.data)
-        .with_context(|| format!("cannot use {} as the data directory; check it exists or can be created, and is writable", args.data.display()))?;
+    let (store, storage) = match &args.s3_bucket {
+        Some(bucket) => {
+            use berth_registry::storage::s3::{ObjectStoreDriver, S3Config};
+            let config = S3Config {
+                bucket: bucket.clone(),
+                prefix: args.s3_prefix.clone().unwrap_or_default(),
+                endpoint: args.s3_endpoint.clone(),
+                region: args.s3_region.clone(),
+            };
+            let driver = ObjectStoreDriver::s3(&config)?;
+            driver.check(&config).await?;
+            let url = format!("s3://{}/{}", config.bucket, config.prefix);
+            let store =
+                std::sync::Arc::new(berth_registry::Store::new(std::sync::Arc::new(driver)));
+            (store, url)
+        }
+        None => {
+            let store = berth_registry::filesystem_store(&args.data)
+                .with_context(|| format!("cannot use {} as the data directory; check it exists or can be created, and is writable", args.data.display()))?;
+            (store, args.data.display().to_string())
+        }
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
             berth_registry::tls::server_config(cert.clone(), key.clone())
@@ -209,7 +245,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}; is the port free?", args.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
-        data = %args.data.display(),
+        storage,
         tls = tls.is_some(),
         version = env!("CARGO_PKG_VERSION"),
         "berth-registry serving"
