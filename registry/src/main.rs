@@ -99,9 +99,10 @@ struct Serve {
     /// closes. Lowered at start if the open-file limit cannot hold them.
     #[arg(long, env = "BERTH_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
-    /// MiB that uploads in flight may hold in full-size (1 MiB) write
-    /// buffers; past it, uploads get 64 KiB buffers, so memory stays
-    /// bounded however many clients stall mid-upload.
+    /// MiB that uploads in flight may hold in full-size write buffers
+    /// (1 MiB on the filesystem, 8 MiB segments on S3); past it, uploads
+    /// get small buffers (64 KiB; 256 KiB on S3), so memory stays bounded
+    /// however many clients stall mid-upload.
     #[arg(long, env = "BERTH_UPLOAD_BUFFER_MIB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
     upload_buffer_mib: u64,
     /// Seconds between write probes of the storage; /readyz fails while
@@ -128,9 +129,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = args.sendfile_after {
         berth_registry::zero_copy::set_sendfile_after(n);
     }
-    berth_registry::storage::fs::set_upload_buffer_budget(
-        usize::try_from(args.upload_buffer_mib << 20).unwrap_or(usize::MAX),
-    );
+    let budget = usize::try_from(args.upload_buffer_mib << 20).unwrap_or(usize::MAX);
+    berth_registry::storage::fs::set_upload_buffer_budget(budget);
+    berth_registry::storage::s3::set_upload_buffer_budget(budget);
     init_tracing(&args.log_format);
     // File I/O runs on tokio's blocking pool. Its default cap (512 threads)
     // only adds memory here: the work is short reads and writes, and past a

@@ -41,6 +41,33 @@ use super::driver::{Appender, ByteStream, Driver, Durability};
 /// The most an appender holds in memory before writing a segment.
 pub const SEGMENT: usize = 8 << 20;
 
+/// The segment size of an upload when the buffer budget is spent: more
+/// objects per upload, but memory stays bounded however many clients stall
+/// mid-chunk.
+const SMALL_SEGMENT: usize = 256 << 10;
+
+static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+static BUDGET_USED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Caps the memory all appenders in flight may hold in full-size segment
+/// buffers (each holds two: one filling, one being written); past it,
+/// appenders write small segments. Takes effect only before the first
+/// append. Default: [`super::fs::DEFAULT_UPLOAD_BUFFER_BUDGET`].
+pub fn set_upload_buffer_budget(bytes: usize) {
+    let _ = BUDGET.set(bytes);
+}
+
+/// Reserves two full-size buffers if the budget allows; returns the bytes held.
+fn reserve_buffers() -> usize {
+    use std::sync::atomic::Ordering;
+    let want = 2 * SEGMENT;
+    let cap = *BUDGET.get_or_init(|| super::fs::DEFAULT_UPLOAD_BUFFER_BUDGET);
+    let reserved = BUDGET_USED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+        (used + want <= cap).then_some(used + want)
+    });
+    if reserved.is_ok() { want } else { 0 }
+}
+
 /// S3's smallest multipart part (but the last).
 const MIN_PART: u64 = 5 << 20;
 
@@ -379,8 +406,17 @@ impl Driver for ObjectStoreDriver {
                 }
             }
         };
+        let reserved = reserve_buffers();
+        let segment = if reserved > 0 {
+            SEGMENT
+        } else {
+            crate::metrics::upload_buffer_budget_spent();
+            SMALL_SEGMENT
+        };
         Ok(Box::new(ObjectAppender {
             driver: self.clone(),
+            segment,
+            reserved,
             key: key.to_owned(),
             offset: start,
             whole,
@@ -470,6 +506,10 @@ impl Driver for ObjectStoreDriver {
 /// is in flight while the next buffer fills.
 struct ObjectAppender {
     driver: ObjectStoreDriver,
+    /// How full `buf` gets before it is written as a segment.
+    segment: usize,
+    /// Bytes of the buffer budget this appender holds (returned on drop).
+    reserved: usize,
     key: String,
     offset: u64,
     /// The whole object's size, if one was there at open: it stays the
@@ -536,6 +576,12 @@ impl ObjectAppender {
     }
 }
 
+impl Drop for ObjectAppender {
+    fn drop(&mut self) {
+        BUDGET_USED.fetch_sub(self.reserved, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 #[async_trait]
 impl Appender for ObjectAppender {
     fn offset(&self) -> u64 {
@@ -545,15 +591,16 @@ impl Appender for ObjectAppender {
     async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         let mut data = data;
         while !data.is_empty() {
-            let room = SEGMENT - self.buf.len();
+            let room = self.segment - self.buf.len();
             let take = room.min(data.len());
             if self.buf.capacity() == 0 {
-                self.buf.reserve(SEGMENT.min(64 << 10).max(take));
+                // Lazily: a small chunk does not cost a whole segment.
+                self.buf.reserve(take.max(self.segment.min(1 << 20)));
             }
             self.buf.extend_from_slice(&data[..take]);
             self.offset += take as u64;
             data = &data[take..];
-            if self.buf.len() >= SEGMENT {
+            if self.buf.len() >= self.segment {
                 self.drain().await?;
             }
         }
