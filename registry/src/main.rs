@@ -192,6 +192,10 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     // Anything written before this instant was written by an earlier process.
     let started = std::time::SystemTime::now();
     let limits = limits(&args);
+    // Object storage may be shared with other replicas, whose uploads in
+    // flight look just like a crashed process's leftovers: there, only the
+    // periodic purge (by idle time) removes them.
+    let shared_storage = args.s3_bucket.is_some();
     let (store, storage) = match &args.s3_bucket {
         Some(bucket) => {
             use berth_registry::storage::s3::{ObjectStoreDriver, S3Config};
@@ -263,6 +267,9 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     // What a crash left behind goes in the background: start-up does not wait.
     let recover = store.clone();
     tokio::spawn(async move {
+        if shared_storage {
+            return;
+        }
         match recover.reclaim_after_crash(started).await {
             Ok((0, 0)) => {}
             Ok((tmp, sessions)) => tracing::info!(

@@ -68,6 +68,11 @@ fn reserve_buffers() -> usize {
     if reserved.is_ok() { want } else { 0 }
 }
 
+/// A buffer older than this is written even if not full: a segment's
+/// time is the session's last activity, which every process sharing the
+/// bucket reads to tell a slow upload from an abandoned one.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// S3's smallest multipart part (but the last).
 const MIN_PART: u64 = 5 << 20;
 
@@ -422,6 +427,7 @@ impl Driver for ObjectStoreDriver {
             whole,
             copied_whole: false,
             buf: Vec::new(),
+            last_write: std::time::Instant::now(),
             written: Vec::new(),
             pending: None,
         }))
@@ -518,6 +524,8 @@ struct ObjectAppender {
     /// Whether the whole object's bytes were copied to segment 0.
     copied_whole: bool,
     buf: Vec<u8>,
+    /// When the last segment was started (or the appender opened).
+    last_write: std::time::Instant,
     /// Segments this appender wrote (or is writing): removed by `abort`.
     written: Vec<Path>,
     pending: Option<tokio::task::JoinHandle<io::Result<()>>>,
@@ -553,6 +561,7 @@ impl ObjectAppender {
             self.copied_whole = true;
         }
         let data = std::mem::take(&mut self.buf);
+        self.last_write = std::time::Instant::now();
         let start = self.offset - data.len() as u64;
         let path = self.driver.segment_path(&self.key, start)?;
         self.written.push(path.clone());
@@ -600,7 +609,7 @@ impl Appender for ObjectAppender {
             self.buf.extend_from_slice(&data[..take]);
             self.offset += take as u64;
             data = &data[take..];
-            if self.buf.len() >= self.segment {
+            if self.buf.len() >= self.segment || self.last_write.elapsed() >= FLUSH_EVERY {
                 self.drain().await?;
             }
         }
