@@ -17,6 +17,8 @@ const MIB: usize = 1 << 20;
 
 struct Backend {
     driver: Arc<dyn Driver>,
+    /// A second driver on the same storage, as another process has.
+    twin: Arc<dyn Driver>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -24,13 +26,16 @@ fn fs() -> Option<Backend> {
     let dir = tempfile::tempdir().unwrap();
     Some(Backend {
         driver: Arc::new(FsDriver::new(dir.path()).unwrap()),
+        twin: Arc::new(FsDriver::new(dir.path()).unwrap()),
         _dir: Some(dir),
     })
 }
 
 fn memory() -> Option<Backend> {
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     Some(Backend {
-        driver: Arc::new(ObjectStoreDriver::in_memory()),
+        driver: Arc::new(ObjectStoreDriver::new(store.clone(), "")),
+        twin: Arc::new(ObjectStoreDriver::new(store, "")),
         _dir: None,
     })
 }
@@ -56,6 +61,7 @@ fn s3() -> Option<Backend> {
     };
     Some(Backend {
         driver: Arc::new(ObjectStoreDriver::s3(&config).unwrap()),
+        twin: Arc::new(ObjectStoreDriver::s3(&config).unwrap()),
         _dir: None,
     })
 }
@@ -67,7 +73,7 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     let Some(backend) = super::$backend() else { return };
-                    super::$test(backend.driver.clone()).await;
+                    super::$test(backend.driver.clone(), backend.twin.clone()).await;
                 }
             )*
         }
@@ -98,6 +104,8 @@ every_backend!(
     tiny_chunks_across_many_appenders_commit_whole,
     modified_is_the_last_write_time,
     delete_of_an_appended_object_removes_it_whole,
+    appends_alternating_between_two_drivers_continue_one_object,
+    a_dropped_appender_leaves_a_correct_prefix,
 );
 
 /// Deterministic bytes that differ at every offset a bug could confuse.
@@ -124,7 +132,7 @@ async fn append(d: &Arc<dyn Driver>, key: &str, chunks: &[&[u8]]) {
     a.finish().await.unwrap();
 }
 
-async fn put_then_get_returns_the_bytes(d: Arc<dyn Driver>) {
+async fn put_then_get_returns_the_bytes(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
     d.put("a/b/c", Bytes::from_static(b"hello"), Durability::Durable)
         .await
         .unwrap();
@@ -137,7 +145,7 @@ async fn put_then_get_returns_the_bytes(d: Arc<dyn Driver>) {
     assert_eq!(d.get("a/empty").await.unwrap().unwrap(), "");
 }
 
-async fn absent_objects_are_none(d: Arc<dyn Driver>) {
+async fn absent_objects_are_none(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
     assert!(d.get("no/such").await.unwrap().is_none());
     assert!(d.size("no/such").await.unwrap().is_none());
     assert!(d.stream("no/such", 0..1).await.unwrap().is_none());
@@ -145,7 +153,7 @@ async fn absent_objects_are_none(d: Arc<dyn Driver>) {
     assert!(d.list("no/such").await.unwrap().is_empty());
 }
 
-async fn put_replaces_an_object(d: Arc<dyn Driver>) {
+async fn put_replaces_an_object(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
     d.put("k", Bytes::from_static(b"old value"), Durability::Durable)
         .await
         .unwrap();
@@ -156,7 +164,7 @@ async fn put_replaces_an_object(d: Arc<dyn Driver>) {
     assert_eq!(d.size("k").await.unwrap(), Some(3));
 }
 
-async fn stream_returns_exactly_the_range(d: Arc<dyn Driver>) {
+async fn stream_returns_exactly_the_range(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
     let data = pattern(100_000, 1);
     d.put("blob", data.clone().into(), Durability::Durable)
         .await
@@ -167,7 +175,7 @@ async fn stream_returns_exactly_the_range(d: Arc<dyn Driver>) {
     assert!(read(&d, "blob", 5..5).await.is_empty());
 }
 
-async fn list_names_direct_children_once(d: Arc<dyn Driver>) {
+async fn list_names_direct_children_once(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
     for key in [
         "r/x/one",
         "r/x/two",
@@ -192,7 +200,10 @@ async fn list_names_direct_children_once(d: Arc<dyn Driver>) {
     assert_eq!(top, ["x", "y"]);
 }
 
-async fn delete_removes_an_object_or_everything_under_a_prefix(d: Arc<dyn Driver>) {
+async fn delete_removes_an_object_or_everything_under_a_prefix(
+    d: Arc<dyn Driver>,
+    _twin: Arc<dyn Driver>,
+) {
     for key in ["p/q/a", "p/q/b/c", "p/keep"] {
         d.put(key, Bytes::from_static(b"."), Durability::Durable)
             .await
@@ -209,7 +220,10 @@ async fn delete_removes_an_object_or_everything_under_a_prefix(d: Arc<dyn Driver
     d.delete("never/was").await.unwrap();
 }
 
-async fn commit_moves_an_object_and_replaces_the_target(d: Arc<dyn Driver>) {
+async fn commit_moves_an_object_and_replaces_the_target(
+    d: Arc<dyn Driver>,
+    _twin: Arc<dyn Driver>,
+) {
     d.put(
         "up/data",
         Bytes::from_static(b"content"),
@@ -225,13 +239,13 @@ async fn commit_moves_an_object_and_replaces_the_target(d: Arc<dyn Driver>) {
     assert!(d.size("up/data").await.unwrap().is_none());
 }
 
-async fn commit_of_an_absent_object_is_not_found(d: Arc<dyn Driver>) {
+async fn commit_of_an_absent_object_is_not_found(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
     let err = d.commit("up/none", "blobs/none").await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
     assert!(d.size("blobs/none").await.unwrap().is_none());
 }
 
-async fn appends_accumulate_across_appenders(d: Arc<dyn Driver>) {
+async fn appends_accumulate_across_appenders(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
     d.put("s/data", Bytes::new(), Durability::Scratch)
         .await
         .unwrap();
@@ -252,14 +266,14 @@ async fn appends_accumulate_across_appenders(d: Arc<dyn Driver>) {
     assert_eq!(d.get("s/whole").await.unwrap().unwrap(), "12345");
 }
 
-async fn an_appender_creates_an_absent_object_empty(d: Arc<dyn Driver>) {
+async fn an_appender_creates_an_absent_object_empty(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
     let a = d.appender("fresh/data").await.unwrap();
     assert_eq!(a.offset(), 0);
     a.finish().await.unwrap();
     assert_eq!(d.size("fresh/data").await.unwrap(), Some(0));
 }
 
-async fn abort_leaves_the_object_as_it_was(d: Arc<dyn Driver>) {
+async fn abort_leaves_the_object_as_it_was(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
     d.put("ab/data", Bytes::from_static(b"xyz"), Durability::Scratch)
         .await
         .unwrap();
@@ -281,7 +295,10 @@ async fn abort_leaves_the_object_as_it_was(d: Arc<dyn Driver>) {
     assert_eq!(d.get("ab/data").await.unwrap().unwrap(), "xyz123!");
 }
 
-async fn large_odd_sized_appends_stream_and_commit_whole(d: Arc<dyn Driver>) {
+async fn large_odd_sized_appends_stream_and_commit_whole(
+    d: Arc<dyn Driver>,
+    _twin: Arc<dyn Driver>,
+) {
     d.put("big/data", Bytes::new(), Durability::Scratch)
         .await
         .unwrap();
@@ -316,7 +333,10 @@ async fn large_odd_sized_appends_stream_and_commit_whole(d: Arc<dyn Driver>) {
     assert!(d.size("big/data").await.unwrap().is_none());
 }
 
-async fn tiny_chunks_across_many_appenders_commit_whole(d: Arc<dyn Driver>) {
+async fn tiny_chunks_across_many_appenders_commit_whole(
+    d: Arc<dyn Driver>,
+    _twin: Arc<dyn Driver>,
+) {
     d.put("tiny/data", Bytes::new(), Durability::Scratch)
         .await
         .unwrap();
@@ -342,7 +362,7 @@ async fn tiny_chunks_across_many_appenders_commit_whole(d: Arc<dyn Driver>) {
     assert_eq!(d.get("blobs/tiny").await.unwrap().unwrap(), data);
 }
 
-async fn modified_is_the_last_write_time(d: Arc<dyn Driver>) {
+async fn modified_is_the_last_write_time(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
     let before = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
     d.put("m/data", Bytes::new(), Durability::Scratch)
         .await
@@ -353,7 +373,7 @@ async fn modified_is_the_last_write_time(d: Arc<dyn Driver>) {
     assert!(before <= t && t <= after, "{t:?}");
 }
 
-async fn delete_of_an_appended_object_removes_it_whole(d: Arc<dyn Driver>) {
+async fn delete_of_an_appended_object_removes_it_whole(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
     d.put("u/id/data", Bytes::new(), Durability::Scratch)
         .await
         .unwrap();
@@ -368,4 +388,45 @@ async fn delete_of_an_appended_object_removes_it_whole(d: Arc<dyn Driver>) {
     d.delete("u/id").await.unwrap();
     assert!(d.size("u/id/data").await.unwrap().is_none());
     assert!(d.list("u").await.unwrap().is_empty());
+}
+
+async fn appends_alternating_between_two_drivers_continue_one_object(
+    d: Arc<dyn Driver>,
+    twin: Arc<dyn Driver>,
+) {
+    d.put("alt/data", Bytes::new(), Durability::Scratch)
+        .await
+        .unwrap();
+    let data = pattern(9 * MIB + 5_000, 5);
+    let cuts = [0, 1_000, 2_000, 9 * MIB + 2_000, data.len()];
+    for (i, w) in cuts.windows(2).enumerate() {
+        let driver = if i % 2 == 0 { &twin } else { &d };
+        assert_eq!(driver.size("alt/data").await.unwrap(), Some(w[0] as u64));
+        append(driver, "alt/data", &[&data[w[0]..w[1]]]).await;
+    }
+    assert!(read(&d, "alt/data", 0..data.len() as u64).await == data);
+    twin.commit("alt/data", "blobs/alt").await.unwrap();
+    assert!(read(&d, "blobs/alt", 0..data.len() as u64).await == data);
+}
+
+async fn a_dropped_appender_leaves_a_correct_prefix(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    // Dropped (a request cut off, a process killed) without finish or
+    // abort, what remains is some prefix of what was sent, and appends
+    // continue from there.
+    let data = pattern(20 * MIB, 6);
+    d.put("drop/data", data[..3].to_vec().into(), Durability::Scratch)
+        .await
+        .unwrap();
+    for end in [9 * MIB, 18 * MIB + 1] {
+        let have = d.size("drop/data").await.unwrap().unwrap() as usize;
+        let mut a = d.appender("drop/data").await.unwrap();
+        a.write(&data[have..end]).await.unwrap();
+        drop(a);
+        let size = d.size("drop/data").await.unwrap().unwrap() as usize;
+        assert!(size >= have && size <= end, "{have} <= {size} <= {end}");
+        assert!(read(&d, "drop/data", 0..size as u64).await == data[..size]);
+    }
+    let have = d.size("drop/data").await.unwrap().unwrap() as usize;
+    append(&d, "drop/data", &[&data[have..]]).await;
+    assert!(read(&d, "drop/data", 0..data.len() as u64).await == data);
 }

@@ -587,6 +587,11 @@ impl ObjectAppender {
 
 impl Drop for ObjectAppender {
     fn drop(&mut self) {
+        // Cut off (the request dropped): a segment write not yet sent is
+        // not sent; one already sent lands as the next contiguous segment.
+        if let Some(write) = self.pending.take() {
+            write.abort();
+        }
         BUDGET_USED.fetch_sub(self.reserved, std::sync::atomic::Ordering::AcqRel);
     }
 }
