@@ -25,6 +25,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the registry API.
@@ -52,6 +54,22 @@ struct Serve {
     /// Directory holding blobs, manifests and upload sessions (created if missing).
     #[arg(long, env = "BERTH_DATA", default_value = "/var/lib/registry")]
     data: PathBuf,
+    /// Keep images in this S3 bucket instead of --data. Credentials come
+    /// from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a web identity
+    /// or container role), as for any AWS client. The bucket must exist.
+    #[arg(long, env = "BERTH_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// Key prefix inside the S3 bucket (e.g. "registry"): several
+    /// registries can share one bucket.
+    #[arg(long, env = "BERTH_S3_PREFIX", requires = "s3_bucket")]
+    s3_prefix: Option<String>,
+    /// URL of an S3-compatible server (e.g. https://s3.example.com:9000);
+    /// AWS when not given. Plain http:// is allowed only when given here.
+    #[arg(long, env = "BERTH_S3_ENDPOINT", requires = "s3_bucket")]
+    s3_endpoint: Option<String>,
+    /// The bucket's region (default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, env = "BERTH_S3_REGION", requires = "s3_bucket")]
+    s3_region: Option<String>,
     /// PEM certificate chain; with --tls-key, serve HTTPS. Re-read when the file changes.
     #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -83,9 +101,10 @@ struct Serve {
     /// closes. Lowered at start if the open-file limit cannot hold them.
     #[arg(long, env = "BERTH_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
-    /// MiB that uploads in flight may hold in full-size (1 MiB) write
-    /// buffers; past it, uploads get 64 KiB buffers, so memory stays
-    /// bounded however many clients stall mid-upload.
+    /// MiB that uploads in flight may hold in full-size write buffers
+    /// (1 MiB on the filesystem, 8 MiB segments on S3); past it, uploads
+    /// get small buffers (64 KiB; 256 KiB on S3), so memory stays bounded
+    /// however many clients stall mid-upload.
     #[arg(long, env = "BERTH_UPLOAD_BUFFER_MIB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
     upload_buffer_mib: u64,
     /// Seconds between write probes of the storage; /readyz fails while
@@ -112,9 +131,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = args.sendfile_after {
         berth_registry::zero_copy::set_sendfile_after(n);
     }
-    berth_registry::storage::fs::set_upload_buffer_budget(
-        usize::try_from(args.upload_buffer_mib << 20).unwrap_or(usize::MAX),
-    );
+    let budget = usize::try_from(args.upload_buffer_mib << 20).unwrap_or(usize::MAX);
+    berth_registry::storage::fs::set_upload_buffer_budget(budget);
+    berth_registry::storage::s3::set_upload_buffer_budget(budget);
     init_tracing(&args.log_format);
     // File I/O runs on tokio's blocking pool. Its default cap (512 threads)
     // only adds memory here: the work is short reads and writes, and past a
@@ -173,8 +192,32 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     // Anything written before this instant was written by an earlier process.
     let started = std::time::SystemTime::now();
     let limits = limits(&args);
-    let store = berth_registry::filesystem_store(&args.data)
-        .with_context(|| format!("cannot use {} as the data directory; check it exists or can be created, and is writable", args.data.display()))?;
+    // Object storage may be shared with other replicas, whose uploads in
+    // flight look just like a crashed process's leftovers: there, only the
+    // periodic purge (by idle time) removes them.
+    let shared_storage = args.s3_bucket.is_some();
+    let (store, storage) = match &args.s3_bucket {
+        Some(bucket) => {
+            use berth_registry::storage::s3::{ObjectStoreDriver, S3Config};
+            let config = S3Config {
+                bucket: bucket.clone(),
+                prefix: args.s3_prefix.clone().unwrap_or_default(),
+                endpoint: args.s3_endpoint.clone(),
+                region: args.s3_region.clone(),
+            };
+            let driver = ObjectStoreDriver::s3(&config)?;
+            driver.check(&config).await?;
+            let url = format!("s3://{}/{}", config.bucket, config.prefix);
+            let store =
+                std::sync::Arc::new(berth_registry::Store::new(std::sync::Arc::new(driver)));
+            (store, url)
+        }
+        None => {
+            let store = berth_registry::filesystem_store(&args.data)
+                .with_context(|| format!("cannot use {} as the data directory; check it exists or can be created, and is writable", args.data.display()))?;
+            (store, args.data.display().to_string())
+        }
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
             berth_registry::tls::server_config(cert.clone(), key.clone())
@@ -209,7 +252,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}; is the port free?", args.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
-        data = %args.data.display(),
+        storage,
         tls = tls.is_some(),
         version = env!("CARGO_PKG_VERSION"),
         "berth-registry serving"
@@ -224,6 +267,9 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     // What a crash left behind goes in the background: start-up does not wait.
     let recover = store.clone();
     tokio::spawn(async move {
+        if shared_storage {
+            return;
+        }
         match recover.reclaim_after_crash(started).await {
             Ok((0, 0)) => {}
             Ok((tmp, sessions)) => tracing::info!(

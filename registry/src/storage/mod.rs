@@ -11,6 +11,7 @@ pub mod file_chunks;
 pub mod fs;
 pub mod layout;
 pub mod locks;
+pub mod s3;
 pub mod upload;
 
 use std::io;
