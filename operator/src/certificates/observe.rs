@@ -88,6 +88,8 @@ impl ServedSecret {
 }
 
 /// What the certificate plan needs, per `tls.mode`.
+// One per reconcile, never stored: boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub(crate) enum Observed {
     SelfSigned {

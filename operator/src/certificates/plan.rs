@@ -622,7 +622,10 @@ mod tests {
         let (ca, previous) = written_ca(&plan);
         assert_eq!(previous, None);
         let ca_fingerprint = info(&ca.cert_pem).fingerprint;
-        assert_eq!(bundle_fingerprints(&plan), [ca_fingerprint.clone()]);
+        assert_eq!(
+            bundle_fingerprints(&plan),
+            std::slice::from_ref(&ca_fingerprint)
+        );
         let annotations = plan
             .ca_bundle
             .as_ref()
