@@ -128,10 +128,22 @@ pub enum Error {
 }
 
 impl Error {
-    /// A short, stable name for metrics.
+    /// A short, stable name for metrics. API refusals are told apart, as
+    /// each needs a different fix: a conflict retries by itself, a
+    /// forbidden write needs RBAC, a missing kind needs its CRD installed.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::MissingMetadata => "MissingMetadata",
+            Self::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } => match status.code {
+                409 => "Conflict",
+                403 => "Forbidden",
+                404 => "NotFound",
+                422 => "Invalid",
+                _ => "Kube",
+            },
             Self::Kube { .. } => "Kube",
             Self::Pki(_) => "Pki",
             Self::Keys(_) => "Keys",
@@ -655,6 +667,20 @@ mod tests {
     use k8s_openapi::api::core::v1::PersistentVolumeClaimStatus;
 
     use super::*;
+
+    #[test]
+    fn api_refusals_are_counted_by_kind() {
+        let refused = |code: u16| {
+            let status = kube::core::Status::failure("refused", "Refused").with_code(code);
+            kube_err("writing")(kube::Error::Api(status.boxed())).kind()
+        };
+        assert_eq!(refused(409), "Conflict");
+        assert_eq!(refused(403), "Forbidden");
+        assert_eq!(refused(404), "NotFound");
+        assert_eq!(refused(422), "Invalid");
+        assert_eq!(refused(500), "Kube");
+        assert_eq!(Error::MissingMetadata.kind(), "MissingMetadata");
+    }
 
     #[test]
     fn backoff_doubles_from_five_seconds_up_to_five_minutes() {
