@@ -247,12 +247,22 @@ struct Node {
     in_place: bool,
     /// Quarantine batches holding a copy of its revision link.
     trashed: Vec<u64>,
-    children: Vec<Key>,
+    children: Vec<Digest>,
     subject: Option<Key>,
     /// Blobs that must be in the repository (config, distributable layers).
     blobs: Vec<Digest>,
     /// Its `_referrers` entry (key, descriptor JSON), if it has a subject.
     entry: Option<(String, Bytes)>,
+}
+
+/// One repository's manifests as the mark sees them.
+struct Graph<'a> {
+    nodes: HashMap<Key, Node>,
+    /// Subject → referrers, from the referrers' own `subject` fields.
+    referrers: HashMap<Key, Vec<Digest>>,
+    /// Subject → its `_referrers` directory.
+    indexed: HashMap<Key, String>,
+    reachable: &'a mut HashSet<Key>,
 }
 
 /// One run's state.
@@ -512,17 +522,22 @@ impl Store {
     }
 
     /// A small object in place or, failing that, in any quarantine batch
-    /// (read only: the mark moves nothing).
+    /// (read only: the mark moves nothing). A miss is tried again with the
+    /// batches as they are now: the object may have been moving.
     async fn read_anywhere(&self, batches: &[u64], key: &str) -> Result<Option<Bytes>, StorageError> {
-        if let Some(b) = self.get(key).await? {
-            return Ok(Some(b));
-        }
-        for &b in batches {
-            if let Some(bytes) = self.get(&layout::trash(b, key)).await? {
-                return Ok(Some(bytes));
+        let mut fresh = None;
+        for _ in 0..2 {
+            if let Some(b) = self.get(key).await? {
+                return Ok(Some(b));
             }
+            for &b in fresh.as_deref().unwrap_or(batches) {
+                if let Some(bytes) = self.get(&layout::trash(b, key)).await? {
+                    return Ok(Some(bytes));
+                }
+            }
+            fresh = Some(self.trash_batches().await?);
         }
-        Ok(None)
+        Ok(self.get(key).await?)
     }
 
     /// Whether `key` is in place or quarantined.
@@ -607,26 +622,42 @@ impl Store {
         for node in nodes.values_mut() {
             self.load_node(&run.batches, name, node).await?;
         }
-        let mut referrers: HashMap<Key, Vec<Key>> = HashMap::new();
-        for (k, node) in &nodes {
-            if let Some(s) = node.subject {
-                referrers.entry(s).or_default().push(*k);
+        let mut referrers: HashMap<Key, Vec<Digest>> = HashMap::new();
+        for node in nodes.values() {
+            if let (Some(s), Some(d)) = (node.subject, &node.digest) {
+                referrers.entry(s).or_default().push(d.clone());
+            }
+        }
+        // Subjects with `_referrers` entries: a referrer whose revision was
+        // moving while it was listed is still found through its entry.
+        let mut indexed: HashMap<Key, String> = HashMap::new();
+        for alg in ALGORITHMS {
+            let dir = format!("{}/_referrers/{alg}", layout::repository(name));
+            for hex in self.list(&dir).await? {
+                if let Some(k) = key_of_hex(&hex) {
+                    indexed.insert(k, format!("{dir}/{hex}"));
+                }
             }
         }
         // Roots: the tags, then the revisions younger than the grace.
         let mut reachable: HashSet<Key> = HashSet::new();
-        let mut queue: VecDeque<Key> = VecDeque::new();
+        let mut queue: VecDeque<Digest> = VecDeque::new();
         for tag in self.list(&layout::tags_dir(name)).await? {
             let Ok(tag) = tag.parse() else { continue };
             if let Some(d) = self.tag_target(name, &tag).await? {
-                queue.push_back(key(&d));
+                queue.push_back(d);
             }
         }
-        reach(&nodes, &referrers, &mut reachable, &mut queue);
+        let mut graph = Graph {
+            nodes,
+            referrers,
+            indexed,
+            reachable: &mut reachable,
+        };
+        self.reach(name, &mut graph, &mut queue).await?;
         let now = SystemTime::now();
-        let mut young = Vec::new();
-        for (k, node) in &nodes {
-            if reachable.contains(k) || !node.in_place {
+        for (k, node) in &graph.nodes {
+            if graph.reachable.contains(k) || !node.in_place {
                 continue;
             }
             let Some(d) = &node.digest else { continue };
@@ -639,11 +670,11 @@ impl Store {
             // Unknown age: kept, as young.
             if modified.is_none_or(|t| now.duration_since(t).unwrap_or_default() < run.opts.grace)
             {
-                young.push(*k);
+                queue.push_back(d.clone());
             }
         }
-        queue.extend(young);
-        reach(&nodes, &referrers, &mut reachable, &mut queue);
+        self.reach(name, &mut graph, &mut queue).await?;
+        let nodes = graph.nodes;
 
         // The repository's layer links, to write back missing ones.
         let links = if run.opts.dry_run || reachable.is_empty() {
@@ -657,7 +688,7 @@ impl Store {
             if reachable.contains(k) {
                 run.report.manifests_kept += 1;
                 run.live.insert(*k);
-                run.live.extend(node.children.iter().copied());
+                run.live.extend(node.children.iter().map(key));
                 for b in &node.blobs {
                     run.live.insert(key(b));
                 }
@@ -670,6 +701,77 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Follows index children and referrers from the queued manifests,
+    /// looking up (in place or quarantined, with fresh batch lists) any that
+    /// the listing missed because it was moving at that moment.
+    async fn reach(
+        &self,
+        name: &Name,
+        graph: &mut Graph<'_>,
+        queue: &mut VecDeque<Digest>,
+    ) -> Result<(), StorageError> {
+        while let Some(d) = queue.pop_front() {
+            let k = key(&d);
+            if !graph.reachable.insert(k) {
+                continue;
+            }
+            if !graph.nodes.contains_key(&k) {
+                match self.find_node(name, &d).await? {
+                    Some(node) => {
+                        graph.nodes.insert(k, node);
+                    }
+                    None => {
+                        tracing::warn!(manifest = %d, repository = %name, "a reachable manifest is gone (a tag or index points at nothing)");
+                        continue;
+                    }
+                }
+            }
+            if let Some(node) = graph.nodes.get(&k) {
+                queue.extend(node.children.iter().cloned());
+            }
+            if let Some(rs) = graph.referrers.get(&k) {
+                queue.extend(rs.iter().cloned());
+            }
+            if let Some(dir) = graph.indexed.get(&k) {
+                for entry in self.list(dir).await? {
+                    if let Some((alg, hex)) = entry.split_once('-')
+                        && let Ok(r) = format!("{alg}:{hex}").parse::<Digest>()
+                    {
+                        queue.push_back(r);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A manifest the listing did not show: in place or in any quarantine
+    /// batch as they are now, a few times over (a move in flight).
+    async fn find_node(&self, name: &Name, d: &Digest) -> Result<Option<Node>, StorageError> {
+        let rev = layout::manifest_revision(name, d);
+        for _ in 0..3 {
+            let batches = self.trash_batches().await?;
+            let mut node = Node {
+                digest: Some(d.clone()),
+                ..Node::default()
+            };
+            node.in_place = self.size(&rev).await?.is_some();
+            for &b in &batches {
+                if self.size(&layout::trash(b, &rev)).await?.is_some() {
+                    node.trashed.push(b);
+                }
+            }
+            if !node.in_place && self.size(&rev).await?.is_some() {
+                node.in_place = true;
+            }
+            if node.in_place || !node.trashed.is_empty() {
+                self.load_node(&batches, name, &mut node).await?;
+                return Ok(Some(node));
+            }
+        }
+        Ok(None)
     }
 
     /// Reads a manifest's media type and body (in place or quarantined) for
@@ -694,7 +796,7 @@ impl Store {
                 return Ok(());
             }
         };
-        node.children = parsed.manifests.iter().map(|c| key(&c.digest)).collect();
+        node.children = parsed.manifests.iter().map(|c| c.digest.clone()).collect();
         node.blobs = parsed.required_blobs().map(|b| b.digest.clone()).collect();
         if let Some(subject) = &parsed.subject {
             node.subject = Some(key(&subject.digest));
@@ -751,7 +853,12 @@ impl Store {
             run.item(GcAction::Quarantine, rev, None);
             if !dry {
                 let b = run.batch_now();
-                self.commit(rev, &layout::trash(b, rev)).await?;
+                match self.driver.commit(rev, &layout::trash(b, rev)).await {
+                    Ok(()) => {}
+                    // Deleted, or quarantined by another process, meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::new("quarantine", rev, e)),
+                }
             }
         }
         let settled: Vec<u64> = node
@@ -949,26 +1056,6 @@ impl Store {
             }
         }
         Ok(())
-    }
-}
-
-/// Follows index children and referrers from the queued manifests.
-fn reach(
-    nodes: &HashMap<Key, Node>,
-    referrers: &HashMap<Key, Vec<Key>>,
-    reachable: &mut HashSet<Key>,
-    queue: &mut VecDeque<Key>,
-) {
-    while let Some(k) = queue.pop_front() {
-        if !reachable.insert(k) {
-            continue;
-        }
-        if let Some(node) = nodes.get(&k) {
-            queue.extend(node.children.iter().copied());
-        }
-        if let Some(rs) = referrers.get(&k) {
-            queue.extend(rs.iter().copied());
-        }
     }
 }
 
