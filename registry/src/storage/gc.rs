@@ -290,10 +290,9 @@ impl Run<'_> {
         let epsilon = (millis(self.opts.quarantine) / 4).max(1);
         match self.batch {
             Some(b) if now.saturating_sub(b) < epsilon => b,
-            previous => {
-                let b = now.max(previous.map_or(0, |p| p + 1));
-                self.batch = Some(b);
-                b
+            _ => {
+                self.batch = Some(now);
+                now
             }
         }
     }
@@ -648,6 +647,7 @@ impl Store {
                 queue.push_back(d);
             }
         }
+        let indexed_dirs: Vec<String> = indexed.values().cloned().collect();
         let mut graph = Graph {
             nodes,
             referrers,
@@ -698,6 +698,62 @@ impl Store {
                 }
             } else {
                 self.drop_revision(run, &rev, node).await?;
+            }
+        }
+        self.remove_orphan_entries(run, name, &nodes, indexed_dirs).await
+    }
+
+    /// Removes `_referrers` entries whose manifest is gone everywhere (a GC
+    /// killed between deleting a revision and its entry leaves them). An
+    /// entry younger than the quarantine may belong to a PUT in flight
+    /// (entry first, revision next) and stays.
+    async fn remove_orphan_entries(
+        &self,
+        run: &mut Run<'_>,
+        name: &Name,
+        nodes: &HashMap<Key, Node>,
+        dirs: Vec<String>,
+    ) -> Result<(), StorageError> {
+        let now = SystemTime::now();
+        for dir in dirs {
+            for entry in self.list(&dir).await? {
+                let Some((alg, hex)) = entry.split_once('-') else {
+                    continue;
+                };
+                let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
+                    continue;
+                };
+                if nodes.contains_key(&key(&d)) {
+                    continue;
+                }
+                let key = format!("{dir}/{entry}");
+                let modified = self
+                    .driver
+                    .modified(&key)
+                    .await
+                    .map_err(|e| StorageError::new("stat", &key, e))?;
+                let old = modified.is_some_and(|t| {
+                    now.duration_since(t).unwrap_or_default() >= run.opts.quarantine
+                });
+                let rev = layout::manifest_revision(name, &d);
+                let batches = self.trash_batches().await?;
+                if !old || self.anywhere(&batches, &rev).await? {
+                    continue;
+                }
+                run.report.links_removed += 1;
+                run.item(GcAction::Delete, &key, None);
+                if run.opts.dry_run {
+                    continue;
+                }
+                let Some(json) = self.get(&key).await? else {
+                    continue;
+                };
+                self.delete(&key).await?;
+                // A push of that manifest may have landed since the check.
+                if self.size(&rev).await?.is_some() {
+                    self.put(&key, json).await?;
+                    run.report.links_removed -= 1;
+                }
             }
         }
         Ok(())
