@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the registry API.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Write a new token key pair into a directory (signing.key, verify.pem),
     /// as the operator keeps them: for running with --auth-config by hand.
     Keygen {
@@ -143,7 +143,7 @@ struct Serve {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
-        Command::Serve(args) => args,
+        Command::Serve(args) => *args,
         Command::Keygen { dir } => return keygen(&dir),
         Command::Gc(args) => return gc_once(&args),
         Command::Htpasswd { user, cost } => return htpasswd_line(&user, cost),
@@ -335,15 +335,16 @@ fn gc_once(args: &GcArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let reports: Vec<GcReport> = runtime.block_on(async {
-        let first = store.gc(&opts).await?;
-        let mut reports = vec![first];
-        if opts.quarantine.is_zero() && !opts.dry_run {
-            reports.push(store.gc(&opts).await?);
-        }
-        Ok::<_, berth_registry::storage::StorageError>(reports)
-    })
-    .context("garbage collection failed; run it again to finish (nothing is lost)")?;
+    let reports: Vec<GcReport> = runtime
+        .block_on(async {
+            let first = store.gc(&opts).await?;
+            let mut reports = vec![first];
+            if opts.quarantine.is_zero() && !opts.dry_run {
+                reports.push(store.gc(&opts).await?);
+            }
+            Ok::<_, berth_registry::storage::StorageError>(reports)
+        })
+        .context("garbage collection failed; run it again to finish (nothing is lost)")?;
     let mut out = std::io::stdout().lock();
     let verb = if args.dry_run { "would" } else { "did" };
     for r in &reports {
@@ -366,7 +367,10 @@ fn gc_once(args: &GcArgs) -> anyhow::Result<()> {
         sum(|r| r.bytes_quarantined),
         reports.last().map_or(0, |r| r.manifests_kept),
         reports.last().map_or(0, |r| r.blobs_kept),
-        reports.iter().map(|r| r.duration.as_secs_f64()).sum::<f64>(),
+        reports
+            .iter()
+            .map(|r| r.duration.as_secs_f64())
+            .sum::<f64>(),
     )?;
     Ok(())
 }

@@ -296,7 +296,8 @@ pub fn gc_run(ok: bool, report: &crate::storage::gc::GcReport, took: Duration) {
     let outcome = if ok { "ok" } else { "failed" };
     m.runs.get_or_create(&OutcomeLabels { outcome }).inc();
     if !report.dry_run {
-        m.reclaimed_objects.inc_by(report.objects_reclaimed() as u64);
+        m.reclaimed_objects
+            .inc_by(report.objects_reclaimed() as u64);
         m.reclaimed_bytes.inc_by(report.bytes_reclaimed);
         m.quarantined_objects
             .inc_by((report.blobs_quarantined + report.manifests_quarantined) as u64);

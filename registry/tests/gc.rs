@@ -142,8 +142,24 @@ fn hex(d: &str) -> &str {
 #[tokio::test]
 async fn unreferenced_blobs_and_untagged_manifests_go_after_the_grace_and_not_before() {
     let (reg, store) = registry();
-    let kept = push_image(&reg, "team/app", Some("v1"), b"{\"a\":1}", &[b"layer A".to_vec()], "").await;
-    let untagged = push_image(&reg, "team/app", None, b"{\"u\":1}", &[b"layer U".to_vec()], "").await;
+    let kept = push_image(
+        &reg,
+        "team/app",
+        Some("v1"),
+        b"{\"a\":1}",
+        &[b"layer A".to_vec()],
+        "",
+    )
+    .await;
+    let untagged = push_image(
+        &reg,
+        "team/app",
+        None,
+        b"{\"u\":1}",
+        &[b"layer U".to_vec()],
+        "",
+    )
+    .await;
     let orphan = reg.push_blob("team/app", b"pushed, never used").await;
 
     // Within the grace nothing goes, however often GC runs.
@@ -161,11 +177,17 @@ async fn unreferenced_blobs_and_untagged_manifests_go_after_the_grace_and_not_be
         StatusCode::OK
     );
 
-    let first = store.gc(&opts(Duration::ZERO, Duration::ZERO)).await.unwrap();
+    let first = store
+        .gc(&opts(Duration::ZERO, Duration::ZERO))
+        .await
+        .unwrap();
     assert_eq!(first.manifests_quarantined, 1);
     // The untagged manifest's bytes, config and layer, and the orphan.
     assert_eq!(first.blobs_quarantined, 4, "{:?}", first.items);
-    let second = store.gc(&opts(Duration::ZERO, Duration::ZERO)).await.unwrap();
+    let second = store
+        .gc(&opts(Duration::ZERO, Duration::ZERO))
+        .await
+        .unwrap();
     assert_eq!(second.manifests_deleted, 1);
     assert_eq!(second.blobs_deleted, 4);
     assert!(second.bytes_reclaimed > 0);
@@ -181,7 +203,10 @@ async fn unreferenced_blobs_and_untagged_manifests_go_after_the_grace_and_not_be
         StatusCode::NOT_FOUND
     );
     let files = reg.files().join("\n");
-    assert!(!files.contains(hex(&orphan)), "orphan or its link left: {files}");
+    assert!(
+        !files.contains(hex(&orphan)),
+        "orphan or its link left: {files}"
+    );
     assert!(!files.contains(hex(&untagged.digest)), "{files}");
     assert!(!files.contains("_gc/trash"), "{files}");
     assert_pullable(&reg, "team/app", &kept).await;
@@ -192,9 +217,33 @@ async fn an_index_s_children_and_a_live_subject_s_referrers_stay_and_a_referrer_
  {
     let (reg, store) = registry();
     let repo = "team/multi";
-    let tagged = push_image(&reg, repo, Some("v1"), b"{\"t\":1}", &[b"tagged layer".to_vec()], "").await;
-    let amd = push_image(&reg, repo, None, b"{\"arch\":\"amd64\"}", &[b"amd".to_vec()], "").await;
-    let arm = push_image(&reg, repo, None, b"{\"arch\":\"arm64\"}", &[b"arm".to_vec()], "").await;
+    let tagged = push_image(
+        &reg,
+        repo,
+        Some("v1"),
+        b"{\"t\":1}",
+        &[b"tagged layer".to_vec()],
+        "",
+    )
+    .await;
+    let amd = push_image(
+        &reg,
+        repo,
+        None,
+        b"{\"arch\":\"amd64\"}",
+        &[b"amd".to_vec()],
+        "",
+    )
+    .await;
+    let arm = push_image(
+        &reg,
+        repo,
+        None,
+        b"{\"arch\":\"arm64\"}",
+        &[b"arm".to_vec()],
+        "",
+    )
+    .await;
     let index = format!(
         r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{}}},{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{}}}]}}"#,
         amd.digest,
@@ -211,11 +260,40 @@ async fn an_index_s_children_and_a_live_subject_s_referrers_stay_and_a_referrer_
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    let signature = push_image(&reg, repo, None, b"{\"sig\":1}", &[b"signature".to_vec()], &subject(&tagged)).await;
-    let doomed = push_image(&reg, repo, Some("old"), b"{\"old\":1}", &[b"old layer".to_vec()], "").await;
-    let sbom = push_image(&reg, repo, None, b"{\"sbom\":1}", &[b"sbom".to_vec()], &subject(&doomed)).await;
+    let signature = push_image(
+        &reg,
+        repo,
+        None,
+        b"{\"sig\":1}",
+        &[b"signature".to_vec()],
+        &subject(&tagged),
+    )
+    .await;
+    let doomed = push_image(
+        &reg,
+        repo,
+        Some("old"),
+        b"{\"old\":1}",
+        &[b"old layer".to_vec()],
+        "",
+    )
+    .await;
+    let sbom = push_image(
+        &reg,
+        repo,
+        None,
+        b"{\"sbom\":1}",
+        &[b"sbom".to_vec()],
+        &subject(&doomed),
+    )
+    .await;
     let r = reg
-        .send(Method::DELETE, &format!("/v2/{repo}/manifests/old"), &[], Bytes::new())
+        .send(
+            Method::DELETE,
+            &format!("/v2/{repo}/manifests/old"),
+            &[],
+            Bytes::new(),
+        )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
 
@@ -233,7 +311,10 @@ async fn an_index_s_children_and_a_live_subject_s_referrers_stay_and_a_referrer_
     assert_eq!(quarantined.len(), 2, "{quarantined:?}");
     assert!(quarantined.iter().any(|k| k.ends_with(hex(&doomed.digest))));
     assert!(quarantined.iter().any(|k| k.ends_with(hex(&sbom.digest))));
-    let report = store.gc(&opts(Duration::ZERO, Duration::ZERO)).await.unwrap();
+    let report = store
+        .gc(&opts(Duration::ZERO, Duration::ZERO))
+        .await
+        .unwrap();
     assert_eq!(report.manifests_deleted, 2, "{:?}", report.items);
     collect(&store).await;
 
@@ -247,7 +328,9 @@ async fn an_index_s_children_and_a_live_subject_s_referrers_stay_and_a_referrer_
         .await;
     assert!(String::from_utf8_lossy(&referrers.body).contains(&signature.digest));
     for gone in [&doomed, &sbom] {
-        let r = reg.get(&format!("/v2/{repo}/manifests/{}", gone.digest)).await;
+        let r = reg
+            .get(&format!("/v2/{repo}/manifests/{}", gone.digest))
+            .await;
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         for (d, _) in &gone.blobs {
             assert_eq!(
@@ -266,9 +349,7 @@ async fn an_index_s_children_and_a_live_subject_s_referrers_stay_and_a_referrer_
 async fn uploads_in_progress_are_never_touched() {
     let (reg, store) = registry();
     let loc = reg.start_upload("team/up").await;
-    let r = reg
-        .send(Method::PATCH, &loc, &[], vec![9u8; 5000])
-        .await;
+    let r = reg.send(Method::PATCH, &loc, &[], vec![9u8; 5000]).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let uploads = |reg: &Registry| -> Vec<String> {
         reg.files()
@@ -299,8 +380,24 @@ async fn uploads_in_progress_are_never_touched() {
 #[tokio::test]
 async fn a_dry_run_deletes_nothing_and_lists_what_would_go() {
     let (reg, store) = registry();
-    push_image(&reg, "team/dry", Some("v1"), b"{\"k\":1}", &[b"keep".to_vec()], "").await;
-    let untagged = push_image(&reg, "team/dry", None, b"{\"u\":2}", &[b"drop".to_vec()], "").await;
+    push_image(
+        &reg,
+        "team/dry",
+        Some("v1"),
+        b"{\"k\":1}",
+        &[b"keep".to_vec()],
+        "",
+    )
+    .await;
+    let untagged = push_image(
+        &reg,
+        "team/dry",
+        None,
+        b"{\"u\":2}",
+        &[b"drop".to_vec()],
+        "",
+    )
+    .await;
     let orphan = reg.push_blob("team/dry", b"orphan").await;
     let before = reg.files();
     let dry = GcOptions {
@@ -314,7 +411,9 @@ async fn a_dry_run_deletes_nothing_and_lists_what_would_go() {
     let listed: Vec<String> = r.items.iter().map(|i| i.to_string()).collect();
     for d in [&orphan, &untagged.digest] {
         assert!(
-            listed.iter().any(|l| l.starts_with("quarantine") && l.contains(hex(d))),
+            listed
+                .iter()
+                .any(|l| l.starts_with("quarantine") && l.contains(hex(d))),
             "{d} not listed: {listed:?}"
         );
     }
@@ -340,7 +439,11 @@ async fn layers_gc_quarantined_come_back_for_a_head_and_for_a_manifest_push() {
     let quarantine_all = opts(Duration::ZERO, Duration::from_secs(3600));
     let r = store.gc(&quarantine_all).await.unwrap();
     assert_eq!(r.blobs_quarantined, 2);
-    assert!(!reg.files().iter().any(|f| f.contains("/blobs/") && !f.contains("_gc") && f.contains(hex(&layer_d))));
+    assert!(
+        !reg.files()
+            .iter()
+            .any(|f| f.contains("/blobs/") && !f.contains("_gc") && f.contains(hex(&layer_d)))
+    );
     // A client checking whether to upload puts it back.
     assert_eq!(
         head(&reg, &format!("/v2/team/late/blobs/{layer_d}")).await,
@@ -544,7 +647,10 @@ async fn pushes_racing_gc_on_two_processes_never_lose_a_blob() {
         for (d, _) in &p.image.blobs {
             let h = hex(d);
             let key = format!("/blobs/sha256/{}/{h}", &h[..2]);
-            if !files.iter().any(|f| f.ends_with(&key) && !f.contains("_gc")) {
+            if !files
+                .iter()
+                .any(|f| f.ends_with(&key) && !f.contains("_gc"))
+            {
                 not_in_place += 1;
             }
         }
@@ -553,7 +659,9 @@ async fn pushes_racing_gc_on_two_processes_never_lose_a_blob() {
     let mut lost = 0;
     for p in &pushed {
         let reg = &apps[0];
-        let m = reg.get(&format!("/v2/{}/manifests/{}", p.repo, p.tag)).await;
+        let m = reg
+            .get(&format!("/v2/{}/manifests/{}", p.repo, p.tag))
+            .await;
         if m.status != StatusCode::OK || m.body != p.image.body.as_bytes() {
             lost += 1;
         }
@@ -649,14 +757,51 @@ impl berth_registry::storage::Driver for Failing {
 async fn a_gc_killed_at_any_step_leaves_a_store_the_next_gc_completes() {
     let (reg, store) = registry();
     let repo = "team/crash";
-    let kept = push_image(&reg, repo, Some("v1"), b"{\"c\":1}", &[b"kept".to_vec()], "").await;
-    let signature = push_image(&reg, repo, None, b"{\"s\":1}", &[b"sig".to_vec()], &subject(&kept)).await;
-    let doomed = push_image(&reg, repo, Some("gone"), b"{\"g\":1}", &[b"gone".to_vec()], "").await;
-    push_image(&reg, repo, None, b"{\"r\":1}", &[b"ref".to_vec()], &subject(&doomed)).await;
+    let kept = push_image(
+        &reg,
+        repo,
+        Some("v1"),
+        b"{\"c\":1}",
+        &[b"kept".to_vec()],
+        "",
+    )
+    .await;
+    let signature = push_image(
+        &reg,
+        repo,
+        None,
+        b"{\"s\":1}",
+        &[b"sig".to_vec()],
+        &subject(&kept),
+    )
+    .await;
+    let doomed = push_image(
+        &reg,
+        repo,
+        Some("gone"),
+        b"{\"g\":1}",
+        &[b"gone".to_vec()],
+        "",
+    )
+    .await;
+    push_image(
+        &reg,
+        repo,
+        None,
+        b"{\"r\":1}",
+        &[b"ref".to_vec()],
+        &subject(&doomed),
+    )
+    .await;
     push_image(&reg, repo, None, b"{\"u\":1}", &[b"untagged".to_vec()], "").await;
     reg.push_blob(repo, b"orphan").await;
-    reg.send(Method::DELETE, &format!("/v2/{repo}/manifests/gone"), &[], Bytes::new())
-        .await;
+    reg.send(
+        Method::DELETE,
+        &format!("/v2/{repo}/manifests/gone"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
     // Something already in quarantine, so deletions are interrupted too.
     store
         .gc(&opts(Duration::ZERO, Duration::from_secs(3600)))

@@ -447,7 +447,10 @@ impl Store {
     ) -> Result<(), StorageError> {
         let batches = self.trash_batches().await?;
         if !batches.is_empty() {
-            for k in [layout::manifest_revision(name, digest), layout::blob(digest)] {
+            for k in [
+                layout::manifest_revision(name, digest),
+                layout::blob(digest),
+            ] {
                 if self.size(&k).await?.is_none() && !self.restore_from(&batches, &k).await? {
                     return Err(not_found(&k, "a manifest just written vanished"));
                 }
@@ -523,7 +526,11 @@ impl Store {
     /// A small object in place or, failing that, in any quarantine batch
     /// (read only: the mark moves nothing). A miss is tried again with the
     /// batches as they are now: the object may have been moving.
-    async fn read_anywhere(&self, batches: &[u64], key: &str) -> Result<Option<Bytes>, StorageError> {
+    async fn read_anywhere(
+        &self,
+        batches: &[u64],
+        key: &str,
+    ) -> Result<Option<Bytes>, StorageError> {
         let mut fresh = None;
         for _ in 0..2 {
             if let Some(b) = self.get(key).await? {
@@ -536,7 +543,7 @@ impl Store {
             }
             fresh = Some(self.trash_batches().await?);
         }
-        Ok(self.get(key).await?)
+        self.get(key).await
     }
 
     /// Whether `key` is in place or quarantined.
@@ -570,7 +577,11 @@ impl Store {
     }
 
     /// Repository names under `root` whose directory holds any of `markers`.
-    async fn walk_holding(&self, root: &str, markers: &[&str]) -> Result<Vec<String>, StorageError> {
+    async fn walk_holding(
+        &self,
+        root: &str,
+        markers: &[&str],
+    ) -> Result<Vec<String>, StorageError> {
         let mut found = Vec::new();
         let mut stack = vec![String::new()];
         while let Some(prefix) = stack.pop() {
@@ -668,8 +679,7 @@ impl Store {
                 .await
                 .map_err(|e| StorageError::new("stat", &rev, e))?;
             // Unknown age: kept, as young.
-            if modified.is_none_or(|t| now.duration_since(t).unwrap_or_default() < run.opts.grace)
-            {
+            if modified.is_none_or(|t| now.duration_since(t).unwrap_or_default() < run.opts.grace) {
                 queue.push_back(d.clone());
             }
         }
@@ -700,7 +710,8 @@ impl Store {
                 self.drop_revision(run, &rev, node).await?;
             }
         }
-        self.remove_orphan_entries(run, name, &nodes, indexed_dirs).await
+        self.remove_orphan_entries(run, name, &nodes, indexed_dirs)
+            .await
     }
 
     /// Removes `_referrers` entries whose manifest is gone everywhere (a GC
@@ -773,10 +784,10 @@ impl Store {
             if !graph.reachable.insert(k) {
                 continue;
             }
-            if !graph.nodes.contains_key(&k) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = graph.nodes.entry(k) {
                 match self.find_node(name, &d).await? {
                     Some(node) => {
-                        graph.nodes.insert(k, node);
+                        slot.insert(node);
                     }
                     None => {
                         tracing::warn!(manifest = %d, repository = %name, "a reachable manifest is gone (a tag or index points at nothing)");
@@ -832,7 +843,12 @@ impl Store {
 
     /// Reads a manifest's media type and body (in place or quarantined) for
     /// its references.
-    async fn load_node(&self, batches: &[u64], name: &Name, node: &mut Node) -> Result<(), StorageError> {
+    async fn load_node(
+        &self,
+        batches: &[u64],
+        name: &Name,
+        node: &mut Node,
+    ) -> Result<(), StorageError> {
         let Some(d) = node.digest.clone() else {
             return Ok(());
         };
@@ -877,7 +893,12 @@ impl Store {
 
     /// A reachable revision: moved back if quarantined; quarantined
     /// duplicates in settled batches deleted.
-    async fn keep_revision(&self, run: &mut Run<'_>, rev: &str, node: &Node) -> Result<(), StorageError> {
+    async fn keep_revision(
+        &self,
+        run: &mut Run<'_>,
+        rev: &str,
+        node: &Node,
+    ) -> Result<(), StorageError> {
         if run.opts.dry_run {
             if !node.in_place {
                 run.item(GcAction::Restore, rev, None);
@@ -1054,8 +1075,9 @@ impl Store {
                         .modified(&blob)
                         .await
                         .map_err(|e| StorageError::new("stat", &blob, e))?;
-                    let old = modified
-                        .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= run.opts.grace);
+                    let old = modified.is_some_and(|t| {
+                        now.duration_since(t).unwrap_or_default() >= run.opts.grace
+                    });
                     if !old {
                         continue;
                     }
@@ -1081,7 +1103,11 @@ impl Store {
 
     /// Removes the layer links of a repository whose blob is gone
     /// everywhere, writing one back if its blob reappears meanwhile.
-    async fn remove_dangling_links(&self, run: &mut Run<'_>, name: &Name) -> Result<(), StorageError> {
+    async fn remove_dangling_links(
+        &self,
+        run: &mut Run<'_>,
+        name: &Name,
+    ) -> Result<(), StorageError> {
         // This run's own batches count too.
         let batches = self.trash_batches().await?;
         for alg in ALGORITHMS {
@@ -1188,7 +1214,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "d" => Duration::from_secs(86400),
             _ => return Err(bad()),
         };
-        total += per.checked_mul(u32::try_from(n).map_err(|_| bad())?).ok_or_else(bad)?;
+        total += per
+            .checked_mul(u32::try_from(n).map_err(|_| bad())?)
+            .ok_or_else(bad)?;
     }
     Ok(total)
 }
