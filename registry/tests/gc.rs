@@ -484,6 +484,11 @@ struct Pushed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pushes_racing_gc_on_two_processes_never_lose_a_blob() {
+    // A failure below names its cause in the registry's log.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     // Two registry processes serving one store, and two GC loops (as two
     // replicas would run), with no lock shared between any of them.

@@ -309,9 +309,18 @@ impl Run<'_> {
     }
 }
 
-fn not_found(key: &str, what: &str) -> StorageError {
+/// Something a manifest references is gone: before its commit ("verify",
+/// the push is refused), or after it ("confirm": the quarantine was
+/// shorter than the push took, which the module doc rules out).
+fn not_found(op: &'static str, key: &str, what: &str) -> StorageError {
+    if op == "confirm" {
+        tracing::error!(
+            key,
+            "{what} after a manifest's commit: raise the GC quarantine well above the longest manifest PUT"
+        );
+    }
     StorageError::new(
-        "verify",
+        op,
         key,
         io::Error::new(io::ErrorKind::NotFound, what.to_owned()),
     )
@@ -428,7 +437,7 @@ impl Store {
         // Nothing quarantined: nothing can be missing that the caller's
         // checks did not already see.
         if !batches.is_empty() {
-            self.closure_in_place(name, parsed, &batches, 0, &mut HashSet::new())
+            self.closure_in_place("verify", name, parsed, &batches, 0, &mut HashSet::new())
                 .await?;
         }
         Ok(began)
@@ -452,10 +461,10 @@ impl Store {
                 layout::blob(digest),
             ] {
                 if self.size(&k).await?.is_none() && !self.restore_from(&batches, &k).await? {
-                    return Err(not_found(&k, "a manifest just written vanished"));
+                    return Err(not_found("confirm", &k, "a manifest just written vanished"));
                 }
             }
-            self.closure_in_place(name, parsed, &batches, 0, &mut HashSet::new())
+            self.closure_in_place("confirm", name, parsed, &batches, 0, &mut HashSet::new())
                 .await?;
         }
         if let Some((key, json)) = entry
@@ -476,6 +485,7 @@ impl Store {
 
     fn closure_in_place<'a>(
         &'a self,
+        op: &'static str,
         name: &'a Name,
         parsed: &'a manifest::Manifest,
         batches: &'a [u64],
@@ -490,7 +500,7 @@ impl Store {
                     && self.size(&blob).await?.is_none()
                     && !self.restore_from(batches, &blob).await?
                 {
-                    return Err(not_found(&blob, "a referenced blob is gone"));
+                    return Err(not_found(op, &blob, "a referenced blob is gone"));
                 }
             }
             if depth >= MAX_DEPTH {
@@ -511,11 +521,11 @@ impl Store {
                     body = self.get(&blob).await?;
                 }
                 let (Some(media_type), Some(body)) = (media_type, body) else {
-                    return Err(not_found(&rev, "a referenced manifest is gone"));
+                    return Err(not_found(op, &rev, "a referenced manifest is gone"));
                 };
                 let media_type = String::from_utf8_lossy(&media_type);
                 if let Ok(child) = manifest::parse(&body, Some(&media_type)) {
-                    self.closure_in_place(name, &child, batches, depth + 1, seen)
+                    self.closure_in_place(op, name, &child, batches, depth + 1, seen)
                         .await?;
                 }
             }

@@ -49,6 +49,12 @@ impl StorageError {
     pub fn is_storage_full(&self) -> bool {
         is_storage_full(&self.source)
     }
+
+    /// Whether a manifest PUT found, just before its commit, that something
+    /// it references was deleted (by GC) after the request's own checks.
+    pub fn is_reference_gone(&self) -> bool {
+        self.op == "verify" && self.source.kind() == io::ErrorKind::NotFound
+    }
 }
 
 pub fn is_storage_full(e: &io::Error) -> bool {
