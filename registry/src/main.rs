@@ -30,13 +30,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the registry API.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Write a new token key pair into a directory (signing.key, verify.pem),
     /// as the operator keeps them: for running with --auth-config by hand.
     Keygen {
         /// The keys directory (created if missing); existing files are kept.
         dir: PathBuf,
     },
+    /// Garbage-collect a data directory once: unreferenced blobs and untagged
+    /// manifests older than --grace are moved to a quarantine, and what an
+    /// earlier run quarantined at least --quarantine ago is deleted. Safe
+    /// while registries serve the same data.
+    Gc(GcArgs),
     /// Print an htpasswd line (bcrypt) for USER, the password read from stdin.
     Htpasswd {
         user: String,
@@ -44,6 +49,27 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         cost: u32,
     },
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    berth_registry::storage::gc::parse_duration(s)
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    /// The registry's data directory.
+    #[arg(long, env = "BERTH_DATA", default_value = "/var/lib/registry")]
+    data: PathBuf,
+    /// Report what would go (each object, then totals); change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Unreferenced blobs and untagged manifests younger than this stay (e.g. 1h, 30m, 0).
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    grace: std::time::Duration,
+    /// How long quarantined objects wait before they are deleted. 0 deletes
+    /// in this run, which is safe only when no registry serves the data.
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    quarantine: std::time::Duration,
 }
 
 #[derive(clap::Args)]
@@ -119,13 +145,26 @@ struct Serve {
     /// Log format: "text" for people, "json" for log collectors.
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Run garbage collection this often (e.g. 6h, 30m), while serving;
+    /// unset or 0: never. Safe with other registries on the same storage.
+    #[arg(long, env = "BERTH_GC_INTERVAL", value_parser = duration)]
+    gc_interval: Option<std::time::Duration>,
+    /// Unreferenced blobs and untagged manifests younger than this are kept.
+    #[arg(long, env = "BERTH_GC_GRACE", default_value = "1h", value_parser = duration)]
+    gc_grace: std::time::Duration,
+    /// How long GC keeps what it took in quarantine (a manifest push that
+    /// still needs it puts it back) before deleting it; must stay far above
+    /// the longest manifest PUT.
+    #[arg(long, env = "BERTH_GC_QUARANTINE", default_value = "10m", value_parser = duration)]
+    gc_quarantine: std::time::Duration,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
-        Command::Serve(args) => args,
+        Command::Serve(args) => *args,
         Command::Keygen { dir } => return keygen(&dir),
+        Command::Gc(args) => return gc_once(&args),
         Command::Htpasswd { user, cost } => return htpasswd_line(&user, cost),
     };
     if let Some(n) = args.sendfile_after {
@@ -291,8 +330,94 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         store.clone(),
         std::time::Duration::from_secs(args.storage_probe_secs),
     ));
+    match args.gc_interval.filter(|i| !i.is_zero()) {
+        Some(interval) => {
+            anyhow::ensure!(
+                !args.gc_quarantine.is_zero(),
+                "--gc-quarantine must be above zero while serving: a push that checked a blob a moment ago may still need it"
+            );
+            tracing::info!(
+                interval_secs = interval.as_secs(),
+                grace_secs = args.gc_grace.as_secs(),
+                quarantine_secs = args.gc_quarantine.as_secs(),
+                "garbage collection on"
+            );
+            tokio::spawn(berth_registry::storage::gc::run_periodically(
+                store.clone(),
+                interval,
+                berth_registry::storage::gc::GcOptions {
+                    grace: args.gc_grace,
+                    quarantine: args.gc_quarantine,
+                    dry_run: false,
+                    list: false,
+                },
+            ));
+        }
+        None => tracing::info!("garbage collection off (set --gc-interval to reclaim space)"),
+    }
     let app = berth_registry::router_full(store, auth, &limits);
     berth_registry::server::serve_with(listener, app, tls, &limits, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `berth-registry gc`: one run (two with --quarantine 0: the second
+/// deletes what the first quarantined), the objects and totals on stdout.
+fn gc_once(args: &GcArgs) -> anyhow::Result<()> {
+    use berth_registry::storage::gc::{GcOptions, GcReport, log_report};
+    use std::io::Write as _;
+    init_tracing("text");
+    let store = berth_registry::filesystem_store(&args.data).with_context(|| {
+        format!(
+            "cannot use {} as the data directory; check it exists and is writable",
+            args.data.display()
+        )
+    })?;
+    let opts = GcOptions {
+        grace: args.grace,
+        quarantine: args.quarantine,
+        dry_run: args.dry_run,
+        list: true,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let reports: Vec<GcReport> = runtime
+        .block_on(async {
+            let first = store.gc(&opts).await?;
+            let mut reports = vec![first];
+            if opts.quarantine.is_zero() && !opts.dry_run {
+                reports.push(store.gc(&opts).await?);
+            }
+            Ok::<_, berth_registry::storage::StorageError>(reports)
+        })
+        .context("garbage collection failed; run it again to finish (nothing is lost)")?;
+    let mut out = std::io::stdout().lock();
+    let verb = if args.dry_run { "would" } else { "did" };
+    for r in &reports {
+        log_report(r);
+        for item in &r.items {
+            writeln!(out, "{verb} {item}")?;
+        }
+    }
+    let sum = |f: fn(&GcReport) -> u64| reports.iter().map(f).sum::<u64>();
+    writeln!(
+        out,
+        "{}: {} objects and {} bytes reclaimed ({} manifests, {} blobs deleted); {} manifests and {} blobs ({} bytes) quarantined; {} kept manifests, {} kept blobs; {:.3} s",
+        if args.dry_run { "dry run" } else { "gc" },
+        sum(|r| r.objects_reclaimed() as u64),
+        sum(|r| r.bytes_reclaimed),
+        sum(|r| r.manifests_deleted as u64),
+        sum(|r| r.blobs_deleted as u64),
+        sum(|r| r.manifests_quarantined as u64),
+        sum(|r| r.blobs_quarantined as u64),
+        sum(|r| r.bytes_quarantined),
+        reports.last().map_or(0, |r| r.manifests_kept),
+        reports.last().map_or(0, |r| r.blobs_kept),
+        reports
+            .iter()
+            .map(|r| r.duration.as_secs_f64())
+            .sum::<f64>(),
+    )?;
     Ok(())
 }
 
