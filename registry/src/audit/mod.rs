@@ -10,7 +10,7 @@
 //!   so replicas on shared storage never append to the same object. The
 //!   writer flushes every second or every [`FLUSH_AT`] events. A full
 //!   queue (storage slower than requests) drops the event and counts it
-//!   (`berth_audit_events_total{kind="dropped"}`): a slow store never
+//!   (`berth_registry_audit_events_total{kind="dropped"}`): a slow store never
 //!   slows a request.
 //!
 //! Segments are rotated by the hour and whole days are removed once older

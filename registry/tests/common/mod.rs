@@ -148,21 +148,30 @@ impl Registry {
         r.header("location").to_owned()
     }
 
+    /// Every file under `dir`.
+    pub fn files_under(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(dir, &mut out);
+        out.sort();
+        out
+    }
+
     /// Every file under the data directory, for "nothing was touched" checks.
     pub fn files(&self) -> Vec<String> {
-        pub fn walk(p: &Path, out: &mut Vec<String>) {
-            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-                if e.path().is_dir() {
-                    walk(&e.path(), out);
-                } else {
-                    out.push(e.path().display().to_string());
-                }
-            }
-        }
         let mut out = Vec::new();
         walk(self.dir.path(), &mut out);
         out.sort();
         out
+    }
+}
+
+fn walk(p: &Path, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            walk(&e.path(), out);
+        } else {
+            out.push(e.path().display().to_string());
+        }
     }
 }
 
