@@ -104,3 +104,37 @@ async fn search_finds_only_what_the_caller_may_pull() {
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "wrong credentials are refused, not anonymous");
     assert!(wrong.header("www-authenticate").starts_with("Basic"));
 }
+
+#[tokio::test]
+async fn empty_basic_credentials_search_as_anonymous_and_tokens_as_their_subject() {
+    let reg = Secured::new(false).await;
+    reg.push_image("root", "team/app", "1", "").await;
+    reg.push_image("root", "public/app", "1", "").await;
+    // What the Docker daemon sends over HTTPS when logged out.
+    let r = reg
+        .send_as(None, Method::GET, "/v1/search?q=app", &[("authorization", "Basic Og==")], "")
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(names(&r), ["public/app"]);
+    // What it sends holding a refresh token: a Bearer token for the search.
+    let t = reg
+        .send_as(
+            Some("alice"),
+            Method::GET,
+            "/token?service=hub.test&scope=registry:catalog:search",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(t.status, StatusCode::OK);
+    let token = json(&t)["token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+    let r = reg
+        .send_as(None, Method::GET, "/v1/search?q=app", &[("authorization", &bearer)], "")
+        .await;
+    assert_eq!(names(&r), ["public/app", "team/app"]);
+    let forged = reg
+        .send_as(None, Method::GET, "/v1/search?q=app", &[("authorization", "Bearer not.a.token")], "")
+        .await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+}

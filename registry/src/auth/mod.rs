@@ -426,7 +426,8 @@ impl Auth {
     /// credentials is the anonymous caller; Basic credentials log in as at
     /// `/token` (throttled alike); a Bearer access token speaks for its
     /// subject (the Docker daemon fetches one with `registry:catalog:search`
-    /// when it holds a refresh token). Anything else: 401, Basic challenge.
+    /// when it holds a refresh token); empty Basic credentials are
+    /// anonymous. Anything else: 401, Basic challenge.
     pub async fn identify(
         self: &Arc<Self>,
         headers: &HeaderMap,
@@ -438,7 +439,15 @@ impl Auth {
                 HeaderValue::from_static("Basic realm=\"berth\""),
             )
         };
-        let identity = match Credentials::from_headers(headers) {
+        // The Docker daemon, logged out, still sends Basic credentials to an
+        // HTTPS registry: empty ones. Nobody logs in with those, so they
+        // mean anonymous.
+        let credentials = if empty_basic(headers) {
+            Credentials::Anonymous
+        } else {
+            Credentials::from_headers(headers)
+        };
+        let identity = match credentials {
             Credentials::Anonymous => Identity::Anonymous,
             Credentials::Invalid => {
                 self.count("unauthorized");
@@ -851,6 +860,22 @@ impl Refusal {
             Refusal::Unavailable(e) => unavailable(&e),
         }
     }
+}
+
+/// Whether the request's credentials are `Basic` with an empty user name
+/// and password (`Basic Og==`).
+fn empty_basic(headers: &HeaderMap) -> bool {
+    use base64::Engine as _;
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .is_some_and(|(scheme, rest)| {
+            scheme.eq_ignore_ascii_case("basic")
+                && base64::engine::general_purpose::STANDARD
+                    .decode(rest.trim())
+                    .is_ok_and(|d| d == b":")
+        })
 }
 
 /// A failed login as the error to send, noting for the audit trail the
