@@ -238,7 +238,10 @@ pub fn auth(mode: &'static str, outcome: &'static str) {
 
 /// Audit trail events by `kind`: written, dropped, write_failed.
 pub fn audit(kind: &'static str, n: u64) {
-    metrics().audit.get_or_create(&KindLabels { kind }).inc_by(n);
+    metrics()
+        .audit
+        .get_or_create(&KindLabels { kind })
+        .inc_by(n);
 }
 
 /// The text exposition format.

@@ -59,7 +59,10 @@ pub async fn ping() -> Response {
     (
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
             (STANDALONE, HeaderValue::from_static("true")),
         ],
         "{}",
@@ -128,7 +131,10 @@ pub async fn search(State(state): State<AppState>, req: Request) -> Response {
             (
                 StatusCode::OK,
                 [
-                    (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    ),
                     (STANDALONE, HeaderValue::from_static("true")),
                 ],
                 body,

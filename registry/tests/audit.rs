@@ -18,7 +18,12 @@ use bytes::Bytes;
 use common::{Registry, Secured, USERS};
 
 fn events(r: &common::Reply) -> Vec<Event> {
-    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     serde_json::from_slice(&r.body).unwrap()
 }
 
@@ -40,12 +45,24 @@ async fn trail_records_push_pull_delete_and_a_denied_push_with_their_subjects() 
     let reg = Secured::new(true).await;
     let digest = reg.push_image("alice", "team/app", "1", "").await;
     let pull = reg
-        .send_as(Some("bob"), Method::GET, "/v2/team/app/manifests/1", &[], "")
+        .send_as(
+            Some("bob"),
+            Method::GET,
+            "/v2/team/app/manifests/1",
+            &[],
+            "",
+        )
         .await;
     assert_eq!(pull.status, StatusCode::OK);
     // HEAD is not a pull worth recording.
-    reg.send_as(Some("bob"), Method::HEAD, "/v2/team/app/manifests/1", &[], "")
-        .await;
+    reg.send_as(
+        Some("bob"),
+        Method::HEAD,
+        "/v2/team/app/manifests/1",
+        &[],
+        "",
+    )
+    .await;
     let denied = reg
         .send_as(
             Some("bob"),
@@ -67,10 +84,22 @@ async fn trail_records_push_pull_delete_and_a_denied_push_with_their_subjects() 
         .await;
     assert_eq!(del.status, StatusCode::ACCEPTED);
     // A failed login at the token endpoint and with Basic on /v2/.
-    reg.send_as(Some("mallory"), Method::GET, "/token?service=hub.test", &[], "")
-        .await;
-    reg.send_as(Some("mallory"), Method::GET, "/v2/team/app/tags/list", &[], "")
-        .await;
+    reg.send_as(
+        Some("mallory"),
+        Method::GET,
+        "/token?service=hub.test",
+        &[],
+        "",
+    )
+    .await;
+    reg.send_as(
+        Some("mallory"),
+        Method::GET,
+        "/v2/team/app/tags/list",
+        &[],
+        "",
+    )
+    .await;
 
     let all = events(
         &reg.send_as(Some("root"), Method::GET, "/berth/v1/audit", &[], "")
@@ -101,13 +130,28 @@ async fn trail_records_push_pull_delete_and_a_denied_push_with_their_subjects() 
 
     // Filters: by repository, subject, time and limit.
     let bob = events(
-        &reg.send_as(Some("root"), Method::GET, "/berth/v1/audit?subject=bob", &[], "")
-            .await,
+        &reg.send_as(
+            Some("root"),
+            Method::GET,
+            "/berth/v1/audit?subject=bob",
+            &[],
+            "",
+        )
+        .await,
     );
-    assert_eq!(summary(&bob), [t("pull", "bob", "ok"), t("push", "bob", "denied")]);
+    assert_eq!(
+        summary(&bob),
+        [t("pull", "bob", "ok"), t("push", "bob", "denied")]
+    );
     let one = events(
-        &reg.send_as(Some("root"), Method::GET, "/berth/v1/audit?limit=1", &[], "")
-            .await,
+        &reg.send_as(
+            Some("root"),
+            Method::GET,
+            "/berth/v1/audit?limit=1",
+            &[],
+            "",
+        )
+        .await,
     );
     assert_eq!(summary(&one), [t("login", "mallory", "login_failed")]);
     let future = events(
@@ -148,31 +192,62 @@ async fn only_those_who_may_delete_read_the_trail() {
     };
     // alice may delete team/app: its trail, and without a repository only
     // what she may delete (not private/x, not failed logins).
-    assert_eq!(events(&get(Some("alice"), "?repository=team/app").await).len(), 3);
+    assert_eq!(
+        events(&get(Some("alice"), "?repository=team/app").await).len(),
+        3
+    );
     let mine = events(&get(Some("alice"), "").await);
-    assert!(mine.iter().all(|e| e.repository.as_deref() == Some("team/app")), "{mine:?}");
+    assert!(
+        mine.iter()
+            .all(|e| e.repository.as_deref() == Some("team/app")),
+        "{mine:?}"
+    );
     assert_eq!(mine.len(), 3);
     // bob may only pull.
-    assert_eq!(get(Some("bob"), "?repository=team/app").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get(Some("bob"), "?repository=team/app").await.status,
+        StatusCode::FORBIDDEN
+    );
     assert!(events(&get(Some("bob"), "").await).is_empty());
     // No credentials, wrong ones.
     assert_eq!(get(None, "").await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(get(Some("mallory"), "").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(Some("mallory"), "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
     // Bad parameters say what is wrong.
-    assert_eq!(get(Some("root"), "?since=yesterday").await.status, StatusCode::BAD_REQUEST);
-    assert_eq!(get(Some("root"), "?limit=0").await.status, StatusCode::BAD_REQUEST);
-    assert_eq!(get(Some("root"), "?repository=..").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        get(Some("root"), "?since=yesterday").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        get(Some("root"), "?limit=0").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        get(Some("root"), "?repository=..").await.status,
+        StatusCode::BAD_REQUEST
+    );
     // root sees everything, the denial of bob's audit query included.
     let all = events(&get(Some("root"), "").await);
-    assert!(all.iter().any(|e| e.action == "audit" && e.subject == "bob" && e.result == "denied"));
-    assert!(all.iter().any(|e| e.repository.as_deref() == Some("private/x")));
+    assert!(
+        all.iter()
+            .any(|e| e.action == "audit" && e.subject == "bob" && e.result == "denied")
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.repository.as_deref() == Some("private/x"))
+    );
 }
 
 #[tokio::test]
 async fn with_auth_off_the_trail_is_for_loopback_clients_only() {
     let dir = tempfile::tempdir().unwrap();
     let store = berth_registry::filesystem_store(dir.path()).unwrap();
-    let audit = Audit::start(Arc::new(FsDriver::new(dir.path()).unwrap()), Config::new(30));
+    let audit = Audit::start(
+        Arc::new(FsDriver::new(dir.path()).unwrap()),
+        Config::new(30),
+    );
     let app = berth_registry::router_audited(
         store,
         None,
@@ -181,9 +256,7 @@ async fn with_auth_off_the_trail_is_for_loopback_clients_only() {
     );
     let from = |peer: &'static str| {
         let app = &app;
-        async move {
-            common::send(app, None, peer, Method::GET, "/berth/v1/audit", &[], "").await
-        }
+        async move { common::send(app, None, peer, Method::GET, "/berth/v1/audit", &[], "").await }
     };
     assert_eq!(from("127.0.0.1:5000").await.status, StatusCode::OK);
     assert_eq!(from("[::1]:5000").await.status, StatusCode::OK);
@@ -217,12 +290,20 @@ async fn retention_removes_whole_days_past_it_and_nothing_else() {
             "{{\"time\":\"{d}T00:00:00Z\",\"subject\":\"a\",\"action\":\"push\",\"status\":201,\"result\":\"ok\"}}\n"
         );
         driver
-            .put(&format!("_audit/{d}/00-x.jsonl"), Bytes::from(line), Durability::Durable)
+            .put(
+                &format!("_audit/{d}/00-x.jsonl"),
+                Bytes::from(line),
+                Durability::Durable,
+            )
             .await
             .unwrap();
     }
     driver
-        .put("_audit/not-a-day/keep", Bytes::from_static(b"x"), Durability::Durable)
+        .put(
+            "_audit/not-a-day/keep",
+            Bytes::from_static(b"x"),
+            Durability::Durable,
+        )
         .await
         .unwrap();
     // The retention task purges at start too: whichever runs first
@@ -290,16 +371,25 @@ async fn a_full_queue_drops_events_and_never_blocks_requests() {
     );
     let reg = Registry { app, dir };
     let m = reg.image_manifest("team/app", b"layer", "").await;
-    assert_eq!(reg.put_manifest("team/app", "1", &m).await.status, StatusCode::CREATED);
+    assert_eq!(
+        reg.put_manifest("team/app", "1", &m).await.status,
+        StatusCode::CREATED
+    );
     let dropped_before = dropped();
     tokio::time::timeout(Duration::from_secs(20), async {
         for _ in 0..500 {
-            assert_eq!(reg.get("/v2/team/app/manifests/1").await.status, StatusCode::OK);
+            assert_eq!(
+                reg.get("/v2/team/app/manifests/1").await.status,
+                StatusCode::OK
+            );
         }
     })
     .await
     .expect("requests were held up by a stalled audit store");
-    assert!(dropped() >= dropped_before + 400.0, "dropped events are counted");
+    assert!(
+        dropped() >= dropped_before + 400.0,
+        "dropped events are counted"
+    );
     // A flush on a stalled store gives up instead of hanging.
     assert!(!audit.flush().await);
 }

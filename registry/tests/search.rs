@@ -34,11 +34,18 @@ async fn search_matches_names_without_case_and_descriptions() {
     let reg = Registry::new();
     for (repo, extra) in [
         ("team/hello-world", String::new()),
-        ("team/web", r#","annotations":{"org.opencontainers.image.description":"Says Hello to the web"}"#.to_owned()),
+        (
+            "team/web",
+            r#","annotations":{"org.opencontainers.image.description":"Says Hello to the web"}"#
+                .to_owned(),
+        ),
         ("other/db", String::new()),
     ] {
         let m = reg.image_manifest(repo, repo.as_bytes(), &extra).await;
-        assert_eq!(reg.put_manifest(repo, "latest", &m).await.status, StatusCode::CREATED);
+        assert_eq!(
+            reg.put_manifest(repo, "latest", &m).await.status,
+            StatusCode::CREATED
+        );
     }
     let r = reg.get("/v1/search?q=HELLO").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -63,17 +70,30 @@ async fn n_defaults_to_25_allows_1_to_100_and_refuses_the_rest() {
     for i in 0..30 {
         let repo = format!("many/r{i:02}");
         let m = reg.image_manifest(&repo, b"x", "").await;
-        assert_eq!(reg.put_manifest(&repo, "v1", &m).await.status, StatusCode::CREATED);
+        assert_eq!(
+            reg.put_manifest(&repo, "v1", &m).await.status,
+            StatusCode::CREATED
+        );
     }
     let r = reg.get("/v1/search?q=many").await;
     assert_eq!(names(&r).len(), 25);
-    assert_eq!(json(&r)["num_results"], 30, "num_results counts all matches");
-    assert_eq!(names(&reg.get("/v1/search?q=many&n=3").await), ["many/r00", "many/r01", "many/r02"]);
+    assert_eq!(
+        json(&r)["num_results"],
+        30,
+        "num_results counts all matches"
+    );
+    assert_eq!(
+        names(&reg.get("/v1/search?q=many&n=3").await),
+        ["many/r00", "many/r01", "many/r02"]
+    );
     assert_eq!(names(&reg.get("/v1/search?q=many&n=100").await).len(), 30);
     for bad in ["0", "101", "-1", "ten"] {
         let r = reg.get(&format!("/v1/search?q=many&n={bad}")).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "n={bad}");
-        let msg = json(&r)["errors"][0]["message"].as_str().unwrap().to_owned();
+        let msg = json(&r)["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         assert!(msg.contains("from 1 to 100"), "{msg}");
     }
 }
@@ -94,14 +114,24 @@ async fn search_finds_only_what_the_caller_may_pull() {
     let r = search(None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(names(&r), ["public/app"], "anonymous: anonymous-pull only");
-    assert_eq!(names(&search(Some("bob")).await), ["public/app", "team/app"]);
-    assert_eq!(names(&search(Some("alice")).await), ["public/app", "team/app"]);
+    assert_eq!(
+        names(&search(Some("bob")).await),
+        ["public/app", "team/app"]
+    );
+    assert_eq!(
+        names(&search(Some("alice")).await),
+        ["public/app", "team/app"]
+    );
     assert_eq!(
         names(&search(Some("root")).await),
         ["private/app", "public/app", "team/app"]
     );
     let wrong = search(Some("mallory")).await;
-    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "wrong credentials are refused, not anonymous");
+    assert_eq!(
+        wrong.status,
+        StatusCode::UNAUTHORIZED,
+        "wrong credentials are refused, not anonymous"
+    );
     assert!(wrong.header("www-authenticate").starts_with("Basic"));
 }
 
@@ -112,7 +142,13 @@ async fn empty_basic_credentials_search_as_anonymous_and_tokens_as_their_subject
     reg.push_image("root", "public/app", "1", "").await;
     // What the Docker daemon sends over HTTPS when logged out.
     let r = reg
-        .send_as(None, Method::GET, "/v1/search?q=app", &[("authorization", "Basic Og==")], "")
+        .send_as(
+            None,
+            Method::GET,
+            "/v1/search?q=app",
+            &[("authorization", "Basic Og==")],
+            "",
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(names(&r), ["public/app"]);
@@ -130,11 +166,23 @@ async fn empty_basic_credentials_search_as_anonymous_and_tokens_as_their_subject
     let token = json(&t)["token"].as_str().unwrap().to_owned();
     let bearer = format!("Bearer {token}");
     let r = reg
-        .send_as(None, Method::GET, "/v1/search?q=app", &[("authorization", &bearer)], "")
+        .send_as(
+            None,
+            Method::GET,
+            "/v1/search?q=app",
+            &[("authorization", &bearer)],
+            "",
+        )
         .await;
     assert_eq!(names(&r), ["public/app", "team/app"]);
     let forged = reg
-        .send_as(None, Method::GET, "/v1/search?q=app", &[("authorization", "Bearer not.a.token")], "")
+        .send_as(
+            None,
+            Method::GET,
+            "/v1/search?q=app",
+            &[("authorization", "Bearer not.a.token")],
+            "",
+        )
         .await;
     assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
 }

@@ -255,13 +255,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         }
     };
     if let (Some(audit), Some(seen)) = (&state.audit, seen) {
-        crate::audit::observe(
-            audit,
-            seen,
-            resp.status(),
-            resp.headers(),
-            refused.as_ref(),
-        );
+        crate::audit::observe(audit, seen, resp.status(), resp.headers(), refused.as_ref());
     }
     resp.headers_mut().insert(
         HeaderName::from_static("docker-distribution-api-version"),

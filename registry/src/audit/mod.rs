@@ -368,9 +368,7 @@ async fn write_loop(mut rx: mpsc::Receiver<Msg>, driver: Arc<dyn Driver>, instan
 async fn write(driver: &dyn Driver, instance: &str, held: &mut Vec<Event>) {
     let mut segments: BTreeMap<String, (Vec<u8>, u64)> = BTreeMap::new();
     for e in held.drain(..) {
-        let (buf, n) = segments
-            .entry(segment_key(&e.time, instance))
-            .or_default();
+        let (buf, n) = segments.entry(segment_key(&e.time, instance)).or_default();
         if serde_json::to_writer(&mut *buf, &e).is_ok() {
             buf.push(b'\n');
             *n += 1;

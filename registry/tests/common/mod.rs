@@ -209,12 +209,13 @@ impl Secured {
             .collect();
         std::fs::write(&htpasswd, text).unwrap();
         let all = vec![Action::Pull, Action::Push, Action::Delete];
-        let rule = |repositories: &str, users: &[&str], groups: &[&str], actions: Vec<Action>| Rule {
-            repositories: repositories.into(),
-            users: users.iter().map(|s| s.to_string()).collect(),
-            groups: groups.iter().map(|s| s.to_string()).collect(),
-            actions,
-        };
+        let rule =
+            |repositories: &str, users: &[&str], groups: &[&str], actions: Vec<Action>| Rule {
+                repositories: repositories.into(),
+                users: users.iter().map(|s| s.to_string()).collect(),
+                groups: groups.iter().map(|s| s.to_string()).collect(),
+                actions,
+            };
         let config = AuthConfig {
             mode: Mode::Htpasswd,
             service: "hub.test".into(),
@@ -268,7 +269,16 @@ impl Secured {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Reply {
-        send(&self.app, user.map(basic), "192.0.2.7:40000", method, uri, headers, body).await
+        send(
+            &self.app,
+            user.map(basic),
+            "192.0.2.7:40000",
+            method,
+            uri,
+            headers,
+            body,
+        )
+        .await
     }
 
     /// Pushes a one-layer image as `user`; returns the manifest's digest.
@@ -285,7 +295,12 @@ impl Secured {
                     data.to_vec(),
                 )
                 .await;
-            assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+            assert_eq!(
+                r.status,
+                StatusCode::CREATED,
+                "{}",
+                String::from_utf8_lossy(&r.body)
+            );
             digests.push((digest, data.len()));
         }
         let manifest = format!(
@@ -301,7 +316,12 @@ impl Secured {
                 manifest.clone(),
             )
             .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
         sha256(manifest.as_bytes())
     }
 }
@@ -339,10 +359,11 @@ pub async fn send(
         req = req.header(*k, *v);
     }
     let mut req = req.body(Body::from(body.into())).unwrap();
-    req.extensions_mut().insert(berth_registry::server::Connection {
-        peer: peer.parse().unwrap(),
-        tls: false,
-    });
+    req.extensions_mut()
+        .insert(berth_registry::server::Connection {
+            peer: peer.parse().unwrap(),
+            tls: false,
+        });
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
