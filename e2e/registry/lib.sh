@@ -20,6 +20,24 @@ export PATH="$BERTH_CACHE/bin:$PATH"
 REGISTRY_PID=""
 # Extra arguments for `berth-registry serve` (e.g. --auth-config FILE).
 REGISTRY_ARGS=()
+# Where berth keeps images: fs (the DATA_DIR given to registry_start) or s3
+# (after s3_start: the bucket of a versitygw on loopback, under the prefix
+# S3_PREFIX, or else DATA_DIR's base name, so each registry started gets its
+# own unless they are meant to share).
+STORAGE=fs
+S3_PREFIX=""
+
+# s3_start DIR: start a real S3 server (versitygw) keeping its files in DIR,
+# export its endpoint, bucket and keys, and store berth's images there.
+s3_start() {
+  eval "$("$REPO_ROOT/e2e/tools/versitygw" start "$1")"
+  STORAGE=s3
+}
+
+# s3_stop DIR: stop the server s3_start started (safe to repeat).
+s3_stop() {
+  "$REPO_ROOT/e2e/tools/versitygw" stop "$1"
+}
 
 die() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
 note() { printf '# %s\n' "$*"; }
@@ -56,6 +74,10 @@ registry_start() {
   case $impl in
     berth)
       local args=(serve --listen "$addr" --data "$data" "${REGISTRY_ARGS[@]}")
+      if [[ $STORAGE == s3 ]]; then
+        args+=(--s3-bucket "$BERTH_S3_BUCKET" --s3-endpoint "$BERTH_S3_ENDPOINT"
+          --s3-prefix "${S3_PREFIX:-$(basename "$data")}")
+      fi
       [[ -n $cert ]] && args+=(--tls-cert "$cert" --tls-key "$key")
       "$bin" "${args[@]}" >"$logf" 2>&1 &
       ;;

@@ -21,7 +21,6 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, PostParams};
-use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -30,14 +29,15 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::apply;
 use crate::auth;
-use crate::crd::{NodeTrustStatus, Registry, TlsMode};
-use crate::desired::{self, ca_bundle, labels, tls};
+use crate::certificates;
+use crate::crd::{NodeTrustStatus, Registry};
+use crate::desired::{self, labels};
 use crate::metrics::Metrics;
 use crate::names::{self, Names};
 use crate::node_agent::report;
-use crate::pki::{self, CertPolicy, KeyedCert, PkiError, Verdict};
-use crate::status::{self, CertState, NodeTrustState, Observed, StorageState, WorkloadState};
-use crate::trust::{self, Reports, Signer};
+use crate::pki::{self, PkiError};
+use crate::status::{self, NodeTrustState, Observed, StorageState, WorkloadState};
+use crate::trust::{self, Reports};
 
 /// With nothing else to wake it, a Registry is looked at again after this
 /// long (or at its certificate's renewal time, if sooner): it catches
@@ -128,10 +128,22 @@ pub enum Error {
 }
 
 impl Error {
-    /// A short, stable name for metrics.
+    /// A short, stable name for metrics. API refusals are told apart, as
+    /// each needs a different fix: a conflict retries by itself, a
+    /// forbidden write needs RBAC, a missing kind needs its CRD installed.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::MissingMetadata => "MissingMetadata",
+            Self::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } => match status.code {
+                409 => "Conflict",
+                403 => "Forbidden",
+                404 => "NotFound",
+                422 => "Invalid",
+                _ => "Kube",
+            },
             Self::Kube { .. } => "Kube",
             Self::Pki(_) => "Pki",
             Self::Keys(_) => "Keys",
@@ -261,17 +273,23 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         }
     };
 
-    let CertOutcome {
+    let observed = certificates::observe(client, registry, &names).await?;
+    let plan = certificates::plan(
+        &observed,
+        registry,
+        &names,
+        &cert_names,
+        &node_trust_of,
+        now,
+    )?;
+    apply_certificates(ctx, registry, &plan).await?;
+    let certificates::Plan {
         state: certificate,
-        renew_at,
+        node_trust,
         bundle,
-    } = match spec.tls.mode {
-        TlsMode::SelfSigned => {
-            self_signed(ctx, registry, &names, &cert_names, &node_trust_of, now).await?
-        }
-        TlsMode::Secret => user_secret(ctx, registry, &names, &cert_names).await?,
-        TlsMode::CertManager => cert_manager(ctx, registry, &names, &cert_names).await?,
-    };
+        wake_at: renew_at,
+        ..
+    } = plan;
 
     let deployment = desired::deployment::deployment(registry, &names, &ctx.config.default_image);
     let workload = workload_state(
@@ -310,12 +328,7 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         }
     }
 
-    // What every selected node's agent installs, and how many have.
-    let fingerprint = match &certificate {
-        CertState::Issued { ca_fingerprint, .. } => Some(ca_fingerprint.as_str()),
-        _ => None,
-    };
-    let node_trust = node_trust_of(fingerprint);
+    // What every selected node's agent installs.
     let upstream = cluster_ip
         .as_deref()
         .and_then(|ip| names::upstream(ip, spec.service.port));
@@ -459,24 +472,6 @@ fn workload_state(deployment: &Deployment, wanted: i32) -> WorkloadState {
     WorkloadState::Running { ready, wanted }
 }
 
-/// The serving certificate's state, when to look at it again, and the CA
-/// bundle nodes should trust (when known).
-struct CertOutcome {
-    state: CertState,
-    renew_at: Option<Timestamp>,
-    bundle: Option<String>,
-}
-
-impl CertOutcome {
-    fn waiting(state: CertState) -> Self {
-        Self {
-            state,
-            renew_at: None,
-            bundle: None,
-        }
-    }
-}
-
 /// The node agents' reports and how many agents there should be.
 async fn observe_reports(ctx: &Context) -> Result<Reports, Error> {
     let Some(agent) = &ctx.config.node_agent else {
@@ -512,353 +507,74 @@ async fn observe_reports(ctx: &Context) -> Result<Reports, Error> {
     Ok(reports)
 }
 
-/// SelfSigned: keep (or make) the CA, publish the trust bundle, keep (or
-/// issue) the serving certificate. Renewal is due at the returned time.
-///
-/// A CA close to expiry is replaced, and the old one kept in the CA Secret
-/// as `previous`: both are published, and the serving certificate stays
-/// one from the previous CA until `node_trust_of` the new CA says every
-/// selected node trusts it ([`trust::signer`]).
-async fn self_signed(
+/// Carry out a certificate plan: the CA Secret first (a new CA is kept
+/// before anything publishes it), then its Events, then the objects that
+/// publish and serve it.
+async fn apply_certificates(
     ctx: &Context,
     registry: &Registry,
-    names: &Names,
-    cert_names: &[String],
-    node_trust_of: &(dyn Fn(Option<&str>) -> NodeTrustState + Sync),
-    now: Timestamp,
-) -> Result<CertOutcome, Error> {
+    plan: &certificates::Plan,
+) -> Result<(), Error> {
     let client = &ctx.client;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &names.namespace);
-    let policy = CertPolicy::from_tls(&registry.spec.tls)?;
-
-    let mut stored = secrets
-        .get_opt(&names.ca_secret())
-        .await
-        .map_err(kube_err("reading the CA Secret"))?;
-    let stored_ca = stored.as_ref().and_then(tls::keyed_cert);
-    let stored_previous = stored.as_ref().and_then(tls::previous_ca);
-    let (ca, previous) = match stored_ca {
-        Some(ca) if pki::ca_is_usable(&ca, now) => {
-            (ca, stored_previous.filter(|p| pki::can_sign(p, now)))
-        }
-        old => {
-            let ca = pki::issue_ca(&format!("berth {}/{} CA", names.namespace, names.name), now)?;
-            let (reason, note) = match old {
-                Some(_) => (
-                    "CARotated",
-                    "the CA was unusable or close to expiry; a new CA was made and is published beside the old one until every node trusts it",
-                ),
-                None => ("CAIssued", "made this Registry's CA"),
-            };
-            let previous = old.filter(|p| pki::can_sign(p, now));
-            // Stored before anything publishes it, and only if nobody stored
-            // another CA since we read: a reconcile killed half-way, or a
-            // second operator, must never leave a CA whose key is lost.
-            stored = Some(
-                store_new_ca(
-                    client,
-                    stored.as_ref(),
-                    tls::ca_secret(registry, names, &ca, previous.as_ref()),
-                )
-                .await?,
-            );
-            publish(
-                ctx,
-                registry,
-                EventType::Normal,
-                reason,
-                "IssueCA",
-                note.into(),
-            )
-            .await;
-            (ca, previous)
-        }
-    };
-    let ca_info = pki::parse_cert(&ca.cert_pem, "the CA")?;
-
-    let previous_bundle = config_maps
-        .get_opt(&names.ca_config_map())
-        .await
-        .map_err(kube_err("reading the CA bundle"))?;
-    let mut earlier = previous_bundle
-        .as_ref()
-        .and_then(ca_bundle::bundle_of)
-        .unwrap_or_default()
-        .to_owned();
-    if let Some(previous) = &previous {
-        earlier.push('\n');
-        earlier.push_str(&previous.cert_pem);
+    if let Some(write) = &plan.ca_secret {
+        store_ca(client, write).await?;
     }
-    let bundle = pki::trust_bundle(&ca.cert_pem, Some(&earlier), now);
-    apply::apply(
-        client,
-        &ca_bundle::ca_bundle(registry, names, &bundle, &ca_info.fingerprint),
-    )
-    .await
-    .map_err(kube_err("applying the CA bundle"))?;
-
-    let previous_not_after = previous
-        .as_ref()
-        .and_then(|p| pki::parse_cert(&p.cert_pem, "the previous CA").ok())
-        .map(|p| p.not_after);
-    let trust = node_trust_of(Some(&ca_info.fingerprint));
-    let signer = trust::signer(previous_not_after, policy.renew_before, &trust, now);
-    let (signing, keep_previous) = match (signer, &previous) {
-        (Signer::Previous, Some(previous)) => {
-            tracing::info!(registry = %key(registry), "serving from the previous CA until every node trusts the new one");
-            (previous, Some(previous))
-        }
-        _ => (&ca, None),
-    };
-    let mut ca_secret = tls::ca_secret(registry, names, &ca, keep_previous);
-    if stored.as_ref().and_then(|s| s.data.as_ref()) != ca_secret.data.as_ref() {
-        // Only over the CA Secret we read (a 409 retries the reconcile).
-        ca_secret.metadata.resource_version = stored.as_ref().and_then(|s| s.resource_version());
-        apply::apply(client, &ca_secret)
+    for event in &plan.events {
+        publish(
+            ctx,
+            registry,
+            event.type_,
+            event.reason,
+            event.action,
+            event.note.clone(),
+        )
+        .await;
+    }
+    if plan.serving_from_previous {
+        tracing::info!(registry = %key(registry), "serving from the previous CA until every node trusts the new one");
+    }
+    if let Some(certificate) = &plan.certificate {
+        apply::apply_dynamic(client, &desired::certificate::api_resource(), certificate)
             .await
-            .map_err(kube_err("storing the CA"))?;
+            .map_err(kube_err("applying the cert-manager Certificate"))?;
     }
-
-    let existing = secrets
-        .get_opt(&names.tls_secret())
-        .await
-        .map_err(kube_err("reading the TLS Secret"))?;
-    let existing = existing.as_ref().and_then(tls::keyed_cert);
-    let pair = existing
-        .as_ref()
-        .map(|k| (k.cert_pem.as_str(), k.key_pem.as_str()));
-    let serving = match (
-        pki::serving_verdict(pair, &signing.cert_pem, cert_names, policy, now),
-        existing,
-    ) {
-        (Verdict::Keep { .. }, Some(existing)) => existing,
-        (verdict, _) => {
-            let issued = pki::issue_serving(signing, cert_names, now, policy.validity)?;
-            let why = match verdict {
-                Verdict::Reissue(reason) => reason.to_string(),
-                Verdict::Keep { .. } => "no serving certificate yet".to_owned(),
-            };
-            publish(
-                ctx,
-                registry,
-                EventType::Normal,
-                "CertificateIssued",
-                "IssueCertificate",
-                format!("issued the serving certificate: {why}"),
-            )
-            .await;
-            issued
-        }
-    };
-    apply::apply(
-        client,
-        &tls::serving_secret(registry, names, &serving, &bundle),
-    )
-    .await
-    .map_err(kube_err("applying the TLS Secret"))?;
-
-    let info = pki::parse_cert(&serving.cert_pem, "the serving certificate")?;
-    let renew_at = info.renewal_time(policy.renew_before);
-    let state = CertState::Issued {
-        not_after: info.not_after,
-        renewal_time: renew_at,
-        ca_fingerprint: ca_info.fingerprint,
-    };
-    Ok(CertOutcome {
-        state,
-        renew_at: Some(renew_at),
-        bundle: Some(bundle),
-    })
+    if let Some(bundle) = &plan.ca_bundle {
+        apply::apply(client, bundle)
+            .await
+            .map_err(kube_err("applying the CA bundle"))?;
+    }
+    if let Some(secret) = &plan.serving_secret {
+        apply::apply(client, secret)
+            .await
+            .map_err(kube_err("applying the TLS Secret"))?;
+    }
+    Ok(())
 }
 
-/// Store a newly made CA Secret only if the CA Secret is still as it was
-/// read (`stored`): created when there was none, else applied with the
-/// read resourceVersion as a precondition. Losing the race is an error, so
-/// the retry reads and keeps the CA that won.
-async fn store_new_ca(
-    client: &Client,
-    stored: Option<&Secret>,
-    mut fresh: Secret,
-) -> Result<Secret, Error> {
-    const RACED: &str = "storing the new CA (another writer stored one first; the retry keeps it)";
-    let result = match stored {
-        None => {
+/// Store the CA Secret only if it is still as it was read: created when
+/// there was none, else applied with the read resourceVersion as a
+/// precondition. Losing the race is an error, so the retry reads and keeps
+/// the CA that won: a reconcile killed half-way, or a second operator, must
+/// never leave a CA whose key is lost.
+async fn store_ca(client: &Client, write: &certificates::CaWrite) -> Result<Secret, Error> {
+    const RACED: &str = "storing the CA (another writer stored one first; the retry keeps it)";
+    let result = match write {
+        certificates::CaWrite::Create(fresh) => {
             let params = PostParams {
                 field_manager: Some(apply::FIELD_MANAGER.into()),
                 ..PostParams::default()
             };
             let namespace = fresh.namespace().unwrap_or_default();
             Api::<Secret>::namespaced(client.clone(), &namespace)
-                .create(&params, &fresh)
+                .create(&params, fresh)
                 .await
         }
-        Some(stored) => {
-            fresh.metadata.resource_version = stored.resource_version();
-            apply::apply(client, &fresh).await
-        }
+        certificates::CaWrite::Replace(secret) => apply::apply(client, secret).await,
     };
     result.map_err(|e| match &e {
         kube::Error::Api(status) if status.code == 409 => kube_err(RACED)(e),
-        _ => kube_err("storing the new CA")(e),
+        _ => kube_err("storing the CA")(e),
     })
-}
-
-/// Secret mode: the user's kubernetes.io/tls Secret is served as it is; the
-/// operator only reads it, publishes its CA and reports its expiry.
-async fn user_secret(
-    ctx: &Context,
-    registry: &Registry,
-    names: &Names,
-    cert_names: &[String],
-) -> Result<CertOutcome, Error> {
-    let secret_name = names.serving_secret(&registry.spec);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let Some(secret) = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(kube_err("reading the user's TLS Secret"))?
-    else {
-        let message = format!(
-            "Secret {}/{secret_name} (tls.secretName) does not exist yet",
-            names.namespace
-        );
-        return Ok(CertOutcome::waiting(CertState::Pending {
-            reason: "SecretNotFound",
-            message,
-        }));
-    };
-    observe_served_secret(ctx, registry, names, &secret, cert_names, "SecretInvalid").await
-}
-
-/// CertManager mode: apply a cert-manager Certificate that writes
-/// `<name>-tls`, once cert-manager is installed.
-async fn cert_manager(
-    ctx: &Context,
-    registry: &Registry,
-    names: &Names,
-    cert_names: &[String],
-) -> Result<CertOutcome, Error> {
-    let gvk = GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate");
-    if kube::discovery::pinned_kind(&ctx.client, &gvk)
-        .await
-        .is_err()
-    {
-        let message = "cert-manager's Certificate API (cert-manager.io/v1) is not installed: install cert-manager, or use tls.mode SelfSigned".to_owned();
-        return Ok(CertOutcome::waiting(CertState::Pending {
-            reason: "CertManagerNotInstalled",
-            message,
-        }));
-    }
-    if let Some(certificate) = desired::certificate::certificate(registry, names, cert_names) {
-        apply::apply_dynamic(
-            &ctx.client,
-            &desired::certificate::api_resource(),
-            &certificate,
-        )
-        .await
-        .map_err(kube_err("applying the cert-manager Certificate"))?;
-    }
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let Some(secret) = secrets
-        .get_opt(&names.tls_secret())
-        .await
-        .map_err(kube_err("reading the TLS Secret"))?
-    else {
-        let message = format!(
-            "waiting for cert-manager to issue {}/{}",
-            names.namespace,
-            names.tls_secret()
-        );
-        return Ok(CertOutcome::waiting(CertState::Pending {
-            reason: "AwaitingCertManager",
-            message,
-        }));
-    };
-    observe_served_secret(
-        ctx,
-        registry,
-        names,
-        &secret,
-        cert_names,
-        "CertificateInvalid",
-    )
-    .await
-}
-
-/// For a Secret the operator does not write: check it, publish the CA that
-/// nodes should trust (its `ca.crt`, else the last certificate of its
-/// chain) and report its expiry.
-async fn observe_served_secret(
-    ctx: &Context,
-    registry: &Registry,
-    names: &Names,
-    secret: &Secret,
-    cert_names: &[String],
-    invalid_reason: &'static str,
-) -> Result<CertOutcome, Error> {
-    let failed = |message: String| {
-        Ok(CertOutcome::waiting(CertState::Failed {
-            reason: invalid_reason,
-            message,
-        }))
-    };
-    let Some(KeyedCert { cert_pem, .. }) = tls::keyed_cert(secret) else {
-        return failed(format!(
-            "Secret {} has no tls.crt and tls.key",
-            secret.name_any()
-        ));
-    };
-    let chain = match pki::parse_bundle(&cert_pem, "tls.crt") {
-        Ok(chain) => chain,
-        Err(e) => return failed(e.to_string()),
-    };
-    let leaf = &chain[0];
-    let missing: Vec<&String> = cert_names.iter().filter(|n| !leaf.covers(n)).collect();
-    if !missing.is_empty() {
-        let list = missing
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        return failed(format!(
-            "the certificate in {} does not name {list}",
-            secret.name_any()
-        ));
-    }
-    let ca_pem = tls::ca_of(secret).unwrap_or_else(|| last_certificate(&cert_pem));
-    let ca_fingerprint = match pki::parse_cert(&ca_pem, "ca.crt") {
-        Ok(ca) => ca.fingerprint,
-        Err(e) => return failed(e.to_string()),
-    };
-    apply::apply(
-        &ctx.client,
-        &ca_bundle::ca_bundle(registry, names, &ca_pem, &ca_fingerprint),
-    )
-    .await
-    .map_err(kube_err("applying the CA bundle"))?;
-    let renew_before = CertPolicy::from_tls(&registry.spec.tls)
-        .map(|p| p.renew_before)
-        .unwrap_or_default();
-    let state = CertState::Issued {
-        not_after: leaf.not_after,
-        renewal_time: leaf.renewal_time(renew_before),
-        ca_fingerprint,
-    };
-    Ok(CertOutcome {
-        state,
-        renew_at: None,
-        bundle: Some(ca_pem),
-    })
-}
-
-/// The last PEM certificate of a chain (its root or top intermediate).
-fn last_certificate(chain_pem: &str) -> String {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    chain_pem
-        .rfind(BEGIN)
-        .map(|start| chain_pem[start..].trim().to_owned() + "\n")
-        .unwrap_or_default()
 }
 
 /// Map a labelled child back to its Registry: what `.owns()` does through
@@ -953,6 +669,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn api_refusals_are_counted_by_kind() {
+        let refused = |code: u16| {
+            let status = kube::core::Status::failure("refused", "Refused").with_code(code);
+            kube_err("writing")(kube::Error::Api(status.boxed())).kind()
+        };
+        assert_eq!(refused(409), "Conflict");
+        assert_eq!(refused(403), "Forbidden");
+        assert_eq!(refused(404), "NotFound");
+        assert_eq!(refused(422), "Invalid");
+        assert_eq!(refused(500), "Kube");
+        assert_eq!(Error::MissingMetadata.kind(), "MissingMetadata");
+    }
+
+    #[test]
     fn backoff_doubles_from_five_seconds_up_to_five_minutes() {
         let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
@@ -1042,14 +772,5 @@ mod tests {
             ]
         );
         assert!(reported_registries(Lease::default()).is_empty());
-    }
-
-    #[test]
-    fn the_last_certificate_of_a_chain_is_its_top() {
-        let chain = "-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n";
-        assert_eq!(
-            last_certificate(chain),
-            "-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n"
-        );
     }
 }

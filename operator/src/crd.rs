@@ -129,11 +129,45 @@ pub struct RegistrySpec {
     #[serde(default)]
     pub auth: Auth,
 
+    /// Online garbage collection: off unless `gc.interval` is set.
+    #[serde(default, skip_serializing_if = "GarbageCollection::is_off")]
+    pub gc: GarbageCollection,
+
     /// CPU and memory for the registry container. Unset: requests of
     /// 50m CPU and 64Mi memory, a 512Mi memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
+}
+
+/// Whole units only (`90m`, `1h30m`, `500ms`): the registry reads these.
+const WHOLE_DURATION: &str = r"^([0-9]+(ms|s|m|h))+$";
+
+/// Online garbage collection, while the registry serves: manifests no tag,
+/// index or live subject reaches, and blobs no kept manifest references,
+/// are reclaimed once older than `grace`. What GC takes is held in
+/// quarantine first, so a push that raced it gets it back; it never needs
+/// read-only mode, and several replicas may run it at once.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GarbageCollection {
+    /// How often to collect (e.g. `6h`). Unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = WHOLE_DURATION), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("gc.interval must be at least 1m"))]
+    pub interval: Option<String>,
+
+    /// Unreferenced content younger than this is kept (e.g. an image
+    /// pushed by digest that a tag will point at in a moment). Unset: 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = WHOLE_DURATION), length(max = 32))]
+    pub grace: Option<String>,
+}
+
+impl GarbageCollection {
+    pub fn is_off(&self) -> bool {
+        self.interval.is_none()
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -167,6 +201,7 @@ impl Default for RegistrySpec {
             ingress: None,
             node_trust: NodeTrust::default(),
             auth: Auth::default(),
+            gc: GarbageCollection::default(),
             resources: None,
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod auth;
+pub(crate) mod certificates;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;

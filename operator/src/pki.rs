@@ -372,14 +372,33 @@ pub fn serving_verdict(
     policy: CertPolicy,
     now: Timestamp,
 ) -> Verdict {
-    let Some((cert_pem, key_pem)) = existing else {
+    let parsed = existing.map(|(cert_pem, key_pem)| {
+        let cert = parse_cert(cert_pem, "the serving certificate").map_err(|e| e.to_string());
+        (cert_pem, key_pem, cert)
+    });
+    let existing = parsed.as_ref().map(|(cert_pem, key_pem, cert)| {
+        (*cert_pem, *key_pem, cert.as_ref().map_err(String::as_str))
+    });
+    serving_verdict_parsed(existing, ca_pem, wanted_names, policy, now)
+}
+
+/// [`serving_verdict`] for a certificate already parsed (`Err`: why it is
+/// unreadable), so a reconcile parses each certificate once.
+pub fn serving_verdict_parsed(
+    existing: Option<(&str, &str, Result<&CertInfo, &str>)>,
+    ca_pem: &str,
+    wanted_names: &[String],
+    policy: CertPolicy,
+    now: Timestamp,
+) -> Verdict {
+    let Some((cert_pem, key_pem, cert)) = existing else {
         return Verdict::Reissue(ReissueReason::Missing);
     };
-    let cert = match parse_cert(cert_pem, "the serving certificate") {
+    let cert = match cert {
         Ok(cert) => cert,
-        Err(e) => return Verdict::Reissue(ReissueReason::Unreadable(e.to_string())),
+        Err(e) => return Verdict::Reissue(ReissueReason::Unreadable(e.to_owned())),
     };
-    if !key_matches(&cert, key_pem) {
+    if !key_matches(cert, key_pem) {
         return Verdict::Reissue(ReissueReason::KeyMismatch);
     }
     if !is_signed_by(cert_pem, ca_pem) {
@@ -412,33 +431,50 @@ pub fn serving_verdict(
 /// Whether a stored CA can keep signing: readable, a CA, its key matches,
 /// and not within [`CA_RENEW_BEFORE`] of expiry.
 pub fn ca_is_usable(ca: &KeyedCert, now: Timestamp) -> bool {
-    parse_cert(&ca.cert_pem, "the CA").is_ok_and(|cert| {
-        cert.is_ca && key_matches(&cert, &ca.key_pem) && now < cert.renewal_time(CA_RENEW_BEFORE)
-    })
+    parse_cert(&ca.cert_pem, "the CA").is_ok_and(|cert| ca_cert_is_usable(&cert, &ca.key_pem, now))
+}
+
+/// [`ca_is_usable`] for a CA certificate already parsed.
+pub fn ca_cert_is_usable(cert: &CertInfo, key_pem: &str, now: Timestamp) -> bool {
+    cert.is_ca && key_matches(cert, key_pem) && now < cert.renewal_time(CA_RENEW_BEFORE)
 }
 
 /// Whether a stored CA can still sign at all: readable, a CA, its key
 /// matches, not expired. (A CA being rotated out is past
 /// [`ca_is_usable`] but still signs until every node trusts its successor.)
 pub fn can_sign(ca: &KeyedCert, now: Timestamp) -> bool {
-    parse_cert(&ca.cert_pem, "the CA")
-        .is_ok_and(|cert| cert.is_ca && key_matches(&cert, &ca.key_pem) && now < cert.not_after)
+    parse_cert(&ca.cert_pem, "the CA").is_ok_and(|cert| ca_cert_can_sign(&cert, &ca.key_pem, now))
+}
+
+/// [`can_sign`] for a CA certificate already parsed.
+pub fn ca_cert_can_sign(cert: &CertInfo, key_pem: &str, now: Timestamp) -> bool {
+    cert.is_ca && key_matches(cert, key_pem) && now < cert.not_after
 }
 
 /// The PEM bundle nodes and clients are told to trust: the current CA first,
 /// then any earlier CAs that have not expired yet, so certificates from the
 /// previous CA keep verifying while every node learns the new one.
 pub fn trust_bundle(current_ca_pem: &str, previous_bundle: Option<&str>, now: Timestamp) -> String {
-    let mut bundle = current_ca_pem.trim().to_owned();
-    bundle.push('\n');
     let current = parse_cert(current_ca_pem, "the CA")
         .map(|c| c.fingerprint)
         .ok();
+    trust_bundle_of(current_ca_pem, current.as_deref(), previous_bundle, now)
+}
+
+/// [`trust_bundle`] for a current CA whose fingerprint is already known.
+pub fn trust_bundle_of(
+    current_ca_pem: &str,
+    current_fingerprint: Option<&str>,
+    previous_bundle: Option<&str>,
+    now: Timestamp,
+) -> String {
+    let mut bundle = current_ca_pem.trim().to_owned();
+    bundle.push('\n');
     for block in previous_bundle.map(certificate_blocks).unwrap_or_default() {
         let Ok(old) = parse_cert(block, "the previous CA bundle") else {
             continue;
         };
-        if Some(&old.fingerprint) != current.as_ref()
+        if Some(old.fingerprint.as_str()) != current_fingerprint
             && old.not_after > now
             && !bundle.contains(block)
         {

@@ -355,3 +355,12 @@ fn crd_schema_shape() {
             .contains("nullable")
     );
 }
+
+#[test]
+fn garbage_collection_more_often_than_a_minute_is_refused() {
+    assert_refused(
+        json!({"gc": {"interval": "30s"}}),
+        "gc.interval must be at least 1m",
+    );
+    assert!(refusals(json!({"gc": {"interval": "6h", "grace": "30m"}})).is_empty());
+}

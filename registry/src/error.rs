@@ -62,8 +62,7 @@ pub const STORAGE_FULL: &str =
     "the registry's storage is full; free space or grow the volume, then retry";
 
 /// What `/readyz` says while the write probe fails.
-pub const STORAGE_FULL_OR_UNWRITABLE: &str =
-    "not ready: storage cannot be written (full, or read-only); free space or grow the volume\n";
+pub const STORAGE_FULL_OR_UNWRITABLE: &str = "not ready: storage cannot be written (full, read-only, or an object store unreachable or refusing); free space or grow the volume, or see the registry's log for the storage error\n";
 
 /// A request failure: a spec code, a message that says what to do, and
 /// optionally a status that overrides the code's default (e.g. 413).

@@ -131,3 +131,11 @@ pub fn filesystem_store(root: &std::path::Path) -> std::io::Result<Arc<Store>> {
         root,
     )?))))
 }
+
+/// A store in memory (object_store's in-memory backend through the object
+/// storage driver): for tests.
+pub fn memory_store() -> Arc<Store> {
+    Arc::new(Store::new(Arc::new(
+        storage::s3::ObjectStoreDriver::in_memory(),
+    )))
+}

@@ -30,13 +30,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the registry API.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Write a new token key pair into a directory (signing.key, verify.pem),
     /// as the operator keeps them: for running with --auth-config by hand.
     Keygen {
         /// The keys directory (created if missing); existing files are kept.
         dir: PathBuf,
     },
+    /// Garbage-collect a data directory once: unreferenced blobs and untagged
+    /// manifests older than --grace are moved to a quarantine, and what an
+    /// earlier run quarantined at least --quarantine ago is deleted. Safe
+    /// while registries serve the same data.
+    Gc(GcArgs),
     /// Print an htpasswd line (bcrypt) for USER, the password read from stdin.
     Htpasswd {
         user: String,
@@ -44,6 +49,27 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         cost: u32,
     },
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    berth_registry::storage::gc::parse_duration(s)
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    /// The registry's data directory.
+    #[arg(long, env = "BERTH_DATA", default_value = "/var/lib/registry")]
+    data: PathBuf,
+    /// Report what would go (each object, then totals); change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Unreferenced blobs and untagged manifests younger than this stay (e.g. 1h, 30m, 0).
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    grace: std::time::Duration,
+    /// How long quarantined objects wait before they are deleted. 0 deletes
+    /// in this run, which is safe only when no registry serves the data.
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    quarantine: std::time::Duration,
 }
 
 #[derive(clap::Args)]
@@ -54,6 +80,22 @@ struct Serve {
     /// Directory holding blobs, manifests and upload sessions (created if missing).
     #[arg(long, env = "BERTH_DATA", default_value = "/var/lib/registry")]
     data: PathBuf,
+    /// Keep images in this S3 bucket instead of --data. Credentials come
+    /// from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a web identity
+    /// or container role), as for any AWS client. The bucket must exist.
+    #[arg(long, env = "BERTH_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// Key prefix inside the S3 bucket (e.g. "registry"): several
+    /// registries can share one bucket.
+    #[arg(long, env = "BERTH_S3_PREFIX", requires = "s3_bucket")]
+    s3_prefix: Option<String>,
+    /// URL of an S3-compatible server (e.g. https://s3.example.com:9000);
+    /// AWS when not given. Plain http:// is allowed only when given here.
+    #[arg(long, env = "BERTH_S3_ENDPOINT", requires = "s3_bucket")]
+    s3_endpoint: Option<String>,
+    /// The bucket's region (default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, env = "BERTH_S3_REGION", requires = "s3_bucket")]
+    s3_region: Option<String>,
     /// PEM certificate chain; with --tls-key, serve HTTPS. Re-read when the file changes.
     #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -85,9 +127,10 @@ struct Serve {
     /// closes. Lowered at start if the open-file limit cannot hold them.
     #[arg(long, env = "BERTH_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
-    /// MiB that uploads in flight may hold in full-size (1 MiB) write
-    /// buffers; past it, uploads get 64 KiB buffers, so memory stays
-    /// bounded however many clients stall mid-upload.
+    /// MiB that uploads in flight may hold in full-size write buffers
+    /// (1 MiB on the filesystem, 8 MiB segments on S3); past it, uploads
+    /// get small buffers (64 KiB; 256 KiB on S3), so memory stays bounded
+    /// however many clients stall mid-upload.
     #[arg(long, env = "BERTH_UPLOAD_BUFFER_MIB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
     upload_buffer_mib: u64,
     /// Seconds between write probes of the storage; /readyz fails while
@@ -111,21 +154,34 @@ struct Serve {
     /// Log format: "text" for people, "json" for log collectors.
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Run garbage collection this often (e.g. 6h, 30m), while serving;
+    /// unset or 0: never. Safe with other registries on the same storage.
+    #[arg(long, env = "BERTH_GC_INTERVAL", value_parser = duration)]
+    gc_interval: Option<std::time::Duration>,
+    /// Unreferenced blobs and untagged manifests younger than this are kept.
+    #[arg(long, env = "BERTH_GC_GRACE", default_value = "1h", value_parser = duration)]
+    gc_grace: std::time::Duration,
+    /// How long GC keeps what it took in quarantine (a manifest push that
+    /// still needs it puts it back) before deleting it; must stay far above
+    /// the longest manifest PUT.
+    #[arg(long, env = "BERTH_GC_QUARANTINE", default_value = "10m", value_parser = duration)]
+    gc_quarantine: std::time::Duration,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
-        Command::Serve(args) => args,
+        Command::Serve(args) => *args,
         Command::Keygen { dir } => return keygen(&dir),
+        Command::Gc(args) => return gc_once(&args),
         Command::Htpasswd { user, cost } => return htpasswd_line(&user, cost),
     };
     if let Some(n) = args.sendfile_after {
         berth_registry::zero_copy::set_sendfile_after(n);
     }
-    berth_registry::storage::fs::set_upload_buffer_budget(
-        usize::try_from(args.upload_buffer_mib << 20).unwrap_or(usize::MAX),
-    );
+    let budget = usize::try_from(args.upload_buffer_mib << 20).unwrap_or(usize::MAX);
+    berth_registry::storage::fs::set_upload_buffer_budget(budget);
+    berth_registry::storage::s3::set_upload_buffer_budget(budget);
     init_tracing(&args.log_format);
     // File I/O runs on tokio's blocking pool. Its default cap (512 threads)
     // only adds memory here: the work is short reads and writes, and past a
@@ -184,8 +240,32 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     // Anything written before this instant was written by an earlier process.
     let started = std::time::SystemTime::now();
     let limits = limits(&args);
-    let store = berth_registry::filesystem_store(&args.data)
-        .with_context(|| format!("cannot use {} as the data directory; check it exists or can be created, and is writable", args.data.display()))?;
+    // Object storage may be shared with other replicas, whose uploads in
+    // flight look just like a crashed process's leftovers: there, only the
+    // periodic purge (by idle time) removes them.
+    let shared_storage = args.s3_bucket.is_some();
+    let (store, storage) = match &args.s3_bucket {
+        Some(bucket) => {
+            use berth_registry::storage::s3::{ObjectStoreDriver, S3Config};
+            let config = S3Config {
+                bucket: bucket.clone(),
+                prefix: args.s3_prefix.clone().unwrap_or_default(),
+                endpoint: args.s3_endpoint.clone(),
+                region: args.s3_region.clone(),
+            };
+            let driver = ObjectStoreDriver::s3(&config)?;
+            driver.check(&config).await?;
+            let url = format!("s3://{}/{}", config.bucket, config.prefix);
+            let store =
+                std::sync::Arc::new(berth_registry::Store::new(std::sync::Arc::new(driver)));
+            (store, url)
+        }
+        None => {
+            let store = berth_registry::filesystem_store(&args.data)
+                .with_context(|| format!("cannot use {} as the data directory; check it exists or can be created, and is writable", args.data.display()))?;
+            (store, args.data.display().to_string())
+        }
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
             berth_registry::tls::server_config(cert.clone(), key.clone())
@@ -220,7 +300,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}; is the port free?", args.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
-        data = %args.data.display(),
+        storage,
         tls = tls.is_some(),
         version = env!("CARGO_PKG_VERSION"),
         "berth-registry serving"
@@ -235,6 +315,9 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     // What a crash left behind goes in the background: start-up does not wait.
     let recover = store.clone();
     tokio::spawn(async move {
+        if shared_storage {
+            return;
+        }
         match recover.reclaim_after_crash(started).await {
             Ok((0, 0)) => {}
             Ok((tmp, sessions)) => tracing::info!(
@@ -256,6 +339,31 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         store.clone(),
         std::time::Duration::from_secs(args.storage_probe_secs),
     ));
+    match args.gc_interval.filter(|i| !i.is_zero()) {
+        Some(interval) => {
+            anyhow::ensure!(
+                !args.gc_quarantine.is_zero(),
+                "--gc-quarantine must be above zero while serving: a push that checked a blob a moment ago may still need it"
+            );
+            tracing::info!(
+                interval_secs = interval.as_secs(),
+                grace_secs = args.gc_grace.as_secs(),
+                quarantine_secs = args.gc_quarantine.as_secs(),
+                "garbage collection on"
+            );
+            tokio::spawn(berth_registry::storage::gc::run_periodically(
+                store.clone(),
+                interval,
+                berth_registry::storage::gc::GcOptions {
+                    grace: args.gc_grace,
+                    quarantine: args.gc_quarantine,
+                    dry_run: false,
+                    list: false,
+                },
+            ));
+        }
+        None => tracing::info!("garbage collection off (set --gc-interval to reclaim space)"),
+    }
     let audit = (args.audit == "on").then(|| {
         // Its own driver on the same data directory: the trail is written
         // beside the images, through the same storage contract.
@@ -276,6 +384,67 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     );
     let app = berth_registry::router_audited(store, auth, &limits, audit);
     berth_registry::server::serve_with(listener, app, tls, &limits, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `berth-registry gc`: one run (two with --quarantine 0: the second
+/// deletes what the first quarantined), the objects and totals on stdout.
+fn gc_once(args: &GcArgs) -> anyhow::Result<()> {
+    use berth_registry::storage::gc::{GcOptions, GcReport, log_report};
+    use std::io::Write as _;
+    init_tracing("text");
+    let store = berth_registry::filesystem_store(&args.data).with_context(|| {
+        format!(
+            "cannot use {} as the data directory; check it exists and is writable",
+            args.data.display()
+        )
+    })?;
+    let opts = GcOptions {
+        grace: args.grace,
+        quarantine: args.quarantine,
+        dry_run: args.dry_run,
+        list: true,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let reports: Vec<GcReport> = runtime
+        .block_on(async {
+            let first = store.gc(&opts).await?;
+            let mut reports = vec![first];
+            if opts.quarantine.is_zero() && !opts.dry_run {
+                reports.push(store.gc(&opts).await?);
+            }
+            Ok::<_, berth_registry::storage::StorageError>(reports)
+        })
+        .context("garbage collection failed; run it again to finish (nothing is lost)")?;
+    let mut out = std::io::stdout().lock();
+    let verb = if args.dry_run { "would" } else { "did" };
+    for r in &reports {
+        log_report(r);
+        for item in &r.items {
+            writeln!(out, "{verb} {item}")?;
+        }
+    }
+    let sum = |f: fn(&GcReport) -> u64| reports.iter().map(f).sum::<u64>();
+    writeln!(
+        out,
+        "{}: {} objects and {} bytes reclaimed ({} manifests, {} blobs deleted); {} manifests and {} blobs ({} bytes) quarantined; {} kept manifests, {} kept blobs; {:.3} s",
+        if args.dry_run { "dry run" } else { "gc" },
+        sum(|r| r.objects_reclaimed() as u64),
+        sum(|r| r.bytes_reclaimed),
+        sum(|r| r.manifests_deleted as u64),
+        sum(|r| r.blobs_deleted as u64),
+        sum(|r| r.manifests_quarantined as u64),
+        sum(|r| r.blobs_quarantined as u64),
+        sum(|r| r.bytes_quarantined),
+        reports.last().map_or(0, |r| r.manifests_kept),
+        reports.last().map_or(0, |r| r.blobs_kept),
+        reports
+            .iter()
+            .map(|r| r.duration.as_secs_f64())
+            .sum::<f64>(),
+    )?;
     Ok(())
 }
 

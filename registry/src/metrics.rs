@@ -1,7 +1,8 @@
 //! Prometheus metrics, served at `/metrics`: request counts and latencies by
 //! route and status, bytes in and out (and how many went by sendfile),
 //! storage errors, and what the limits refused or cut short (connections
-//! over the cap, timeouts, a full disk, busy upload sessions).
+//! over the cap, timeouts, a full disk, busy upload sessions), and garbage
+//! collection (runs, what they reclaimed, how long the last took).
 //!
 //! One process-wide registry, so any layer can count without threading a
 //! handle through every call.
@@ -35,6 +36,11 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthLabels {
     mode: &'static str,
     outcome: &'static str,
@@ -55,6 +61,60 @@ struct Metrics {
     refusals: Family<KindLabels, Counter>,
     auth: Family<AuthLabels, Counter>,
     audit: Family<KindLabels, Counter>,
+    gc: GcMetrics,
+}
+
+struct GcMetrics {
+    runs: Family<OutcomeLabels, Counter>,
+    reclaimed_objects: Counter,
+    reclaimed_bytes: Counter,
+    quarantined_objects: Counter,
+    restored_objects: Counter,
+    last_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl GcMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = GcMetrics {
+            runs: Family::default(),
+            reclaimed_objects: Counter::default(),
+            reclaimed_bytes: Counter::default(),
+            quarantined_objects: Counter::default(),
+            restored_objects: Counter::default(),
+            last_duration: Gauge::default(),
+        };
+        registry.register(
+            "gc_runs",
+            "Garbage collection runs by outcome (ok, failed)",
+            m.runs.clone(),
+        );
+        registry.register(
+            "gc_reclaimed_objects",
+            "Blobs, manifest revisions and links garbage collection deleted for good",
+            m.reclaimed_objects.clone(),
+        );
+        registry.register(
+            "gc_reclaimed_bytes",
+            "Blob bytes garbage collection deleted for good",
+            m.reclaimed_bytes.clone(),
+        );
+        registry.register(
+            "gc_quarantined_objects",
+            "Unreferenced blobs and revisions moved to the GC quarantine",
+            m.quarantined_objects.clone(),
+        );
+        registry.register(
+            "gc_restored_objects",
+            "Quarantined objects moved back because something referenced them again",
+            m.restored_objects.clone(),
+        );
+        registry.register(
+            "gc_last_duration_seconds",
+            "How long the last garbage collection run took",
+            m.last_duration.clone(),
+        );
+        m
+    }
 }
 
 fn metrics() -> &'static Metrics {
@@ -139,7 +199,9 @@ fn metrics() -> &'static Metrics {
             "Audit trail events by outcome: written, dropped (queue full), write_failed (storage refused the segment)",
             audit.clone(),
         );
+        let gc = GcMetrics::register(&mut registry);
         Metrics {
+            gc,
             auth,
             audit,
             registry,
@@ -242,6 +304,26 @@ pub fn audit(kind: &'static str, n: u64) {
         .audit
         .get_or_create(&KindLabels { kind })
         .inc_by(n);
+}
+
+/// A garbage collection run ended (`ok`: whether it completed).
+pub fn gc_run(ok: bool, report: &crate::storage::gc::GcReport, took: Duration) {
+    let m = &metrics().gc;
+    let outcome = if ok { "ok" } else { "failed" };
+    m.runs.get_or_create(&OutcomeLabels { outcome }).inc();
+    if !report.dry_run {
+        m.reclaimed_objects
+            .inc_by(report.objects_reclaimed() as u64);
+        m.reclaimed_bytes.inc_by(report.bytes_reclaimed);
+        m.quarantined_objects
+            .inc_by((report.blobs_quarantined + report.manifests_quarantined) as u64);
+    }
+    m.last_duration.set(took.as_secs_f64());
+}
+
+/// Quarantined objects moved back (by GC or by a reader that needed them).
+pub fn gc_restored(n: u64) {
+    metrics().gc.restored_objects.inc_by(n);
 }
 
 /// The text exposition format.

@@ -4,8 +4,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::Request;
@@ -13,10 +16,9 @@ use axum::http::Version;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
@@ -60,9 +62,11 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = tls.map(TlsAcceptor::from);
-    let graceful = GracefulShutdown::new();
+    // Tells every connection to finish its requests and close.
+    let (closing, _) = watch::channel(false);
     let builder = builder(limits);
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let capacity = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(capacity));
     let handshake_timeout = limits.tls_handshake_timeout;
     let header_timeout = limits.header_timeout;
     let (h1, h2) = (builder.clone().http1_only(), builder.clone().http2_only());
@@ -98,11 +102,11 @@ pub async fn serve_with(
         };
         let open = crate::metrics::connection_opened();
         let _ = tcp.set_nodelay(true);
+        let closing = closing.subscribe();
         match &acceptor {
             None => {
                 let app = app.clone();
                 let builder = builder.clone();
-                let graceful = graceful.watcher();
                 tokio::spawn(async move {
                     let _held = (slot, open);
                     // hyper's header timeout starts only once it has seen
@@ -117,18 +121,21 @@ pub async fn serve_with(
                             return tracing::debug!(%peer, "connection closed: sent nothing in time");
                         }
                     }
-                    serve_plain(tcp, peer, app, &builder, graceful).await;
+                    serve_plain(tcp, peer, app, &builder, closing, header_timeout).await;
                 });
             }
             Some(acceptor) => {
+                let activity = Arc::new(Activity::new());
                 let app = app.clone().map_request(move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(Connection { peer, tls: true });
                     req
                 });
-                let service = TowerToHyperService::new(app);
+                let service = TowerToHyperService::new(Tracked {
+                    inner: app,
+                    activity: activity.clone(),
+                });
                 let acceptor = acceptor.clone();
                 let (h1, h2) = (h1.clone(), h2.clone());
-                let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let _held = (slot, open);
                     let stream =
@@ -146,18 +153,26 @@ pub async fn serve_with(
                     // first bytes, whose wait no hyper timeout covers.
                     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                         let conn = h2.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        log_conn(watcher.watch(conn).await, peer);
+                        let idle = Idle {
+                            activity,
+                            after: header_timeout,
+                        };
+                        drive(conn, |c| c.graceful_shutdown(), closing, Some(idle), peer).await;
                     } else {
+                        // HTTP/1 idles out by hyper's header-read timeout.
                         let io = TokioIo::new(ErrorBodies::new(stream));
                         let conn = h1.serve_connection_with_upgrades(io, service);
-                        log_conn(watcher.watch(conn).await, peer);
+                        drive(conn, |c| c.graceful_shutdown(), closing, None, peer).await;
                     }
                 });
             }
         }
     }
     tracing::info!("shutting down: draining open connections");
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
+    closing.send_replace(true);
+    // Every connection holds a slot until it ends: all slots back, all done.
+    let all = u32::try_from(capacity).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN, slots.acquire_many(all))
         .await
         .is_err()
     {
@@ -172,7 +187,8 @@ async fn serve_plain(
     peer: SocketAddr,
     app: Router,
     builder: &auto::Builder<TokioExecutor>,
-    graceful: hyper_util::server::graceful::Watcher,
+    closing: watch::Receiver<bool>,
+    idle_after: Duration,
 ) {
     let (io, regions) = zero_copy::Conn::new(tcp);
     // HTTP/1.x responses on this connection may sendfile blobs;
@@ -184,11 +200,154 @@ async fn serve_plain(
         req.extensions_mut().insert(Connection { peer, tls: false });
         req
     });
-    let service = TowerToHyperService::new(app);
+    let activity = Arc::new(Activity::new());
+    let service = TowerToHyperService::new(Tracked {
+        inner: app,
+        activity: activity.clone(),
+    });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(ErrorBodies::new(io)), service)
         .into_owned();
-    log_conn(graceful.watch(conn).await, peer);
+    let idle = Idle {
+        activity,
+        after: idle_after,
+    };
+    drive(conn, |c| c.graceful_shutdown(), closing, Some(idle), peer).await;
+}
+
+/// A connection's requests: how many are in flight, and when the last one
+/// started or ended.
+struct Activity {
+    in_flight: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn touch(&self) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    /// How long the connection has had no request in flight; zero if busy.
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+    }
+}
+
+/// Counts a request in flight until its response head is ready.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.touch();
+        Busy(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The router, keeping a connection's [`Activity`] up to date.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> tower::Service<Request<B>> for Tracked<S>
+where
+    S: tower::Service<Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let busy = Busy::new(self.activity.clone());
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let out = response.await;
+            drop(busy);
+            out
+        })
+    }
+}
+
+/// Closes a connection that went this long without a request.
+struct Idle {
+    activity: Arc<Activity>,
+    after: Duration,
+}
+
+/// Drives a connection to its end. When the server shuts down, or (with
+/// `idle`) the client sent no request for a while, the connection is
+/// closed gracefully: requests in flight finish, HTTP/2 clients get a
+/// GOAWAY. Without this, an HTTP/2 client that only answers pings would
+/// hold a connection slot forever (hyper has no HTTP/2 idle timeout).
+async fn drive<C>(
+    conn: C,
+    close: impl Fn(Pin<&mut C>),
+    mut closing: watch::Receiver<bool>,
+    idle: Option<Idle>,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+{
+    tokio::pin!(conn);
+    let check = idle.as_ref().map_or(Duration::from_secs(3600), |i| {
+        (i.after / 4).max(Duration::from_millis(250))
+    });
+    let mut tick = tokio::time::interval(check);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closed = false;
+    loop {
+        if !closed && *closing.borrow_and_update() {
+            close(conn.as_mut());
+            closed = true;
+        }
+        tokio::select! {
+            result = conn.as_mut() => return log_conn(result, peer),
+            changed = closing.changed(), if !closed => {
+                if changed.is_err() {
+                    // The server is gone without a word: close as on shutdown.
+                    close(conn.as_mut());
+                    closed = true;
+                }
+            }
+            _ = tick.tick(), if !closed => {
+                if let Some(idle) = &idle
+                    && idle.activity.idle_for() >= idle.after
+                {
+                    crate::metrics::timeout("idle");
+                    tracing::debug!(%peer, "closing a connection idle for {:?}", idle.after);
+                    close(conn.as_mut());
+                    closed = true;
+                }
+            }
+        }
+    }
 }
 
 /// The HTTP/1 and HTTP/2 connection settings, limits applied.

@@ -106,6 +106,44 @@ async fn an_idle_keep_alive_connection_is_closed() {
     assert!(closed_within(&mut c, Duration::from_secs(4)).await);
 }
 
+/// An HTTP/2 client that answers the server's pings but sends no request
+/// is sent a GOAWAY after the idle time: it cannot hold a connection slot
+/// forever. One that keeps asking is served.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let s = start(quick()).await;
+    let open = |addr| async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        (sender, tokio::spawn(conn))
+    };
+    let get = |sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>| {
+        let req = hyper::Request::get(format!("http://{}/v2/", s.addr))
+            .body(Empty::new())
+            .unwrap();
+        sender.send_request(req)
+    };
+
+    let (mut busy, busy_conn) = open(s.addr).await;
+    let (mut idle, idle_conn) = open(s.addr).await;
+    assert_eq!(get(&mut idle).await.unwrap().status(), 200);
+    let started = Instant::now();
+    // Busy: a request every 300 ms for 3 s, three times the idle limit.
+    while started.elapsed() < Duration::from_secs(3) {
+        assert_eq!(get(&mut busy).await.unwrap().status(), 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(idle_conn.is_finished(), "the idle connection is still open");
+    assert!(!busy_conn.is_finished(), "the busy connection was closed");
+}
+
 #[tokio::test]
 async fn a_stalled_upload_body_is_cut_off_and_its_chunk_rolled_back() {
     let s = start(quick()).await;

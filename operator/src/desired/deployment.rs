@@ -68,6 +68,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
         .map(String::from)
         .chain([format!("0.0.0.0:{CONTAINER_PORT}")])
         .chain(storage.args)
+        .chain(gc_args(registry))
         .chain(tls_args)
         .chain(auth_args.into_iter().flatten())
         .collect();
@@ -209,6 +210,19 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
         }),
         status: None,
     }
+}
+
+/// `--gc-interval` and `--gc-grace` when GC is on.
+fn gc_args(registry: &Registry) -> Vec<String> {
+    let gc = &registry.spec.gc;
+    let Some(interval) = &gc.interval else {
+        return Vec::new();
+    };
+    let mut args = vec!["--gc-interval".to_owned(), interval.clone()];
+    if let Some(grace) = &gc.grace {
+        args.extend(["--gc-grace".to_owned(), grace.clone()]);
+    }
+    args
 }
 
 /// `Recreate` for a volume one pod at a time can mount; otherwise a new
@@ -385,6 +399,32 @@ mod tests {
         assert!(args.windows(2).any(|w| w == ["--s3-bucket", "images"]));
         assert!(!args.contains(&"--data".to_owned()));
         assert_eq!(container.env.as_ref().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn garbage_collection_runs_only_when_an_interval_is_set() {
+        let args = |r: &Registry| {
+            build(r)
+                .spec
+                .and_then(|s| s.template.spec)
+                .expect("pod")
+                .containers[0]
+                .args
+                .clone()
+                .unwrap_or_default()
+        };
+        assert!(
+            !args(&fixtures::registry())
+                .iter()
+                .any(|a| a.starts_with("--gc"))
+        );
+        let on = fixtures::registry_with(|s| {
+            s.gc.interval = Some("6h".into());
+            s.gc.grace = Some("30m".into());
+        });
+        let a = args(&on);
+        assert!(a.windows(2).any(|w| w == ["--gc-interval", "6h"]), "{a:?}");
+        assert!(a.windows(2).any(|w| w == ["--gc-grace", "30m"]), "{a:?}");
     }
 
     #[test]

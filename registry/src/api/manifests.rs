@@ -166,7 +166,20 @@ pub async fn put(
         media_type: parsed.media_type.clone(),
         body: body.into(),
     };
-    store.manifest_put(name, &stored, &parsed, &tags).await?;
+    store
+        .manifest_put(name, &stored, &parsed, &tags)
+        .await
+        .map_err(|e| {
+            if e.is_reference_gone() {
+                tracing::info!(error = %e, "manifest refused: what it references was garbage-collected meanwhile");
+                Error::new(
+                    Code::ManifestBlobUnknown,
+                    "a blob or manifest it references was garbage-collected while this push was checked; push it again, then the manifest",
+                )
+            } else {
+                e.into()
+            }
+        })?;
 
     let mut headers = vec![
         (header::LOCATION, format!("/v2/{name}/manifests/{digest}")),

@@ -7,6 +7,7 @@
 use std::fs;
 use std::io::{self, Write as _};
 use std::ops::Range;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -140,9 +141,14 @@ impl Driver for FsDriver {
         let path = self.path(key);
         let (file, start) = blocking(move || {
             fs::create_dir_all(parent(&path))?;
+            // Not O_APPEND: each buffer goes to its own offset, so a write
+            // still in flight from an appender that was dropped (its request
+            // cut off) lands where its bytes belong, not after the next
+            // appender's.
             let file = fs::OpenOptions::new()
                 .create(true)
-                .append(true)
+                .write(true)
+                .truncate(false)
                 .open(&path)?;
             let start = file.metadata()?.len();
             Ok((file, start))
@@ -335,7 +341,7 @@ impl FsAppender {
             let at = self.offset - buf.len() as u64;
             let behind = std::mem::replace(&mut self.unhinted, at..self.offset);
             self.pending = Some(tokio::task::spawn_blocking(move || {
-                (&*file).write_all(&buf)?;
+                file.write_all_at(&buf, at)?;
                 // The blob is fsynced before the client hears it is stored;
                 // writing it out as it arrives leaves that fsync only the
                 // tail to wait for, instead of the whole blob. One buffer

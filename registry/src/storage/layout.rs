@@ -12,6 +12,8 @@
 //!     _uploads/<id>/startedat                         unix seconds the session began ("<secs> monolithic"
 //!                                                     for a one-request push, which no client can resume)
 //!   _probe/writable                                   rewritten every few seconds: can storage be written?
+//!   _gc/trash/<batch>/<key>                           quarantine: what GC took out of <key> (a blob or a
+//!                                                     revision link), <batch> = unix millis it was moved
 //! ```
 //!
 //! Repository name components start with `[a-z0-9]`, so the `_`-prefixed
@@ -88,6 +90,28 @@ pub fn referrer(name: &Name, subject: &Digest, manifest: &Digest) -> String {
 
 pub fn probe() -> &'static str {
     "_probe/writable"
+}
+
+/// Where GC's quarantine lives: one directory per batch.
+pub const TRASH: &str = "_gc/trash";
+
+/// A quarantine batch: `batch` is the unix time in milliseconds it began.
+pub fn trash_batch(batch: u64) -> String {
+    format!("{TRASH}/{batch}")
+}
+
+/// Where `key` goes in quarantine batch `batch` (the tree is mirrored, so
+/// putting it back is one move).
+pub fn trash(batch: u64, key: &str) -> String {
+    format!("{TRASH}/{batch}/{key}")
+}
+
+pub fn revisions_dir(name: &Name, alg: &str) -> String {
+    format!("{REPOSITORIES}/{name}/_manifests/revisions/{alg}")
+}
+
+pub fn layers_dir(name: &Name, alg: &str) -> String {
+    format!("{REPOSITORIES}/{name}/_layers/{alg}")
 }
 
 pub fn upload_dir(name: &Name, id: &str) -> String {

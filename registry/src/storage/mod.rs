@@ -9,8 +9,10 @@ pub mod catalog;
 pub mod driver;
 pub mod file_chunks;
 pub mod fs;
+pub mod gc;
 pub mod layout;
 pub mod locks;
+pub mod s3;
 pub mod upload;
 
 use std::io;
@@ -47,6 +49,12 @@ impl StorageError {
     /// retrying, is what helps.
     pub fn is_storage_full(&self) -> bool {
         is_storage_full(&self.source)
+    }
+
+    /// Whether a manifest PUT found, just before its commit, that something
+    /// it references was deleted (by GC) after the request's own checks.
+    pub fn is_reference_gone(&self) -> bool {
+        self.op == "verify" && self.source.kind() == io::ErrorKind::NotFound
     }
 }
 
@@ -185,7 +193,8 @@ impl Store {
         {
             return Ok(None);
         }
-        self.size(&layout::blob(digest)).await
+        // Linked but quarantined by GC: the link says it is wanted.
+        self.size_or_restore(&layout::blob(digest)).await
     }
 
     /// Streams bytes `range` of a blob; `None` if it vanished since it was sized.
@@ -248,7 +257,7 @@ impl Store {
         digest: &Digest,
     ) -> Result<bool, StorageError> {
         Ok(self
-            .size(&layout::manifest_revision(name, digest))
+            .size_or_restore(&layout::manifest_revision(name, digest))
             .await?
             .is_some())
     }
@@ -262,12 +271,15 @@ impl Store {
         parsed: &manifest::Manifest,
         tags: &[Tag],
     ) -> Result<(), StorageError> {
+        // What it references is in place, not in GC's quarantine (gc.rs).
+        let checked = self.secure_references(name, parsed).await?;
         let blob = layout::blob(&m.digest);
         if self.size(&blob).await? != Some(m.body.len() as u64) {
             self.put(&blob, m.body.clone()).await?;
         }
         // From here the writes are what a DELETE undoes: not interleaved with one.
-        let _repo = self.repo_locks.lock(name).await;
+        let repo = self.repo_locks.lock(name).await;
+        let mut entry = None;
         if let Some(subject) = &parsed.subject {
             let descriptor = Descriptor {
                 media_type: m.media_type.clone(),
@@ -280,11 +292,10 @@ impl Store {
             };
             let json = serde_json::to_vec(&descriptor)
                 .map_err(|e| StorageError::new("encode", &blob, io::Error::other(e)))?;
-            self.put(
-                &layout::referrer(name, &subject.digest, &m.digest),
-                json.into(),
-            )
-            .await?;
+            let key = layout::referrer(name, &subject.digest, &m.digest);
+            let json = Bytes::from(json);
+            self.put(&key, json.clone()).await?;
+            entry = Some((key, json));
         }
         self.put(
             &layout::manifest_revision(name, &m.digest),
@@ -296,7 +307,16 @@ impl Store {
             self.put(&layout::tag(name, tag), Bytes::from(m.digest.to_string()))
                 .await?;
         }
-        Ok(())
+        drop(repo);
+        // GC may have quarantined part of it since the check: put it back.
+        self.confirm_references(
+            name,
+            &m.digest,
+            parsed,
+            entry.as_ref().map(|(k, j)| (k.as_str(), j.clone())),
+            checked,
+        )
+        .await
     }
 
     /// The digest a tag points at.
@@ -322,10 +342,14 @@ impl Store {
                 None => return Ok(None),
             },
         };
-        let Some(media_type) = self.get(&layout::manifest_revision(name, &digest)).await? else {
+        // A reader that reaches what GC quarantined puts it back (gc.rs).
+        let Some(media_type) = self
+            .get_or_restore(&layout::manifest_revision(name, &digest))
+            .await?
+        else {
             return Ok(None);
         };
-        let Some(body) = self.get(&layout::blob(&digest)).await? else {
+        let Some(body) = self.get_or_restore(&layout::blob(&digest)).await? else {
             return Ok(None);
         };
         let media_type = String::from_utf8_lossy(&media_type).into_owned();

@@ -1,0 +1,793 @@
+//! The object storage driver: S3 (and any other `object_store` backend,
+//! e.g. its in-memory store for tests) behind the same [`Driver`] contract
+//! as the filesystem.
+//!
+//! Objects cannot be appended to, and S3 multipart parts must be at least
+//! 5 MiB while registry clients send chunks of any size, so an object
+//! written by an [`Appender`] is kept as numbered *segments*:
+//!
+//! ```text
+//! <dir>/<name>                      a whole object (put, copy)
+//! <dir>/.<name>.segments/<offset>   or its bytes from <offset> (20 digits), in order
+//! ```
+//!
+//! A whole object, when present, is authoritative (segments beside it are
+//! left over from an appender that never finished); otherwise the object is
+//! the contiguous run of segments from offset 0. An appender buffers at most
+//! [`SEGMENT`] bytes before writing a segment, and the first append to a
+//! whole object takes effect when `finish` deletes that whole object: an
+//! object always reads as it was before a failed or abandoned append, or
+//! with a correct prefix of it. Segments live in the bucket, so another
+//! registry process sharing it resumes an upload where this one stopped.
+//! [`Driver::commit`] of a segmented object streams its segments, in order,
+//! into one multipart upload (or copies a lone segment server-side).
+//!
+//! Names starting with `.` cannot be repository components, tags or
+//! digests, so segment directories never collide with the registry's keys.
+
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload};
+
+use super::driver::{Appender, ByteStream, Driver, Durability};
+
+/// The most an appender holds in memory before writing a segment.
+pub const SEGMENT: usize = 8 << 20;
+
+/// The segment size of an upload when the buffer budget is spent: more
+/// objects per upload, but memory stays bounded however many clients stall
+/// mid-chunk.
+const SMALL_SEGMENT: usize = 256 << 10;
+
+static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+static BUDGET_USED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Caps the memory all appenders in flight may hold in full-size segment
+/// buffers (each holds two: one filling, one being written); past it,
+/// appenders write small segments. Takes effect only before the first
+/// append. Default: [`super::fs::DEFAULT_UPLOAD_BUFFER_BUDGET`].
+pub fn set_upload_buffer_budget(bytes: usize) {
+    let _ = BUDGET.set(bytes);
+}
+
+/// Reserves two full-size buffers if the budget allows; returns the bytes held.
+fn reserve_buffers() -> usize {
+    use std::sync::atomic::Ordering;
+    let want = 2 * SEGMENT;
+    let cap = *BUDGET.get_or_init(|| super::fs::DEFAULT_UPLOAD_BUFFER_BUDGET);
+    let reserved = BUDGET_USED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+        (used + want <= cap).then_some(used + want)
+    });
+    if reserved.is_ok() { want } else { 0 }
+}
+
+/// A buffer older than this is written even if not full: a segment's
+/// time is the session's last activity, which every process sharing the
+/// bucket reads to tell a slow upload from an abandoned one.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// S3's smallest multipart part (but the last).
+const MIN_PART: u64 = 5 << 20;
+
+/// S3's most parts in one multipart upload (kept a little under).
+const MAX_PARTS: u64 = 9_000;
+
+/// Digits of a segment's start offset: sorts as text in offset order.
+const OFFSET_DIGITS: usize = 20;
+
+const SEGMENTS_SUFFIX: &str = ".segments";
+
+#[derive(Clone)]
+pub struct ObjectStoreDriver {
+    store: Arc<dyn ObjectStore>,
+    /// Prepended to every key (`<prefix>/<key>`); empty for none.
+    prefix: String,
+}
+
+/// One segment of a segmented object.
+#[derive(Debug, Clone)]
+struct Segment {
+    path: Path,
+    start: u64,
+    len: u64,
+    modified: SystemTime,
+}
+
+impl Segment {
+    fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// Maps `object_store`'s errors to the I/O kinds [`super::Store`] knows.
+fn io_err(e: object_store::Error) -> io::Error {
+    use object_store::Error as E;
+    let kind = match &e {
+        E::NotFound { .. } => io::ErrorKind::NotFound,
+        E::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => io::ErrorKind::PermissionDenied,
+        E::InvalidPath { .. } => io::ErrorKind::InvalidInput,
+        E::NotSupported { .. } | E::NotImplemented { .. } => io::ErrorKind::Unsupported,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+fn is_not_found(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+/// `Ok(None)` for an absent object.
+fn found<T>(r: object_store::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+fn range_opts(range: Range<u64>) -> GetOptions {
+    GetOptions {
+        range: Some(GetRange::Bounded(range)),
+        ..GetOptions::default()
+    }
+}
+
+impl ObjectStoreDriver {
+    /// A driver over `store`, keeping every key under `prefix` (`/`-separated,
+    /// no leading or trailing `/`; empty for the bucket's root).
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        ObjectStoreDriver {
+            store,
+            prefix: prefix.trim_matches('/').to_owned(),
+        }
+    }
+
+    /// A driver over a fresh in-memory store: for tests.
+    pub fn in_memory() -> Self {
+        Self::new(Arc::new(object_store::memory::InMemory::new()), "")
+    }
+
+    fn path(&self, key: &str) -> io::Result<Path> {
+        let full = if self.prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}/{key}", self.prefix)
+        };
+        Path::parse(&full).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+
+    /// The directory of `key`'s segments: `<dir>/.<name>.segments`.
+    fn segments_dir(&self, key: &str) -> io::Result<Path> {
+        let (dir, name) = match key.rsplit_once('/') {
+            Some((dir, name)) => (Some(dir), name),
+            None => (None, key),
+        };
+        let hidden = format!(".{name}{SEGMENTS_SUFFIX}");
+        self.path(&match dir {
+            Some(dir) => format!("{dir}/{hidden}"),
+            None => hidden,
+        })
+    }
+
+    fn segment_path(&self, key: &str, start: u64) -> io::Result<Path> {
+        Ok(self
+            .segments_dir(key)?
+            .join(format!("{start:0OFFSET_DIGITS$}").as_str()))
+    }
+
+    /// Every segment object of `key`, sorted by offset.
+    async fn all_segments(&self, key: &str) -> io::Result<Vec<Segment>> {
+        let dir = self.segments_dir(key)?;
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&dir))
+            .await
+            .map_err(io_err)?;
+        let mut segments: Vec<Segment> = listed
+            .objects
+            .into_iter()
+            .filter_map(|m| {
+                let start = m.location.filename()?.parse::<u64>().ok()?;
+                Some(Segment {
+                    start,
+                    len: m.size,
+                    modified: m.last_modified.into(),
+                    path: m.location,
+                })
+            })
+            .collect();
+        segments.sort_by_key(|s| s.start);
+        Ok(segments)
+    }
+
+    /// Splits `all` (sorted) into the contiguous run from offset 0, which is
+    /// the object, and the rest (left over by a failed cleanup).
+    fn split_run(all: Vec<Segment>) -> (Vec<Segment>, Vec<Segment>) {
+        let mut run = Vec::new();
+        let mut rest = Vec::new();
+        let mut end = 0;
+        for s in all {
+            if rest.is_empty() && s.start == end && s.len > 0 {
+                end = s.end();
+                run.push(s);
+            } else {
+                rest.push(s);
+            }
+        }
+        (run, rest)
+    }
+
+    /// The segments that make up `key` when no whole object is there.
+    async fn segments(&self, key: &str) -> io::Result<Vec<Segment>> {
+        Ok(Self::split_run(self.all_segments(key).await?).0)
+    }
+
+    async fn delete_paths(&self, paths: Vec<Path>) -> io::Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let stream = futures_util::stream::iter(paths.into_iter().map(Ok)).boxed();
+        let mut deleted = self.store.delete_stream(stream);
+        while let Some(r) = deleted.next().await {
+            match r {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every object under `dir` (recursively).
+    async fn delete_under(&self, dir: &Path) -> io::Result<()> {
+        let paths: Vec<Path> = self
+            .store
+            .list(Some(dir))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(io_err)?;
+        self.delete_paths(paths).await
+    }
+
+    /// Streams `range` of the run `segments`, a segment at a time.
+    fn stream_segments(&self, segments: Vec<Segment>, range: Range<u64>) -> ByteStream {
+        let store = self.store.clone();
+        let parts: Vec<(Path, Range<u64>)> = segments
+            .into_iter()
+            .filter(|s| s.start < range.end && s.end() > range.start)
+            .map(|s| {
+                let from = range.start.max(s.start) - s.start;
+                let to = range.end.min(s.end()) - s.start;
+                (s.path, from..to)
+            })
+            .collect();
+        let chunks = futures_util::stream::iter(parts)
+            .then(move |(path, r)| {
+                let store = store.clone();
+                async move {
+                    let got = store.get_opts(&path, range_opts(r)).await.map_err(io_err)?;
+                    Ok::<_, io::Error>(got.into_stream().map_err(io_err))
+                }
+            })
+            .try_flatten();
+        Box::pin(chunks)
+    }
+
+    /// Writes the run `segments` as one object at `to`, streaming.
+    async fn assemble(&self, segments: Vec<Segment>, to: &Path) -> io::Result<()> {
+        let total: u64 = segments.iter().map(|s| s.len).sum();
+        if let [only] = segments.as_slice() {
+            // Server-side: no bytes through this process.
+            return self.store.copy(&only.path, to).await.map_err(io_err);
+        }
+        if total <= SEGMENT as u64 {
+            let mut data = Vec::with_capacity(total as usize);
+            let mut chunks = self.stream_segments(segments, 0..total);
+            while let Some(c) = chunks.next().await {
+                data.extend_from_slice(&c?);
+            }
+            return self
+                .store
+                .put(to, PutPayload::from(data))
+                .await
+                .map(drop)
+                .map_err(io_err);
+        }
+        let part = (total.div_ceil(MAX_PARTS))
+            .max(MIN_PART)
+            .max(SEGMENT as u64);
+        let upload = self.store.put_multipart(to).await.map_err(io_err)?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, part as usize);
+        let mut chunks = self.stream_segments(segments, 0..total);
+        let copied = async {
+            while let Some(c) = chunks.next().await {
+                let c = c?;
+                // Two parts in flight at most: memory stays a few parts.
+                writer.wait_for_capacity(2).await.map_err(io_err)?;
+                writer.put(c);
+            }
+            Ok::<_, io::Error>(())
+        }
+        .await;
+        match copied {
+            Ok(()) => writer.finish().await.map(drop).map_err(io_err),
+            Err(e) => {
+                if let Err(undo) = writer.abort().await {
+                    tracing::warn!(error = %undo, "could not abort a multipart upload");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for ObjectStoreDriver {
+    async fn get(&self, key: &str) -> io::Result<Option<Bytes>> {
+        let path = self.path(key)?;
+        let whole = match found(self.store.get(&path).await)? {
+            Some(got) => Some(got.bytes().await.map_err(io_err)?),
+            None => None,
+        };
+        if whole.is_some() {
+            return Ok(whole);
+        }
+        let segments = self.segments(key).await?;
+        let Some(end) = segments.last().map(Segment::end) else {
+            return Ok(None);
+        };
+        let mut data = Vec::with_capacity(usize::try_from(end).unwrap_or(0));
+        let mut chunks = self.stream_segments(segments, 0..end);
+        while let Some(c) = chunks.next().await {
+            data.extend_from_slice(&c?);
+        }
+        Ok(Some(data.into()))
+    }
+
+    /// S3 acknowledges a put once it is stored durably: both kinds are equal.
+    async fn put(&self, key: &str, data: Bytes, _durability: Durability) -> io::Result<()> {
+        let path = self.path(key)?;
+        self.store
+            .put(&path, PutPayload::from(data))
+            .await
+            .map(drop)
+            .map_err(io_err)
+    }
+
+    async fn size(&self, key: &str) -> io::Result<Option<u64>> {
+        if let Some(meta) = found(self.store.head(&self.path(key)?).await)? {
+            return Ok(Some(meta.size));
+        }
+        Ok(self.segments(key).await?.last().map(Segment::end))
+    }
+
+    async fn stream(&self, key: &str, range: Range<u64>) -> io::Result<Option<ByteStream>> {
+        if range.is_empty() {
+            // S3 refuses an empty range; the answer is only whether it exists.
+            let exists = self.size(key).await?.is_some();
+            return Ok(exists.then(|| Box::pin(futures_util::stream::empty()) as ByteStream));
+        }
+        let path = self.path(key)?;
+        if let Some(got) = found(self.store.get_opts(&path, range_opts(range.clone())).await)? {
+            return Ok(Some(Box::pin(got.into_stream().map_err(io_err))));
+        }
+        let segments = self.segments(key).await?;
+        if segments.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.stream_segments(segments, range)))
+    }
+
+    async fn appender(&self, key: &str) -> io::Result<Box<dyn Appender>> {
+        let path = self.path(key)?;
+        let (start, whole) = match found(self.store.head(&path).await)? {
+            Some(meta) => {
+                // Segments beside a whole object are an unfinished append's.
+                self.delete_under(&self.segments_dir(key)?).await?;
+                (meta.size, Some(meta.size))
+            }
+            None => {
+                let (run, rest) = Self::split_run(self.all_segments(key).await?);
+                self.delete_paths(rest.into_iter().map(|s| s.path).collect())
+                    .await?;
+                match run.last() {
+                    Some(last) => (last.end(), None),
+                    None => {
+                        self.store
+                            .put(&path, PutPayload::default())
+                            .await
+                            .map_err(io_err)?;
+                        (0, Some(0))
+                    }
+                }
+            }
+        };
+        let reserved = reserve_buffers();
+        let segment = if reserved > 0 {
+            SEGMENT
+        } else {
+            crate::metrics::upload_buffer_budget_spent();
+            SMALL_SEGMENT
+        };
+        Ok(Box::new(ObjectAppender {
+            driver: self.clone(),
+            segment,
+            reserved,
+            key: key.to_owned(),
+            offset: start,
+            whole,
+            copied_whole: false,
+            buf: Vec::new(),
+            last_write: std::time::Instant::now(),
+            written: Vec::new(),
+            pending: None,
+        }))
+    }
+
+    async fn commit(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from_path, to_path) = (self.path(from)?, self.path(to)?);
+        if found(self.store.head(&from_path).await)?.is_some() {
+            self.store
+                .copy(&from_path, &to_path)
+                .await
+                .map_err(io_err)?;
+            self.store.delete(&from_path).await.map_err(io_err)?;
+        } else {
+            let segments = self.segments(from).await?;
+            if segments.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("nothing to commit at {from}"),
+                ));
+            }
+            self.assemble(segments, &to_path).await?;
+        }
+        self.delete_under(&self.segments_dir(from)?).await
+    }
+
+    async fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.path(prefix)?))
+            .await
+            .map_err(io_err)?;
+        let mut names: Vec<String> = listed
+            .objects
+            .iter()
+            .map(|m| &m.location)
+            .chain(&listed.common_prefixes)
+            .filter_map(|p| {
+                let name = p.filename()?;
+                match name.strip_prefix('.') {
+                    // A segmented object is listed under its own name.
+                    Some(hidden) => hidden.strip_suffix(SEGMENTS_SUFFIX).map(str::to_owned),
+                    None => Some(name.to_owned()),
+                }
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
+    }
+
+    async fn delete(&self, key: &str) -> io::Result<()> {
+        let path = self.path(key)?;
+        let segments = self.segments_dir(key)?;
+        let (whole, under, segs) = futures_util::join!(
+            async {
+                match self.store.delete(&path).await {
+                    Err(e) if !is_not_found(&e) => Err(io_err(e)),
+                    _ => Ok(()),
+                }
+            },
+            self.delete_under(&path),
+            self.delete_under(&segments),
+        );
+        whole.and(under).and(segs)
+    }
+
+    async fn modified(&self, key: &str) -> io::Result<Option<SystemTime>> {
+        if let Some(meta) = found(self.store.head(&self.path(key)?).await)? {
+            return Ok(Some(meta.last_modified.into()));
+        }
+        Ok(self
+            .segments(key)
+            .await?
+            .into_iter()
+            .map(|s| s.modified)
+            .max())
+    }
+}
+
+/// Appends by writing segments (see the module's docs). One segment write
+/// is in flight while the next buffer fills.
+struct ObjectAppender {
+    driver: ObjectStoreDriver,
+    /// How full `buf` gets before it is written as a segment.
+    segment: usize,
+    /// Bytes of the buffer budget this appender holds (returned on drop).
+    reserved: usize,
+    key: String,
+    offset: u64,
+    /// The whole object's size, if one was there at open: it stays the
+    /// object until `finish` deletes it.
+    whole: Option<u64>,
+    /// Whether the whole object's bytes were copied to segment 0.
+    copied_whole: bool,
+    buf: Vec<u8>,
+    /// When the last segment was started (or the appender opened).
+    last_write: std::time::Instant,
+    /// Segments this appender wrote (or is writing): removed by `abort`.
+    written: Vec<Path>,
+    pending: Option<tokio::task::JoinHandle<io::Result<()>>>,
+}
+
+impl ObjectAppender {
+    async fn settle(&mut self) -> io::Result<()> {
+        if let Some(write) = self.pending.take() {
+            write.await.map_err(io::Error::other)??;
+        }
+        Ok(())
+    }
+
+    /// Starts writing the buffer as a segment, after the one in flight.
+    async fn drain(&mut self) -> io::Result<()> {
+        self.settle().await?;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Some(len) = self.whole
+            && len > 0
+            && !self.copied_whole
+        {
+            // The whole object becomes segment 0, so the run stays whole
+            // once `finish` deletes it.
+            let seg0 = self.driver.segment_path(&self.key, 0)?;
+            self.written.push(seg0.clone());
+            self.driver
+                .store
+                .copy(&self.driver.path(&self.key)?, &seg0)
+                .await
+                .map_err(io_err)?;
+            self.copied_whole = true;
+        }
+        let data = std::mem::take(&mut self.buf);
+        self.last_write = std::time::Instant::now();
+        let start = self.offset - data.len() as u64;
+        let path = self.driver.segment_path(&self.key, start)?;
+        self.written.push(path.clone());
+        let store = self.driver.store.clone();
+        self.pending = Some(tokio::spawn(async move {
+            store
+                .put(&path, PutPayload::from(data))
+                .await
+                .map(drop)
+                .map_err(io_err)
+        }));
+        Ok(())
+    }
+
+    /// Removes the segments this appender wrote.
+    async fn undo(&mut self) -> io::Result<()> {
+        self.buf.clear();
+        let _ = self.settle().await;
+        let written = std::mem::take(&mut self.written);
+        self.driver.delete_paths(written).await
+    }
+}
+
+impl Drop for ObjectAppender {
+    fn drop(&mut self) {
+        // Cut off (the request dropped): a segment write not yet sent is
+        // not sent; one already sent lands as the next contiguous segment.
+        if let Some(write) = self.pending.take() {
+            write.abort();
+        }
+        BUDGET_USED.fetch_sub(self.reserved, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+#[async_trait]
+impl Appender for ObjectAppender {
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut data = data;
+        while !data.is_empty() {
+            let room = self.segment - self.buf.len();
+            let take = room.min(data.len());
+            if self.buf.capacity() == 0 {
+                // Lazily: a small chunk does not cost a whole segment.
+                self.buf.reserve(take.max(self.segment.min(1 << 20)));
+            }
+            self.buf.extend_from_slice(&data[..take]);
+            self.offset += take as u64;
+            data = &data[take..];
+            if self.buf.len() >= self.segment || self.last_write.elapsed() >= FLUSH_EVERY {
+                self.drain().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> io::Result<()> {
+        let flushed = match self.drain().await {
+            Ok(()) => self.settle().await,
+            Err(e) => Err(e),
+        };
+        // Deleting the whole object is what makes the segments the object.
+        let published = match flushed {
+            Ok(()) if self.whole.is_some() && !self.written.is_empty() => {
+                let path = self.driver.path(&self.key)?;
+                self.driver.store.delete(&path).await.map_err(io_err)
+            }
+            other => other,
+        };
+        if let Err(e) = published {
+            if let Err(undo) = self.undo().await {
+                tracing::warn!(error = %undo, "could not remove the segments of a failed append");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn abort(mut self: Box<Self>) -> io::Result<()> {
+        self.undo().await
+    }
+}
+
+/// Where an S3 bucket is. Credentials come from the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, or a
+/// web identity / container role), as every AWS client finds them.
+#[derive(Debug, Clone, Default)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Keys are kept under this prefix in the bucket; empty for its root.
+    pub prefix: String,
+    /// The server's URL (e.g. `http://127.0.0.1:7070`); AWS when `None`.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+/// Why S3 storage cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("the S3 settings are not usable: {0}; check the bucket name, endpoint URL and region")]
+    Config(#[source] object_store::Error),
+    #[error("bucket {bucket} does not exist at {endpoint}; create it, or name an existing one")]
+    BucketMissing { bucket: String, endpoint: String },
+    #[error(
+        "the S3 server at {endpoint} refused the credentials for bucket {bucket}; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the role) and that they may read, write and list the bucket"
+    )]
+    CredentialsRefused { bucket: String, endpoint: String },
+    #[error(
+        "cannot write to bucket {bucket} at {endpoint}: {source}; check the endpoint is reachable and the bucket writable"
+    )]
+    Unusable {
+        bucket: String,
+        endpoint: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+impl ObjectStoreDriver {
+    /// A driver over an S3 bucket. Nothing is sent yet: see [`Self::check`].
+    pub fn s3(config: &S3Config) -> Result<Self, ConnectError> {
+        use object_store::aws::AmazonS3Builder;
+        use object_store::{ClientOptions, RetryConfig};
+        let http = config
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
+        // No deadline on a whole request: a blob streams to a slow client
+        // for as long as it reads. A stalled read still ends the request.
+        let client = ClientOptions::new()
+            .with_timeout_disabled()
+            .with_connect_timeout(std::time::Duration::from_secs(5))
+            .with_read_timeout(std::time::Duration::from_secs(60));
+        let mut builder = AmazonS3Builder::from_env()
+            .with_client_options(client)
+            .with_bucket_name(&config.bucket)
+            // Plain HTTP only when asked for by the endpoint (loopback tests).
+            .with_allow_http(http)
+            .with_retry(RetryConfig {
+                max_retries: 4,
+                retry_timeout: std::time::Duration::from_secs(30),
+                ..RetryConfig::default()
+            });
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(region) = &config.region {
+            builder = builder.with_region(region);
+        }
+        let store = builder.build().map_err(ConnectError::Config)?;
+        Ok(Self::new(Arc::new(store), &config.prefix))
+    }
+
+    /// Writes and reads back a small object: the bucket exists and the
+    /// credentials may use it. Errors say which.
+    pub async fn check(&self, config: &S3Config) -> Result<(), ConnectError> {
+        let endpoint = config
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "AWS S3".to_owned());
+        let bucket = config.bucket.clone();
+        let path = self.path(super::layout::probe()).map_err(|e| {
+            ConnectError::Config(object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            })
+        })?;
+        let r = match self
+            .store
+            .put(&path, PutPayload::from_static(b"probe"))
+            .await
+        {
+            Ok(_) => self.store.head(&path).await.map(drop),
+            Err(e) => Err(e),
+        };
+        r.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => {
+                ConnectError::BucketMissing { bucket, endpoint }
+            }
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => {
+                ConnectError::CredentialsRefused { bucket, endpoint }
+            }
+            source => ConnectError::Unusable {
+                bucket,
+                endpoint,
+                source,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn seg(start: u64, len: u64) -> Segment {
+        Segment {
+            path: Path::from(format!("s/{start}")),
+            start,
+            len,
+            modified: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn the_object_is_the_contiguous_run_from_zero() {
+        let (run, rest) =
+            ObjectStoreDriver::split_run(vec![seg(0, 3), seg(3, 2), seg(9, 1), seg(10, 1)]);
+        assert_eq!(run.iter().map(|s| s.start).collect::<Vec<_>>(), [0, 3]);
+        assert_eq!(rest.len(), 2);
+        let (run, _) = ObjectStoreDriver::split_run(vec![seg(4, 3)]);
+        assert!(run.is_empty());
+    }
+
+    #[test]
+    fn segments_hide_beside_their_object() {
+        let d = ObjectStoreDriver::new(Arc::new(object_store::memory::InMemory::new()), "/p/");
+        assert_eq!(
+            d.segment_path("a/b/data", 5).unwrap().as_ref(),
+            "p/a/b/.data.segments/00000000000000000005"
+        );
+        assert_eq!(d.path("x").unwrap().as_ref(), "p/x");
+    }
+}

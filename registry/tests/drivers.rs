@@ -1,0 +1,432 @@
+//! One test suite every storage driver passes, as Distribution's driver
+//! suite does: the filesystem (a temporary directory), object storage in
+//! memory, and S3 against a real server (versitygw) when `BERTH_TEST_S3=1`
+//! and the environment names it (`eval "$(e2e/tools/versitygw start DIR)"`
+//! exports BERTH_S3_ENDPOINT, BERTH_S3_BUCKET, AWS_ACCESS_KEY_ID, ...).
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use berth_registry::storage::driver::{Driver, Durability};
+use berth_registry::storage::fs::FsDriver;
+use berth_registry::storage::s3::{ObjectStoreDriver, S3Config};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+
+const MIB: usize = 1 << 20;
+
+struct Backend {
+    driver: Arc<dyn Driver>,
+    /// A second driver on the same storage, as another process has.
+    twin: Arc<dyn Driver>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn fs() -> Option<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    Some(Backend {
+        driver: Arc::new(FsDriver::new(dir.path()).unwrap()),
+        twin: Arc::new(FsDriver::new(dir.path()).unwrap()),
+        _dir: Some(dir),
+    })
+}
+
+fn memory() -> Option<Backend> {
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    Some(Backend {
+        driver: Arc::new(ObjectStoreDriver::new(store.clone(), "")),
+        twin: Arc::new(ObjectStoreDriver::new(store, "")),
+        _dir: None,
+    })
+}
+
+/// The S3 server from the environment, each test under its own prefix.
+fn s3() -> Option<Backend> {
+    if std::env::var("BERTH_TEST_S3").ok().as_deref() != Some("1") {
+        eprintln!(
+            "skipped: set BERTH_TEST_S3=1 and start versitygw (e2e/tools/versitygw start DIR)"
+        );
+        return None;
+    }
+    let var = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!("BERTH_TEST_S3=1 needs {k}: eval \"$(e2e/tools/versitygw start DIR)\"")
+        })
+    };
+    let config = S3Config {
+        bucket: var("BERTH_S3_BUCKET"),
+        prefix: format!("driver-suite/{}", uuid::Uuid::new_v4().simple()),
+        endpoint: Some(var("BERTH_S3_ENDPOINT")),
+        region: std::env::var("BERTH_S3_REGION").ok(),
+    };
+    Some(Backend {
+        driver: Arc::new(ObjectStoreDriver::s3(&config).unwrap()),
+        twin: Arc::new(ObjectStoreDriver::s3(&config).unwrap()),
+        _dir: None,
+    })
+}
+
+macro_rules! suite {
+    ($backend:ident: $($test:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let Some(backend) = super::$backend() else { return };
+                    super::$test(backend.driver.clone(), backend.twin.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! every_backend {
+    ($($test:ident),* $(,)?) => {
+        suite!(fs: $($test),*);
+        suite!(memory: $($test),*);
+        suite!(s3: $($test),*);
+    };
+}
+
+every_backend!(
+    put_then_get_returns_the_bytes,
+    absent_objects_are_none,
+    put_replaces_an_object,
+    stream_returns_exactly_the_range,
+    list_names_direct_children_once,
+    delete_removes_an_object_or_everything_under_a_prefix,
+    commit_moves_an_object_and_replaces_the_target,
+    commit_of_an_absent_object_is_not_found,
+    appends_accumulate_across_appenders,
+    an_appender_creates_an_absent_object_empty,
+    abort_leaves_the_object_as_it_was,
+    large_odd_sized_appends_stream_and_commit_whole,
+    tiny_chunks_across_many_appenders_commit_whole,
+    modified_is_the_last_write_time,
+    delete_of_an_appended_object_removes_it_whole,
+    appends_alternating_between_two_drivers_continue_one_object,
+    a_dropped_appender_leaves_a_correct_prefix,
+);
+
+/// Deterministic bytes that differ at every offset a bug could confuse.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+async fn read(d: &Arc<dyn Driver>, key: &str, range: std::ops::Range<u64>) -> Vec<u8> {
+    let mut stream = d.stream(key, range).await.unwrap().expect("object present");
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    out
+}
+
+async fn append(d: &Arc<dyn Driver>, key: &str, chunks: &[&[u8]]) {
+    let mut a = d.appender(key).await.unwrap();
+    for c in chunks {
+        a.write(c).await.unwrap();
+    }
+    a.finish().await.unwrap();
+}
+
+async fn put_then_get_returns_the_bytes(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    d.put("a/b/c", Bytes::from_static(b"hello"), Durability::Durable)
+        .await
+        .unwrap();
+    assert_eq!(d.get("a/b/c").await.unwrap().unwrap(), "hello");
+    assert_eq!(d.size("a/b/c").await.unwrap(), Some(5));
+    d.put("a/empty", Bytes::new(), Durability::Scratch)
+        .await
+        .unwrap();
+    assert_eq!(d.size("a/empty").await.unwrap(), Some(0));
+    assert_eq!(d.get("a/empty").await.unwrap().unwrap(), "");
+}
+
+async fn absent_objects_are_none(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    assert!(d.get("no/such").await.unwrap().is_none());
+    assert!(d.size("no/such").await.unwrap().is_none());
+    assert!(d.stream("no/such", 0..1).await.unwrap().is_none());
+    assert!(d.modified("no/such").await.unwrap().is_none());
+    assert!(d.list("no/such").await.unwrap().is_empty());
+}
+
+async fn put_replaces_an_object(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    d.put("k", Bytes::from_static(b"old value"), Durability::Durable)
+        .await
+        .unwrap();
+    d.put("k", Bytes::from_static(b"new"), Durability::Durable)
+        .await
+        .unwrap();
+    assert_eq!(d.get("k").await.unwrap().unwrap(), "new");
+    assert_eq!(d.size("k").await.unwrap(), Some(3));
+}
+
+async fn stream_returns_exactly_the_range(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    let data = pattern(100_000, 1);
+    d.put("blob", data.clone().into(), Durability::Durable)
+        .await
+        .unwrap();
+    assert_eq!(read(&d, "blob", 0..100_000).await, data);
+    assert_eq!(read(&d, "blob", 10..20).await, &data[10..20]);
+    assert_eq!(read(&d, "blob", 99_999..100_000).await, &data[99_999..]);
+    assert!(read(&d, "blob", 5..5).await.is_empty());
+}
+
+async fn list_names_direct_children_once(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    for key in [
+        "r/x/one",
+        "r/x/two",
+        "r/x/sub/three",
+        "r/x/sub/deeper/four",
+        "r/y",
+    ] {
+        d.put(key, Bytes::from_static(b"."), Durability::Durable)
+            .await
+            .unwrap();
+    }
+    // An object written by appends is one child too, under its own name.
+    d.put("r/x/appended", Bytes::new(), Durability::Scratch)
+        .await
+        .unwrap();
+    append(&d, "r/x/appended", &[b"abc"]).await;
+    let mut names = d.list("r/x").await.unwrap();
+    names.sort();
+    assert_eq!(names, ["appended", "one", "sub", "two"]);
+    let mut top = d.list("r").await.unwrap();
+    top.sort();
+    assert_eq!(top, ["x", "y"]);
+}
+
+async fn delete_removes_an_object_or_everything_under_a_prefix(
+    d: Arc<dyn Driver>,
+    _twin: Arc<dyn Driver>,
+) {
+    for key in ["p/q/a", "p/q/b/c", "p/keep"] {
+        d.put(key, Bytes::from_static(b"."), Durability::Durable)
+            .await
+            .unwrap();
+    }
+    d.delete("p/keep").await.unwrap();
+    assert!(d.size("p/keep").await.unwrap().is_none());
+    d.delete("p/q").await.unwrap();
+    assert!(d.size("p/q/a").await.unwrap().is_none());
+    assert!(d.size("p/q/b/c").await.unwrap().is_none());
+    assert!(d.list("p").await.unwrap().is_empty());
+    // Absent is not an error.
+    d.delete("p/q").await.unwrap();
+    d.delete("never/was").await.unwrap();
+}
+
+async fn commit_moves_an_object_and_replaces_the_target(
+    d: Arc<dyn Driver>,
+    _twin: Arc<dyn Driver>,
+) {
+    d.put(
+        "up/data",
+        Bytes::from_static(b"content"),
+        Durability::Scratch,
+    )
+    .await
+    .unwrap();
+    d.put("blobs/x", Bytes::from_static(b"stale"), Durability::Durable)
+        .await
+        .unwrap();
+    d.commit("up/data", "blobs/x").await.unwrap();
+    assert_eq!(d.get("blobs/x").await.unwrap().unwrap(), "content");
+    assert!(d.size("up/data").await.unwrap().is_none());
+}
+
+async fn commit_of_an_absent_object_is_not_found(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    let err = d.commit("up/none", "blobs/none").await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert!(d.size("blobs/none").await.unwrap().is_none());
+}
+
+async fn appends_accumulate_across_appenders(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    d.put("s/data", Bytes::new(), Durability::Scratch)
+        .await
+        .unwrap();
+    append(&d, "s/data", &[b"abc", b"def"]).await;
+    assert_eq!(d.size("s/data").await.unwrap(), Some(6));
+    let mut a = d.appender("s/data").await.unwrap();
+    assert_eq!(a.offset(), 6);
+    a.write(b"gh").await.unwrap();
+    assert_eq!(a.offset(), 8);
+    a.finish().await.unwrap();
+    assert_eq!(d.get("s/data").await.unwrap().unwrap(), "abcdefgh");
+    assert_eq!(read(&d, "s/data", 2..7).await, b"cdefg");
+    // Appending to an object written whole keeps its bytes in front.
+    d.put("s/whole", Bytes::from_static(b"123"), Durability::Scratch)
+        .await
+        .unwrap();
+    append(&d, "s/whole", &[b"45"]).await;
+    assert_eq!(d.get("s/whole").await.unwrap().unwrap(), "12345");
+}
+
+async fn an_appender_creates_an_absent_object_empty(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    let a = d.appender("fresh/data").await.unwrap();
+    assert_eq!(a.offset(), 0);
+    a.finish().await.unwrap();
+    assert_eq!(d.size("fresh/data").await.unwrap(), Some(0));
+}
+
+async fn abort_leaves_the_object_as_it_was(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    d.put("ab/data", Bytes::from_static(b"xyz"), Durability::Scratch)
+        .await
+        .unwrap();
+    let big = pattern(9 * MIB + 3, 2);
+    let mut a = d.appender("ab/data").await.unwrap();
+    a.write(&big).await.unwrap();
+    a.abort().await.unwrap();
+    assert_eq!(d.get("ab/data").await.unwrap().unwrap(), "xyz");
+    // Once appended to, an abort still goes back to the last finish.
+    append(&d, "ab/data", &[b"123"]).await;
+    let mut a = d.appender("ab/data").await.unwrap();
+    a.write(&big).await.unwrap();
+    a.write(b"tail").await.unwrap();
+    a.abort().await.unwrap();
+    assert_eq!(d.get("ab/data").await.unwrap().unwrap(), "xyz123");
+    assert_eq!(d.size("ab/data").await.unwrap(), Some(6));
+    // And the next appender starts from there.
+    append(&d, "ab/data", &[b"!"]).await;
+    assert_eq!(d.get("ab/data").await.unwrap().unwrap(), "xyz123!");
+}
+
+async fn large_odd_sized_appends_stream_and_commit_whole(
+    d: Arc<dyn Driver>,
+    _twin: Arc<dyn Driver>,
+) {
+    d.put("big/data", Bytes::new(), Durability::Scratch)
+        .await
+        .unwrap();
+    // Over 5 MiB (S3's part minimum) and over the 8 MiB segment, in odd
+    // network-sized pieces, then two more chunks as further requests.
+    let total = 13 * MIB + 12_345;
+    let data = pattern(total, 3);
+    let mut a = d.appender("big/data").await.unwrap();
+    for piece in data[..11 * MIB + 7].chunks(MIB + 7) {
+        a.write(piece).await.unwrap();
+    }
+    a.finish().await.unwrap();
+    append(&d, "big/data", &[&data[11 * MIB + 7..12 * MIB]]).await;
+    append(&d, "big/data", &[&data[12 * MIB..]]).await;
+    assert_eq!(d.size("big/data").await.unwrap(), Some(total as u64));
+    let seg = 8 * MIB as u64;
+    for range in [
+        0..10,
+        seg - 5..seg + 5,
+        11 * MIB as u64..total as u64,
+        0..total as u64,
+    ] {
+        let want = &data[range.start as usize..range.end as usize];
+        assert!(
+            read(&d, "big/data", range.clone()).await == want,
+            "range {range:?}"
+        );
+    }
+    d.commit("big/data", "blobs/big").await.unwrap();
+    assert_eq!(d.size("blobs/big").await.unwrap(), Some(total as u64));
+    assert!(read(&d, "blobs/big", 0..total as u64).await == data);
+    assert!(d.size("big/data").await.unwrap().is_none());
+}
+
+async fn tiny_chunks_across_many_appenders_commit_whole(
+    d: Arc<dyn Driver>,
+    _twin: Arc<dyn Driver>,
+) {
+    d.put("tiny/data", Bytes::new(), Durability::Scratch)
+        .await
+        .unwrap();
+    let data = pattern(40 * 7 * 3, 4);
+    let mut at = 0;
+    for _ in 0..40 {
+        let mut a = d.appender("tiny/data").await.unwrap();
+        for len in [1, 2, 4] {
+            a.write(&data[at..at + len]).await.unwrap();
+            at += len;
+            a.write(&data[at..at + len]).await.unwrap();
+            at += len;
+        }
+        a.finish().await.unwrap();
+    }
+    while at < data.len() {
+        append(&d, "tiny/data", &[&data[at..at + 1]]).await;
+        at += 1;
+    }
+    assert_eq!(d.size("tiny/data").await.unwrap(), Some(data.len() as u64));
+    assert_eq!(read(&d, "tiny/data", 3..300).await, &data[3..300]);
+    d.commit("tiny/data", "blobs/tiny").await.unwrap();
+    assert_eq!(d.get("blobs/tiny").await.unwrap().unwrap(), data);
+}
+
+async fn modified_is_the_last_write_time(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    let before = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+    d.put("m/data", Bytes::new(), Durability::Scratch)
+        .await
+        .unwrap();
+    append(&d, "m/data", &[b"x"]).await;
+    let t = d.modified("m/data").await.unwrap().expect("a time");
+    let after = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    assert!(before <= t && t <= after, "{t:?}");
+}
+
+async fn delete_of_an_appended_object_removes_it_whole(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    d.put("u/id/data", Bytes::new(), Durability::Scratch)
+        .await
+        .unwrap();
+    append(&d, "u/id/data", &[b"abc"]).await;
+    append(&d, "u/id/data", &[b"def"]).await;
+    d.delete("u/id/data").await.unwrap();
+    assert!(d.size("u/id/data").await.unwrap().is_none());
+    d.put("u/id/data", Bytes::new(), Durability::Scratch)
+        .await
+        .unwrap();
+    append(&d, "u/id/data", &[b"abc"]).await;
+    d.delete("u/id").await.unwrap();
+    assert!(d.size("u/id/data").await.unwrap().is_none());
+    assert!(d.list("u").await.unwrap().is_empty());
+}
+
+async fn appends_alternating_between_two_drivers_continue_one_object(
+    d: Arc<dyn Driver>,
+    twin: Arc<dyn Driver>,
+) {
+    d.put("alt/data", Bytes::new(), Durability::Scratch)
+        .await
+        .unwrap();
+    let data = pattern(9 * MIB + 5_000, 5);
+    let cuts = [0, 1_000, 2_000, 9 * MIB + 2_000, data.len()];
+    for (i, w) in cuts.windows(2).enumerate() {
+        let driver = if i % 2 == 0 { &twin } else { &d };
+        assert_eq!(driver.size("alt/data").await.unwrap(), Some(w[0] as u64));
+        append(driver, "alt/data", &[&data[w[0]..w[1]]]).await;
+    }
+    assert!(read(&d, "alt/data", 0..data.len() as u64).await == data);
+    twin.commit("alt/data", "blobs/alt").await.unwrap();
+    assert!(read(&d, "blobs/alt", 0..data.len() as u64).await == data);
+}
+
+async fn a_dropped_appender_leaves_a_correct_prefix(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    // Dropped (a request cut off, a process killed) without finish or
+    // abort, what remains is some prefix of what was sent, and appends
+    // continue from there.
+    let data = pattern(20 * MIB, 6);
+    d.put("drop/data", data[..3].to_vec().into(), Durability::Scratch)
+        .await
+        .unwrap();
+    for end in [9 * MIB, 18 * MIB + 1] {
+        let have = d.size("drop/data").await.unwrap().unwrap() as usize;
+        let mut a = d.appender("drop/data").await.unwrap();
+        a.write(&data[have..end]).await.unwrap();
+        drop(a);
+        let size = d.size("drop/data").await.unwrap().unwrap() as usize;
+        assert!(size >= have && size <= end, "{have} <= {size} <= {end}");
+        assert!(read(&d, "drop/data", 0..size as u64).await == data[..size]);
+    }
+    let have = d.size("drop/data").await.unwrap().unwrap() as usize;
+    append(&d, "drop/data", &[&data[have..]]).await;
+    assert!(read(&d, "drop/data", 0..data.len() as u64).await == data);
+}
