@@ -74,6 +74,19 @@ pub struct Error {
     pub status: Option<StatusCode>,
     /// Headers a client needs even on failure (e.g. an upload's Location and Range).
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// Who was refused, for the audit trail (set by auth; never a secret).
+    pub refused: Option<Refused>,
+}
+
+/// The audit trail's view of an auth refusal.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// The user name, service account or robot refused (a claimed user
+    /// name when the login itself failed).
+    pub subject: String,
+    /// The credentials did not authenticate (as opposed to: authenticated,
+    /// but without the right).
+    pub login_failed: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -85,7 +98,17 @@ impl Error {
             message: message.into(),
             status: None,
             headers: Vec::new(),
+            refused: None,
         }
+    }
+
+    /// Notes who was refused, for the audit trail.
+    pub fn refusing(mut self, subject: impl Into<String>, login_failed: bool) -> Self {
+        self.refused = Some(Refused {
+            subject: subject.into(),
+            login_failed,
+        });
+        self
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {

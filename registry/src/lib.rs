@@ -4,6 +4,7 @@
 //! drive it in process; [`server`] puts it on a socket, with or without TLS.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod limits;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod oci;
 pub mod page_cache;
 pub mod raw_errors;
+pub mod search;
 pub mod server;
 pub mod storage;
 pub mod tls;
@@ -34,6 +36,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// None: no auth, anyone may do anything.
     pub auth: Option<Arc<auth::Auth>>,
+    /// None: no audit trail (`--audit off`).
+    pub audit: Option<Arc<audit::Audit>>,
 }
 
 /// The application: `/v2/...` (the distribution API), `/healthz`
@@ -60,11 +64,24 @@ pub fn router_full(
     auth: Option<Arc<auth::Auth>>,
     limits: &limits::Limits,
 ) -> Router {
+    router_audited(store, auth, limits, None)
+}
+
+/// The application with auth (if any), the in-request limits and an audit
+/// trail (if any), whose query API is `/berth/v1/audit`. `docker search`
+/// is answered at `/v1/_ping` and `/v1/search`.
+pub fn router_audited(
+    store: Arc<Store>,
+    auth: Option<Arc<auth::Auth>>,
+    limits: &limits::Limits,
+    audit: Option<Arc<audit::Audit>>,
+) -> Router {
     let token_endpoint = auth.is_some();
     let state = AppState {
         store,
         auth,
         body_timeout: limits.body_timeout,
+        audit,
     };
     let router = Router::new();
     let router = if token_endpoint {
@@ -73,6 +90,9 @@ pub fn router_full(
         router
     };
     router
+        .route("/v1/_ping", get(search::ping))
+        .route("/v1/search", get(search::search))
+        .route("/berth/v1/audit", get(audit::http::get))
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",

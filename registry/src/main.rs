@@ -142,6 +142,15 @@ struct Serve {
     /// anyone who reaches the registry may push and delete.
     #[arg(long, env = "BERTH_AUTH_CONFIG")]
     auth_config: Option<PathBuf>,
+    /// The audit trail (who pushed, pulled, deleted, failed to log in or was
+    /// refused): "on" keeps it in storage under _audit/ (and logs each
+    /// event with target "audit"); "off" keeps nothing. Read it at
+    /// GET /berth/v1/audit.
+    #[arg(long, env = "BERTH_AUDIT", default_value = "on", value_parser = ["on", "off"])]
+    audit: String,
+    /// Days of audit trail kept; older days are removed (checked hourly).
+    #[arg(long, env = "BERTH_AUDIT_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    audit_retention_days: u32,
     /// Log format: "text" for people, "json" for log collectors.
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -355,7 +364,25 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         }
         None => tracing::info!("garbage collection off (set --gc-interval to reclaim space)"),
     }
-    let app = berth_registry::router_full(store, auth, &limits);
+    let audit = (args.audit == "on").then(|| {
+        // Its own driver on the same data directory: the trail is written
+        // beside the images, through the same storage contract.
+        berth_registry::storage::fs::FsDriver::new(&args.data).map(|d| {
+            berth_registry::audit::Audit::start(
+                std::sync::Arc::new(d),
+                berth_registry::audit::Config::new(args.audit_retention_days),
+            )
+        })
+    });
+    let audit = audit
+        .transpose()
+        .with_context(|| format!("cannot keep the audit trail in {}", args.data.display()))?;
+    tracing::info!(
+        audit = audit.is_some(),
+        retention_days = args.audit_retention_days,
+        "audit trail"
+    );
+    let app = berth_registry::router_audited(store, auth, &limits, audit);
     berth_registry::server::serve_with(listener, app, tls, &limits, shutdown_signal()).await?;
     Ok(())
 }

@@ -60,6 +60,7 @@ struct Metrics {
     timeouts: Family<KindLabels, Counter>,
     refusals: Family<KindLabels, Counter>,
     auth: Family<AuthLabels, Counter>,
+    audit: Family<KindLabels, Counter>,
     gc: GcMetrics,
 }
 
@@ -192,10 +193,17 @@ fn metrics() -> &'static Metrics {
             "Auth outcomes by mode: granted, denied, unauthorized, rate_limited, unavailable, token_issued",
             auth.clone(),
         );
+        let audit = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "audit_events",
+            "Audit trail events by outcome: written, dropped (queue full), write_failed (storage refused the segment)",
+            audit.clone(),
+        );
         let gc = GcMetrics::register(&mut registry);
         Metrics {
             gc,
             auth,
+            audit,
             registry,
             storage_full,
             connections_open,
@@ -288,6 +296,14 @@ pub fn auth(mode: &'static str, outcome: &'static str) {
         .auth
         .get_or_create(&AuthLabels { mode, outcome })
         .inc();
+}
+
+/// Audit trail events by `kind`: written, dropped, write_failed.
+pub fn audit(kind: &'static str, n: u64) {
+    metrics()
+        .audit
+        .get_or_create(&KindLabels { kind })
+        .inc_by(n);
 }
 
 /// A garbage collection run ended (`ok`: whether it completed).

@@ -192,6 +192,11 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let mut query = Query::from_request(&req);
     let (mut parts, body) = req.into_parts();
     let zero_copy = parts.extensions.remove::<crate::zero_copy::Regions>();
+    let client = parts
+        .extensions
+        .get::<crate::server::Connection>()
+        .map(|c| c.peer.ip());
+
     // Auth decides here, once: handlers receive only authorised requests.
     let caller = match (&state.auth, &endpoint) {
         (Some(auth), Ok(e)) => {
@@ -213,6 +218,17 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         }
         _ => Ok(None),
     };
+    let seen = match (&state.audit, &endpoint) {
+        (Some(_), Ok(e)) => {
+            let subject = match &caller {
+                Ok(Some(c)) => c.identity.audit_name(),
+                _ => "anonymous".to_owned(),
+            };
+            let mount = query.get("mount").is_some();
+            Some(crate::audit::Seen::of(&method, e, mount, subject, client))
+        }
+        _ => None,
+    };
     let ctx = Ctx {
         method: parts.method,
         headers: parts.headers,
@@ -225,17 +241,22 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         (Ok(e), Ok(_)) => dispatch(&state, e, ctx, body).await,
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
+    let mut refused = None;
     let mut resp = match result {
         Ok(r) => r,
-        Err(e) => {
+        Err(mut e) => {
             if e.status().is_server_error() {
                 tracing::error!(route, %method, error = %e.message, "request failed");
             } else {
                 tracing::debug!(route, %method, code = e.code.describe().0, error = %e.message, "request refused");
             }
+            refused = e.refused.take();
             e.into_response()
         }
     };
+    if let (Some(audit), Some(seen)) = (&state.audit, seen) {
+        crate::audit::observe(audit, seen, resp.status(), resp.headers(), refused.as_ref());
+    }
     resp.headers_mut().insert(
         HeaderName::from_static("docker-distribution-api-version"),
         HeaderValue::from_static("registry/2.0"),

@@ -109,6 +109,15 @@ impl Identity {
         }
     }
 
+    /// Who the audit trail names: the user, service account or robot, or
+    /// "anonymous".
+    pub fn audit_name(&self) -> String {
+        match self {
+            Identity::Anonymous => "anonymous".to_owned(),
+            other => other.subject().to_owned(),
+        }
+    }
+
     /// Who to name in a refusal.
     fn describe(&self) -> String {
         match self {
@@ -412,6 +421,101 @@ impl Auth {
         })
     }
 
+    /// The caller of a request outside `/v2/` (`docker search`, the audit
+    /// API), which needs an identity but no one repository's right: no
+    /// credentials is the anonymous caller; Basic credentials log in as at
+    /// `/token` (throttled alike); a Bearer access token speaks for its
+    /// subject (the Docker daemon fetches one with `registry:catalog:search`
+    /// when it holds a refresh token); empty Basic credentials are
+    /// anonymous. Anything else: 401, Basic challenge.
+    pub async fn identify(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        conn: Option<&Connection>,
+    ) -> Result<Caller, Error> {
+        let basic_challenge = |e: Error| {
+            e.with_header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"berth\""),
+            )
+        };
+        // The Docker daemon, logged out, still sends Basic credentials to an
+        // HTTPS registry: empty ones. Nobody logs in with those, so they
+        // mean anonymous.
+        let credentials = if empty_basic(headers) {
+            Credentials::Anonymous
+        } else {
+            Credentials::from_headers(headers)
+        };
+        let identity = match credentials {
+            Credentials::Anonymous => Identity::Anonymous,
+            Credentials::Invalid => {
+                self.count("unauthorized");
+                return Err(basic_challenge(Error::new(
+                    Code::Unauthorized,
+                    "the Authorization header is not Basic or Bearer credentials",
+                )));
+            }
+            Credentials::Bearer(token) => match self.verify_access(&token) {
+                Ok(claims) => Identity::of_access_token(&claims),
+                Err(e) => {
+                    self.count("unauthorized");
+                    return Err(basic_challenge(Error::new(
+                        Code::Unauthorized,
+                        format!("the bearer token does not verify ({e}); log in again"),
+                    ))
+                    .refusing("anonymous", true));
+                }
+            },
+            Credentials::Basic { user, password } => {
+                let client = conn.map(|c| c.peer.ip());
+                match self.login(&user, &password, client).await {
+                    Ok(identity) => identity,
+                    Err(r) => {
+                        self.count(match &r {
+                            Refusal::BadCredentials(_) => "unauthorized",
+                            Refusal::RateLimited(_) => "rate_limited",
+                            Refusal::Unavailable(_) => "unavailable",
+                        });
+                        return Err(basic_challenge(refused_login(r, None, &user)));
+                    }
+                }
+            }
+        };
+        Ok(Caller {
+            auth: self.clone(),
+            identity,
+            may_mount: false,
+        })
+    }
+
+    /// Whether `identity` may read the audit trail of `repository`, or with
+    /// `None`, of the whole registry (events with no repository too: failed
+    /// logins, catalog refusals). Reading who did what to a repository is
+    /// an administrator's right, so it takes the strongest repository right,
+    /// delete. The whole registry's trail: an htpasswd user whose policy
+    /// grants delete on the pattern "*" (every repository). In Kubernetes
+    /// mode there is no registry-wide RBAC verb to ask about, so nobody: ask
+    /// per repository (or read the `audit` log lines).
+    pub async fn may_audit(
+        &self,
+        identity: &Identity,
+        repository: Option<&str>,
+    ) -> Result<bool, Unavailable> {
+        let delete = Actions::of(&[Action::Delete]);
+        match repository {
+            Some(r) => Ok(self.allowed(identity, r, delete).await? == delete),
+            None => Ok(match (&self.backend, identity) {
+                (Backend::Htpasswd(_), Identity::User { name, groups, .. }) => self
+                    .config
+                    .policy
+                    .actions(name, groups, "*")
+                    .contains(Action::Delete),
+                _ => false,
+            }),
+        }
+    }
+
     /// In Kubernetes mode a repository's first component is its namespace;
     /// a name without one is refused before any credentials are looked at.
     /// NAME_INVALID (400), not DENIED: no credentials can make such a name
@@ -497,7 +601,7 @@ impl Auth {
                 let identity = self
                     .login(&user, &password, client)
                     .await
-                    .map_err(|r| r.into_error(Some(ctx)))?;
+                    .map_err(|r| refused_login(r, Some(ctx), &user))?;
                 let Need::Repository(name, wanted) = need else {
                     // /v2/ and the catalog: any authenticated caller.
                     return Ok(Decided::Identity(identity));
@@ -758,6 +862,29 @@ impl Refusal {
     }
 }
 
+/// Whether the request's credentials are `Basic` with an empty user name
+/// and password (`Basic Og==`).
+fn empty_basic(headers: &HeaderMap) -> bool {
+    use base64::Engine as _;
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .is_some_and(|(scheme, rest)| {
+            scheme.eq_ignore_ascii_case("basic")
+                && base64::engine::general_purpose::STANDARD
+                    .decode(rest.trim())
+                    .is_ok_and(|d| d == b":")
+        })
+}
+
+/// A failed login as the error to send, noting for the audit trail the
+/// user name tried (a name, never the password).
+fn refused_login(r: Refusal, ctx: Option<&Challenge<'_>>, user: &str) -> Error {
+    let subject = if user.is_empty() { "anonymous" } else { user };
+    r.into_error(ctx).refusing(subject, true)
+}
+
 /// The challenge of one request.
 struct Challenge<'a> {
     origin: String,
@@ -803,6 +930,7 @@ fn denied(identity: &Identity, repository: &str, wanted: Actions, allowed: Actio
             identity.describe()
         ),
     )
+    .refusing(identity.audit_name(), false)
 }
 
 fn too_many(retry: Duration) -> Error {

@@ -51,6 +51,10 @@ pub async fn get(State(state): State<AppState>, req: Request) -> Response {
         .map(|(_, v)| v.as_str());
     let offline = param("offline_token").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let credentials = Credentials::from_headers(req.headers());
+    let tried = match &credentials {
+        Credentials::Basic { user, .. } => user.clone(),
+        _ => String::new(),
+    };
     // The body is not Sync: the request must not live across an await.
     drop(req);
     let result = async {
@@ -60,7 +64,7 @@ pub async fn get(State(state): State<AppState>, req: Request) -> Response {
             Credentials::Basic { user, password } => (
                 auth.login(&user, &password, client)
                     .await
-                    .map_err(|r| refused(&auth, r))?,
+                    .map_err(|r| refused(&auth, r, &tried))?,
                 auth.refresh_until(&password),
             ),
             Credentials::Bearer(_) | Credentials::Invalid => {
@@ -72,6 +76,9 @@ pub async fn get(State(state): State<AppState>, req: Request) -> Response {
         issue(&auth, &identity, &scopes, refresh_until).await
     }
     .await;
+    if let Err(e) = &result {
+        crate::audit::http::record_refusal(&state, e, client);
+    }
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -106,14 +113,14 @@ pub async fn post(State(state): State<AppState>, req: Request) -> Response {
             "password" => (
                 auth.login(param("username"), param("password"), client)
                     .await
-                    .map_err(|r| refused(&auth, r))?,
+                    .map_err(|r| refused(&auth, r, param("username")))?,
                 auth.refresh_until(param("password")).filter(|_| offline),
             ),
             // The client keeps the refresh token it has: no new one, so a
             // refresh token never outlives the first.
             "refresh_token" => (
                 auth.refresh(param("refresh_token"), client)
-                    .map_err(|r| refused(&auth, r))?,
+                    .map_err(|r| refused(&auth, r, ""))?,
                 None,
             ),
             other => {
@@ -125,6 +132,9 @@ pub async fn post(State(state): State<AppState>, req: Request) -> Response {
         issue(&auth, &identity, &scopes, refresh_until).await
     }
     .await;
+    if let Err(e) = &result {
+        crate::audit::http::record_refusal(&state, e, client);
+    }
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -260,15 +270,18 @@ async fn issue(
     Ok(resp)
 }
 
-fn refused(auth: &Auth, r: Refusal) -> Error {
+/// The answer to a failed login; `user` (the name tried, never the
+/// password) is noted for the audit trail.
+fn refused(auth: &Auth, r: Refusal, user: &str) -> Error {
+    let subject = if user.is_empty() { "anonymous" } else { user };
     match &r {
         Refusal::BadCredentials(_) => {
             auth.count("unauthorized");
-            unauthorized(auth)
+            unauthorized(auth).refusing(subject, true)
         }
         Refusal::RateLimited(_) => {
             auth.count("rate_limited");
-            r.into_error(None)
+            r.into_error(None).refusing(subject, true)
         }
         Refusal::Unavailable(_) => {
             auth.count("unavailable");
