@@ -364,19 +364,14 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         }
         None => tracing::info!("garbage collection off (set --gc-interval to reclaim space)"),
     }
+    // Beside the images, through the same driver: on the data volume or in
+    // the bucket (every replica writes its own segments).
     let audit = (args.audit == "on").then(|| {
-        // Its own driver on the same data directory: the trail is written
-        // beside the images, through the same storage contract.
-        berth_registry::storage::fs::FsDriver::new(&args.data).map(|d| {
-            berth_registry::audit::Audit::start(
-                std::sync::Arc::new(d),
-                berth_registry::audit::Config::new(args.audit_retention_days),
-            )
-        })
+        berth_registry::audit::Audit::start(
+            store.driver(),
+            berth_registry::audit::Config::new(args.audit_retention_days),
+        )
     });
-    let audit = audit
-        .transpose()
-        .with_context(|| format!("cannot keep the audit trail in {}", args.data.display()))?;
     tracing::info!(
         audit = audit.is_some(),
         retention_days = args.audit_retention_days,

@@ -222,8 +222,36 @@ impl Audit {
         audit
     }
 
-    /// Logs `event` and queues it for storage; never waits.
+    /// Logs `event` and queues it for storage; never waits. Successful
+    /// pulls, by far the most frequent events, are logged at debug level
+    /// only: a line per pull cost up to a quarter of the manifest GET rate,
+    /// and they are in the stored trail anyway.
     pub fn record(&self, event: Event) {
+        if event.action == "pull" && event.result == "ok" {
+            if tracing::enabled!(target: "audit", tracing::Level::DEBUG) {
+                tracing::debug!(
+                    target: "audit",
+                    time = %event.time,
+                    subject = %event.subject,
+                    client = event.client.as_deref().unwrap_or(""),
+                    action = %event.action,
+                    repository = event.repository.as_deref().unwrap_or(""),
+                    reference = event.reference.as_deref().unwrap_or(""),
+                    digest = event.digest.as_deref().unwrap_or(""),
+                    status = event.status,
+                    result = %event.result,
+                    "audit"
+                );
+            }
+        } else {
+            Self::log(&event);
+        }
+        if self.tx.try_send(Msg::Event(event)).is_err() {
+            crate::metrics::audit("dropped", 1);
+        }
+    }
+
+    fn log(event: &Event) {
         tracing::info!(
             target: "audit",
             time = %event.time,
@@ -237,9 +265,6 @@ impl Audit {
             result = %event.result,
             "audit"
         );
-        if self.tx.try_send(Msg::Event(event)).is_err() {
-            crate::metrics::audit("dropped", 1);
-        }
     }
 
     /// Writes what is queued now; gives up after a few seconds (a stalled

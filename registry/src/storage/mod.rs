@@ -92,6 +92,12 @@ impl Store {
         }
     }
 
+    /// The driver under this store, for other records kept beside the
+    /// images (the audit trail).
+    pub fn driver(&self) -> Arc<dyn Driver> {
+        self.driver.clone()
+    }
+
     /// Upload sessions held in memory: only those with a request in flight
     /// or a running hash to keep.
     pub fn tracked_upload_sessions(&self) -> usize {
