@@ -29,8 +29,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
         cp target/x86_64-unknown-linux-musl/release/$b /out/bin/; \
       fi; \
     done
-# What every image has besides its binary: the nonroot user, /tmp, /var/lib.
-RUN mkdir -p /out/rootfs/etc /out/rootfs/var/lib /out/rootfs/tmp /out/empty \
+# What every image has besides its binary: the nonroot user, /tmp, /var/lib,
+# and the public CAs (the registry reaches S3 endpoints over https).
+RUN mkdir -p /out/rootfs/etc/ssl/certs /out/rootfs/var/lib /out/rootfs/tmp /out/empty \
+ && cp /etc/ssl/certs/ca-certificates.crt /out/rootfs/etc/ssl/certs/ \
  && chmod 1777 /out/rootfs/tmp \
  && printf '%s\n' 'root:x:0:0:root:/root:/sbin/nologin' \
       'nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin' >/out/rootfs/etc/passwd \

@@ -180,8 +180,7 @@ fn main() -> anyhow::Result<()> {
         berth_registry::zero_copy::set_sendfile_after(n);
     }
     let budget = usize::try_from(args.upload_buffer_mib << 20).unwrap_or(usize::MAX);
-    berth_registry::storage::fs::set_upload_buffer_budget(budget);
-    berth_registry::storage::s3::set_upload_buffer_budget(budget);
+    berth_registry::storage::buffer_budget::set(budget);
     init_tracing(&args.log_format);
     // File I/O runs on tokio's blocking pool. Its default cap (512 threads)
     // only adds memory here: the work is short reads and writes, and past a

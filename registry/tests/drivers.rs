@@ -422,7 +422,17 @@ async fn a_dropped_appender_leaves_a_correct_prefix(d: Arc<dyn Driver>, _twin: A
         let mut a = d.appender("drop/data").await.unwrap();
         a.write(&data[have..end]).await.unwrap();
         drop(a);
-        let size = d.size("drop/data").await.unwrap().unwrap() as usize;
+        // A write the dropped appender had in flight may still land (on a
+        // blocking thread): look once the object stops growing.
+        let mut size = d.size("drop/data").await.unwrap().unwrap() as usize;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let now = d.size("drop/data").await.unwrap().unwrap() as usize;
+            if now == size {
+                break;
+            }
+            size = now;
+        }
         assert!(size >= have && size <= end, "{have} <= {size} <= {end}");
         assert!(read(&d, "drop/data", 0..size as u64).await == data[..size]);
     }

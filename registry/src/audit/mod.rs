@@ -193,6 +193,28 @@ impl Filter {
     }
 }
 
+/// One structured log line (target "audit") for an event, at a level
+/// fixed where it is written (tracing needs it constant).
+macro_rules! audit_line {
+    ($level:expr, $event:expr) => {{
+        let event: &Event = $event;
+        tracing::event!(
+            target: "audit",
+            $level,
+            time = %event.time,
+            subject = %event.subject,
+            client = event.client.as_deref().unwrap_or(""),
+            action = %event.action,
+            repository = event.repository.as_deref().unwrap_or(""),
+            reference = event.reference.as_deref().unwrap_or(""),
+            digest = event.digest.as_deref().unwrap_or(""),
+            status = event.status,
+            result = %event.result,
+            "audit"
+        )
+    }};
+}
+
 impl Audit {
     /// Starts the writer and the retention task (on the current Tokio
     /// runtime); both end when the last handle is dropped, the writer
@@ -228,43 +250,13 @@ impl Audit {
     /// and they are in the stored trail anyway.
     pub fn record(&self, event: Event) {
         if event.action == "pull" && event.result == "ok" {
-            if tracing::enabled!(target: "audit", tracing::Level::DEBUG) {
-                tracing::debug!(
-                    target: "audit",
-                    time = %event.time,
-                    subject = %event.subject,
-                    client = event.client.as_deref().unwrap_or(""),
-                    action = %event.action,
-                    repository = event.repository.as_deref().unwrap_or(""),
-                    reference = event.reference.as_deref().unwrap_or(""),
-                    digest = event.digest.as_deref().unwrap_or(""),
-                    status = event.status,
-                    result = %event.result,
-                    "audit"
-                );
-            }
+            audit_line!(tracing::Level::DEBUG, &event);
         } else {
-            Self::log(&event);
+            audit_line!(tracing::Level::INFO, &event);
         }
         if self.tx.try_send(Msg::Event(event)).is_err() {
             crate::metrics::audit("dropped", 1);
         }
-    }
-
-    fn log(event: &Event) {
-        tracing::info!(
-            target: "audit",
-            time = %event.time,
-            subject = %event.subject,
-            client = event.client.as_deref().unwrap_or(""),
-            action = %event.action,
-            repository = event.repository.as_deref().unwrap_or(""),
-            reference = event.reference.as_deref().unwrap_or(""),
-            digest = event.digest.as_deref().unwrap_or(""),
-            status = event.status,
-            result = %event.result,
-            "audit"
-        );
     }
 
     /// Writes what is queued now; gives up after a few seconds (a stalled

@@ -154,7 +154,7 @@ impl Driver for FsDriver {
             Ok((file, start))
         })
         .await?;
-        let reserved = reserve_buffers();
+        let reserved = super::buffer_budget::reserve(2 * WRITE_BUFFER);
         let size = if reserved > 0 {
             WRITE_BUFFER
         } else {
@@ -273,30 +273,6 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// (more hops to a blocking thread), but memory stays bounded.
 const SMALL_WRITE_BUFFER: usize = 64 << 10;
 
-/// The default of [`set_upload_buffer_budget`].
-pub const DEFAULT_UPLOAD_BUFFER_BUDGET: usize = 128 << 20;
-
-static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-static BUDGET_USED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Caps the memory all uploads in flight may hold in full-size write
-/// buffers (each holds two); past it, uploads get small buffers. Takes
-/// effect only before the first upload.
-pub fn set_upload_buffer_budget(bytes: usize) {
-    let _ = BUDGET.set(bytes);
-}
-
-/// Reserves a full-size pair of buffers if the budget allows.
-fn reserve_buffers() -> usize {
-    use std::sync::atomic::Ordering;
-    let want = 2 * WRITE_BUFFER;
-    let cap = *BUDGET.get_or_init(|| DEFAULT_UPLOAD_BUFFER_BUDGET);
-    let reserved = BUDGET_USED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-        (used + want <= cap).then_some(used + want)
-    });
-    if reserved.is_ok() { want } else { 0 }
-}
-
 /// Buffers appends and writes each full buffer on a blocking thread while
 /// the next one fills (receiving and hashing overlap the disk write).
 struct FsAppender {
@@ -357,7 +333,7 @@ impl FsAppender {
 
 impl Drop for FsAppender {
     fn drop(&mut self) {
-        BUDGET_USED.fetch_sub(self.reserved, std::sync::atomic::Ordering::AcqRel);
+        super::buffer_budget::release(self.reserved);
     }
 }
 

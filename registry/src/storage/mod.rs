@@ -5,6 +5,7 @@
 //! crash in between leaves unreferenced bytes (for GC), never a visible
 //! partial object.
 
+pub mod buffer_budget;
 pub mod catalog;
 pub mod driver;
 pub mod file_chunks;

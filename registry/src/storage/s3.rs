@@ -46,28 +46,6 @@ pub const SEGMENT: usize = 8 << 20;
 /// mid-chunk.
 const SMALL_SEGMENT: usize = 256 << 10;
 
-static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-static BUDGET_USED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Caps the memory all appenders in flight may hold in full-size segment
-/// buffers (each holds two: one filling, one being written); past it,
-/// appenders write small segments. Takes effect only before the first
-/// append. Default: [`super::fs::DEFAULT_UPLOAD_BUFFER_BUDGET`].
-pub fn set_upload_buffer_budget(bytes: usize) {
-    let _ = BUDGET.set(bytes);
-}
-
-/// Reserves two full-size buffers if the budget allows; returns the bytes held.
-fn reserve_buffers() -> usize {
-    use std::sync::atomic::Ordering;
-    let want = 2 * SEGMENT;
-    let cap = *BUDGET.get_or_init(|| super::fs::DEFAULT_UPLOAD_BUFFER_BUDGET);
-    let reserved = BUDGET_USED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-        (used + want <= cap).then_some(used + want)
-    });
-    if reserved.is_ok() { want } else { 0 }
-}
-
 /// A buffer older than this is written even if not full: a segment's
 /// time is the session's last activity, which every process sharing the
 /// bucket reads to tell a slow upload from an abandoned one.
@@ -411,7 +389,8 @@ impl Driver for ObjectStoreDriver {
                 }
             }
         };
-        let reserved = reserve_buffers();
+        // Two full-size buffers: one filling, one being written.
+        let reserved = super::buffer_budget::reserve(2 * SEGMENT);
         let segment = if reserved > 0 {
             SEGMENT
         } else {
@@ -592,7 +571,7 @@ impl Drop for ObjectAppender {
         if let Some(write) = self.pending.take() {
             write.abort();
         }
-        BUDGET_USED.fetch_sub(self.reserved, std::sync::atomic::Ordering::AcqRel);
+        super::buffer_budget::release(self.reserved);
     }
 }
 
