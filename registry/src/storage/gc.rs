@@ -573,46 +573,20 @@ impl Store {
     /// Repositories with manifests or layers, in place or in quarantine.
     async fn gc_repositories(&self, batches: &[u64]) -> Result<Vec<Name>, StorageError> {
         let mut names: HashSet<String> = self
-            .walk_holding(layout::REPOSITORIES, &["_manifests", "_layers"])
+            .repositories_holding_under(layout::REPOSITORIES, &["_manifests", "_layers"])
             .await?
             .into_iter()
             .collect();
         for &b in batches {
             let root = layout::trash(b, layout::REPOSITORIES);
-            names.extend(self.walk_holding(&root, &["_manifests"]).await?);
+            names.extend(
+                self.repositories_holding_under(&root, &["_manifests"])
+                    .await?,
+            );
         }
         let mut names: Vec<Name> = names.iter().filter_map(|n| n.parse().ok()).collect();
         names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         Ok(names)
-    }
-
-    /// Repository names under `root` whose directory holds any of `markers`.
-    async fn walk_holding(
-        &self,
-        root: &str,
-        markers: &[&str],
-    ) -> Result<Vec<String>, StorageError> {
-        let mut found = Vec::new();
-        let mut stack = vec![String::new()];
-        while let Some(prefix) = stack.pop() {
-            let dir = if prefix.is_empty() {
-                root.to_owned()
-            } else {
-                format!("{root}/{prefix}")
-            };
-            let children = self.list(&dir).await?;
-            if !prefix.is_empty() && children.iter().any(|c| markers.contains(&c.as_str())) {
-                found.push(prefix.clone());
-            }
-            for child in children.into_iter().filter(|c| !layout::is_reserved(c)) {
-                stack.push(if prefix.is_empty() {
-                    child
-                } else {
-                    format!("{prefix}/{child}")
-                });
-            }
-        }
-        Ok(found)
     }
 
     /// Marks one repository: adds what its reachable manifests reference to

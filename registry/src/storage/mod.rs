@@ -492,16 +492,30 @@ impl Store {
 
     /// Walks the repository tree for directories holding any of `markers`.
     async fn repositories_holding(&self, markers: &[&str]) -> Result<Vec<String>, StorageError> {
+        let mut found = self
+            .repositories_holding_under(layout::REPOSITORIES, markers)
+            .await?;
+        found.sort_unstable();
+        Ok(found)
+    }
+
+    /// Repository names under `root` (the repository tree, or its copy in a
+    /// GC quarantine batch) whose directory holds any of `markers`; unsorted.
+    async fn repositories_holding_under(
+        &self,
+        root: &str,
+        markers: &[&str],
+    ) -> Result<Vec<String>, StorageError> {
         let mut found = Vec::new();
         let mut stack = vec![String::new()];
         while let Some(prefix) = stack.pop() {
             let dir = if prefix.is_empty() {
-                layout::REPOSITORIES.to_owned()
+                root.to_owned()
             } else {
-                format!("{}/{prefix}", layout::REPOSITORIES)
+                format!("{root}/{prefix}")
             };
             let children = self.list(&dir).await?;
-            if children.iter().any(|c| markers.contains(&c.as_str())) {
+            if !prefix.is_empty() && children.iter().any(|c| markers.contains(&c.as_str())) {
                 found.push(prefix.clone());
             }
             for child in children.into_iter().filter(|c| !layout::is_reserved(c)) {
@@ -512,7 +526,6 @@ impl Store {
                 });
             }
         }
-        found.sort_unstable();
         Ok(found)
     }
 }
