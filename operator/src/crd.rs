@@ -321,6 +321,14 @@ pub struct S3Storage {
     /// A Secret in the Registry's namespace with keys `accessKeyId` and
     /// `secretAccessKey`.
     pub credentials_secret: SecretName,
+
+    /// Answer blob pulls with a redirect to a URL of the object signed for
+    /// this long (e.g. `20m`), so layers flow from the bucket and not
+    /// through the registry's pods. Only when every client (every node)
+    /// can reach the endpoint. Unset: the registry streams blobs itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = WHOLE_DURATION), length(max = 32))]
+    pub redirect: Option<String>,
 }
 
 /// A reference to a Secret in the Registry's namespace.

@@ -96,6 +96,12 @@ struct Serve {
     /// The bucket's region (default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1).
     #[arg(long, env = "BERTH_S3_REGION", requires = "s3_bucket")]
     s3_region: Option<String>,
+    /// Answer blob GETs with a redirect (307) to a URL of the object signed
+    /// for this long (e.g. 20m), so the bytes flow from the bucket, not
+    /// through the registry. Only when every client can reach the S3
+    /// endpoint; off by default.
+    #[arg(long, env = "BERTH_S3_REDIRECT", requires = "s3_bucket", value_parser = duration)]
+    s3_redirect: Option<std::time::Duration>,
     /// PEM certificate chain; with --tls-key, serve HTTPS. Re-read when the file changes.
     #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -251,6 +257,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
                 prefix: args.s3_prefix.clone().unwrap_or_default(),
                 endpoint: args.s3_endpoint.clone(),
                 region: args.s3_region.clone(),
+                redirect: args.s3_redirect,
             };
             let driver = ObjectStoreDriver::s3(&config)?;
             driver.check(&config).await?;

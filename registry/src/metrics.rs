@@ -53,6 +53,7 @@ struct Metrics {
     bytes_in: Counter,
     bytes_out: Counter,
     sendfile_bytes: Counter,
+    blob_redirects: Counter,
     storage_errors: Counter,
     storage_full: Counter,
     connections_open: Gauge,
@@ -152,6 +153,12 @@ fn metrics() -> &'static Metrics {
             "Blob bytes the kernel sent straight from the page cache (plain HTTP/1.x)",
             sendfile_bytes.clone(),
         );
+        let blob_redirects = Counter::default();
+        registry.register(
+            "blob_redirects",
+            "Blob GETs answered with a redirect to a signed object storage URL (--s3-redirect)",
+            blob_redirects.clone(),
+        );
         registry.register(
             "storage_errors",
             "Storage operations that failed",
@@ -215,6 +222,7 @@ fn metrics() -> &'static Metrics {
             bytes_in,
             bytes_out,
             sendfile_bytes,
+            blob_redirects,
             storage_errors,
         }
     })
@@ -247,6 +255,10 @@ pub fn bytes_out(n: u64) {
 
 pub fn sendfile_bytes(n: u64) {
     metrics().sendfile_bytes.inc_by(n);
+}
+
+pub fn blob_redirect() {
+    metrics().blob_redirects.inc();
 }
 
 pub fn storage_error() {

@@ -5,6 +5,8 @@
 //! exports BERTH_S3_ENDPOINT, BERTH_S3_BUCKET, AWS_ACCESS_KEY_ID, ...).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use berth_registry::storage::driver::{Driver, Durability};
@@ -40,8 +42,9 @@ fn memory() -> Option<Backend> {
     })
 }
 
-/// The S3 server from the environment, each test under its own prefix.
-fn s3() -> Option<Backend> {
+/// The S3 server from the environment, each test under its own prefix;
+/// `None` (the test skipped) unless `BERTH_TEST_S3=1`.
+fn s3_config() -> Option<S3Config> {
     if std::env::var("BERTH_TEST_S3").ok().as_deref() != Some("1") {
         eprintln!(
             "skipped: set BERTH_TEST_S3=1 and start versitygw (e2e/tools/versitygw start DIR)"
@@ -53,12 +56,17 @@ fn s3() -> Option<Backend> {
             panic!("BERTH_TEST_S3=1 needs {k}: eval \"$(e2e/tools/versitygw start DIR)\"")
         })
     };
-    let config = S3Config {
+    Some(S3Config {
         bucket: var("BERTH_S3_BUCKET"),
         prefix: format!("driver-suite/{}", uuid::Uuid::new_v4().simple()),
         endpoint: Some(var("BERTH_S3_ENDPOINT")),
         region: std::env::var("BERTH_S3_REGION").ok(),
-    };
+        redirect: None,
+    })
+}
+
+fn s3() -> Option<Backend> {
+    let config = s3_config()?;
     Some(Backend {
         driver: Arc::new(ObjectStoreDriver::s3(&config).unwrap()),
         twin: Arc::new(ObjectStoreDriver::s3(&config).unwrap()),
@@ -439,4 +447,117 @@ async fn a_dropped_appender_leaves_a_correct_prefix(d: Arc<dyn Driver>, _twin: A
     let have = d.size("drop/data").await.unwrap().unwrap() as usize;
     append(&d, "drop/data", &[&data[have..]]).await;
     assert!(read(&d, "drop/data", 0..data.len() as u64).await == data);
+}
+
+/// `--s3-redirect`: blob GETs answered with a signed URL of the object,
+/// fetched from the bucket (versitygw) without the registry.
+mod s3_redirect {
+    use std::io::{Read as _, Write as _};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::http::{Method, StatusCode};
+    use berth_registry::Store;
+    use berth_registry::storage::driver::{Driver, Durability};
+    use berth_registry::storage::s3::ObjectStoreDriver;
+
+    use super::common::{Registry, sha256};
+
+    fn driver(redirect: Option<Duration>) -> Option<ObjectStoreDriver> {
+        let mut config = super::s3_config()?;
+        config.redirect = redirect;
+        Some(ObjectStoreDriver::s3(&config).unwrap())
+    }
+
+    /// A plain HTTP/1.1 GET of `url` (the test server speaks http), as a
+    /// client that follows the redirect does: status and body.
+    fn fetch(url: &str, range: Option<&str>) -> (u16, Vec<u8>) {
+        let rest = url.strip_prefix("http://").expect("a plain http endpoint");
+        let (host, path) = rest.split_once('/').unwrap();
+        let mut conn = std::net::TcpStream::connect(host).unwrap();
+        let range = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
+        write!(
+            conn,
+            "GET /{path} HTTP/1.1\r\nHost: {host}\r\n{range}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = Vec::new();
+        conn.read_to_end(&mut reply).unwrap();
+        let end = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&reply[..end]).to_string();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let mut body = reply[end + 4..].to_vec();
+        if chunked {
+            let mut out = Vec::new();
+            let mut rest = &body[..];
+            loop {
+                let line = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+                let n =
+                    usize::from_str_radix(std::str::from_utf8(&rest[..line]).unwrap().trim(), 16)
+                        .unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&rest[line + 2..line + 2 + n]);
+                rest = &rest[line + 2 + n + 2..];
+            }
+            body = out;
+        }
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn a_signed_url_serves_the_object_and_its_ranges() {
+        let Some(d) = driver(Some(Duration::from_secs(60))) else {
+            return;
+        };
+        let data = super::pattern(3 * super::MIB + 5, 9);
+        d.put("blobs/signed", data.clone().into(), Durability::Durable)
+            .await
+            .unwrap();
+        let url = d.presigned_get("blobs/signed").await.unwrap().unwrap();
+        let (status, body) = fetch(&url, None);
+        assert_eq!(status, 200);
+        assert!(body == data);
+        let (status, body) = fetch(&url, Some("bytes=10-19"));
+        assert_eq!(status, 206);
+        assert_eq!(body, &data[10..20]);
+        // Nothing to sign for an absent object (the client would get the
+        // bucket's 404, not the registry's error).
+        assert_eq!(d.presigned_get("blobs/absent").await.unwrap(), None);
+        // Without --s3-redirect, never.
+        let plain = driver(None).unwrap();
+        assert_eq!(plain.presigned_get("blobs/signed").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn blob_gets_redirect_to_the_bucket_and_heads_do_not() {
+        let Some(d) = driver(Some(Duration::from_secs(60))) else {
+            return;
+        };
+        let r = Registry {
+            app: berth_registry::router(Arc::new(Store::new(Arc::new(d)))),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let data = super::pattern(super::MIB + 7, 4);
+        let digest = r.push_blob("team/app", &data).await;
+        assert_eq!(digest, sha256(&data));
+        let uri = format!("/v2/team/app/blobs/{digest}");
+        let head = r.send(Method::HEAD, &uri, &[], Vec::new()).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.header("content-length"), data.len().to_string());
+        let got = r.get(&uri).await;
+        assert_eq!(got.status, StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(got.header("docker-content-digest"), digest);
+        let (status, body) = fetch(got.header("location"), None);
+        assert_eq!(status, 200);
+        assert!(body == data);
+        // A blob not in the repository is the registry's own error, not a
+        // redirect to nothing.
+        let other = r.get(&format!("/v2/team/other/blobs/{digest}")).await;
+        assert_eq!(other.status, StatusCode::NOT_FOUND);
+    }
 }

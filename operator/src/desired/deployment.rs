@@ -365,6 +365,7 @@ mod tests {
                 endpoint: None,
                 prefix: None,
                 credentials_secret: crate::crd::SecretName { name: "s3".into() },
+                redirect: None,
             });
         })
     }

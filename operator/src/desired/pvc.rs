@@ -85,6 +85,7 @@ mod tests {
                 endpoint: None,
                 prefix: None,
                 credentials_secret: SecretName { name: "s3".into() },
+                redirect: None,
             });
         });
         assert_eq!(data_claim(&registry, &fixtures::names()), None);

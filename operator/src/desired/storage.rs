@@ -73,6 +73,9 @@ fn object_storage(s3: &S3Storage) -> Wiring {
     if let Some(prefix) = s3.prefix.as_ref().filter(|p| !p.is_empty()) {
         args.extend(["--s3-prefix".to_owned(), prefix.clone()]);
     }
+    if let Some(valid) = &s3.redirect {
+        args.extend(["--s3-redirect".to_owned(), valid.clone()]);
+    }
     let from_secret = |name: &str, key: &str| EnvVar {
         name: name.into(),
         value: None,
@@ -114,6 +117,7 @@ mod tests {
             credentials_secret: SecretName {
                 name: "s3-creds".into(),
             },
+            redirect: None,
         });
         r
     }
@@ -130,6 +134,19 @@ mod tests {
                 .as_ref()
                 .map(|c| c.claim_name.as_str()),
             Some("hub-data")
+        );
+    }
+
+    #[test]
+    fn a_redirect_window_becomes_the_registrys_flag() {
+        let mut r = on_s3(None);
+        if let Some(s3) = r.spec.storage.s3.as_mut() {
+            s3.redirect = Some("20m".into());
+        }
+        let w = wiring(&r, &fixtures::names());
+        assert!(
+            w.args
+                .ends_with(&["--s3-redirect".to_owned(), "20m".to_owned()])
         );
     }
 

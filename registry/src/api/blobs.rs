@@ -30,6 +30,20 @@ pub async fn get(store: &Store, name: &Name, digest: &str, ctx: &Ctx) -> Result<
             .with_header(header::CONTENT_RANGE, hv(&format!("bytes */{size}"))));
         }
     };
+    if ctx.method == Method::GET
+        && let Some(url) = store.blob_redirect(&digest).await?
+    {
+        // The client follows with its Range header, if any; the bucket
+        // answers it. Authorization is not sent on to another host.
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+        let h = resp.headers_mut();
+        h.insert(header::LOCATION, hv(&url));
+        h.insert(DOCKER_CONTENT_DIGEST, hv(&digest.to_string()));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        crate::metrics::blob_redirect();
+        return Ok(resp);
+    }
     let (offset, len) = match &range {
         Some(r) => (*r.start(), r.end() - r.start() + 1),
         None => (0, size),

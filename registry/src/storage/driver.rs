@@ -71,6 +71,14 @@ pub trait Driver: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// A URL from which a client may GET `key` itself, without this
+    /// process, for a while: object storage that signs URLs and was asked
+    /// to hand them out. `None` when the driver does not (the filesystem),
+    /// was not configured to, or `key` is not one whole object.
+    async fn presigned_get(&self, _key: &str) -> io::Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Removes the driver's own temporary files last written before
     /// `before` (left by a crash mid-write); returns how many. Drivers
     /// without temporaries have nothing to do.

@@ -217,6 +217,16 @@ impl Store {
             .map_err(|e| StorageError::new("read", &key, e))
     }
 
+    /// Where a client may fetch a blob itself (a signed object storage
+    /// URL), when the driver hands those out; `None` to serve it here.
+    pub async fn blob_redirect(&self, digest: &Digest) -> Result<Option<String>, StorageError> {
+        let key = layout::blob(digest);
+        self.driver
+            .presigned_get(&key)
+            .await
+            .map_err(|e| StorageError::new("sign", &key, e))
+    }
+
     /// A blob's file, when the driver keeps blobs as local files (for
     /// `sendfile`); `None` otherwise, or if it vanished since it was sized.
     pub async fn blob_file(&self, digest: &Digest) -> Result<Option<std::fs::File>, StorageError> {

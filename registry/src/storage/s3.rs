@@ -28,12 +28,13 @@
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
+use object_store::signer::Signer;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload};
 
 use super::driver::{Appender, ByteStream, Driver, Durability};
@@ -67,6 +68,10 @@ pub struct ObjectStoreDriver {
     store: Arc<dyn ObjectStore>,
     /// Prepended to every key (`<prefix>/<key>`); empty for none.
     prefix: String,
+    /// Signs blob URLs for clients that fetch from the bucket themselves
+    /// (opt-in: the bucket must be reachable from every client), and how
+    /// long a signed URL stays valid.
+    redirects: Option<(Arc<dyn Signer>, Duration)>,
 }
 
 /// One segment of a segmented object.
@@ -125,7 +130,16 @@ impl ObjectStoreDriver {
         ObjectStoreDriver {
             store,
             prefix: prefix.trim_matches('/').to_owned(),
+            redirects: None,
         }
+    }
+
+    /// Hands out signed URLs, valid for `valid`, from
+    /// [`Driver::presigned_get`]: blob GETs then redirect clients to the
+    /// bucket, and the bytes never pass through the registry.
+    pub fn with_redirects(mut self, signer: Arc<dyn Signer>, valid: Duration) -> Self {
+        self.redirects = Some((signer, valid));
+        self
     }
 
     /// A driver over a fresh in-memory store: for tests.
@@ -310,6 +324,23 @@ impl ObjectStoreDriver {
 
 #[async_trait]
 impl Driver for ObjectStoreDriver {
+    async fn presigned_get(&self, key: &str) -> io::Result<Option<String>> {
+        let Some((signer, valid)) = &self.redirects else {
+            return Ok(None);
+        };
+        let path = self.path(key)?;
+        // Only a whole object has one URL (an upload's segments do not),
+        // and a URL to nothing would be a client's 404 from the bucket.
+        if found(self.store.head(&path).await)?.is_none() {
+            return Ok(None);
+        }
+        let url = signer
+            .signed_url(object_store::signer::Method::GET, &path, *valid)
+            .await
+            .map_err(io_err)?;
+        Ok(Some(url.to_string()))
+    }
+
     async fn get(&self, key: &str) -> io::Result<Option<Bytes>> {
         let path = self.path(key)?;
         let whole = match found(self.store.get(&path).await)? {
@@ -638,6 +669,9 @@ pub struct S3Config {
     /// The server's URL (e.g. `http://127.0.0.1:7070`); AWS when `None`.
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    /// Redirect blob GETs to URLs signed for this long (`None`: the
+    /// registry streams the bytes itself).
+    pub redirect: Option<Duration>,
 }
 
 /// Why S3 storage cannot be used.
@@ -693,8 +727,12 @@ impl ObjectStoreDriver {
         if let Some(region) = &config.region {
             builder = builder.with_region(region);
         }
-        let store = builder.build().map_err(ConnectError::Config)?;
-        Ok(Self::new(Arc::new(store), &config.prefix))
+        let store = Arc::new(builder.build().map_err(ConnectError::Config)?);
+        let driver = Self::new(store.clone(), &config.prefix);
+        Ok(match config.redirect {
+            Some(valid) => driver.with_redirects(store, valid),
+            None => driver,
+        })
     }
 
     /// Writes and reads back a small object: the bucket exists and the
