@@ -107,11 +107,28 @@ pub struct Visitor {
 }
 
 impl Visitor {
-    pub fn of(ui: &Ui, headers: &HeaderMap, conn: Option<&Connection>) -> Visitor {
+    /// The visitor of a request.
+    pub fn from_request(ui: &Ui, req: &Request) -> Visitor {
+        Visitor::of(
+            ui,
+            req.headers(),
+            req.uri().authority().map(|a| a.as_str()),
+            connection(req).as_ref(),
+        )
+    }
+
+    /// `authority`: the request target's (HTTP/2 sends no `Host`).
+    pub fn of(
+        ui: &Ui,
+        headers: &HeaderMap,
+        authority: Option<&str>,
+        conn: Option<&Connection>,
+    ) -> Visitor {
         let session = session::cookie(headers).and_then(|id| ui.sessions.get(&id));
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
+            .or(authority)
             .filter(|h| {
                 !h.is_empty()
                     && h.bytes()

@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
-use super::{PageError, Ui, Visitor, connection, form, layout, param, query};
+use super::{PageError, Ui, Visitor, form, layout, param, query};
 use crate::auth::{Identity, Refusal};
 
 pub const COOKIE: &str = "berth_session";
@@ -178,9 +178,8 @@ fn next_path(next: Option<&str>) -> String {
 
 /// `GET /ui/login`.
 pub async fn login_page(State(ui): State<Ui>, req: Request) -> Response {
-    let conn = connection(&req);
     let params = query(&req);
-    let mut visitor = Visitor::of(&ui, req.headers(), conn.as_ref());
+    let mut visitor = Visitor::from_request(&ui, &req);
     let cookie = ensure(&ui, &mut visitor);
     let next = next_path(param(&params, "next"));
     let mut resp = render_login(&ui, &visitor, &next, None, StatusCode::OK);
@@ -232,8 +231,7 @@ fn render_login(
 
 /// `POST /ui/login`.
 pub async fn login(State(ui): State<Ui>, req: Request) -> Response {
-    let conn = connection(&req);
-    let visitor = Visitor::of(&ui, req.headers(), conn.as_ref());
+    let visitor = Visitor::from_request(&ui, &req);
     let form = match form(req).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
@@ -293,8 +291,7 @@ pub async fn login(State(ui): State<Ui>, req: Request) -> Response {
 
 /// `POST /ui/logout`.
 pub async fn logout(State(ui): State<Ui>, req: Request) -> Response {
-    let conn = connection(&req);
-    let visitor = Visitor::of(&ui, req.headers(), conn.as_ref());
+    let visitor = Visitor::from_request(&ui, &req);
     let form = match form(req).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),

@@ -11,11 +11,11 @@ use maud::html;
 
 use crate::audit::http::{events_for, parse};
 use crate::auth::Identity;
-use crate::ui::{PageError, Ui, Visitor, connection, layout, param, query};
+use crate::ui::{PageError, Ui, Visitor, layout, param, query};
 
 pub async fn get(State(ui): State<Ui>, req: Request) -> Response {
     let params = query(&req);
-    let visitor = Visitor::of(&ui, req.headers(), connection(&req).as_ref());
+    let visitor = Visitor::from_request(&ui, &req);
     match render(&ui, &visitor, &params).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

@@ -18,9 +18,7 @@ use super::{allowed_visitor, image_url, repository_url};
 use crate::audit::Event;
 use crate::oci::{Digest, Name, Reference, Tag};
 use crate::ui::inventory::flatten;
-use crate::ui::{
-    PageError, Ui, Visitor, connection, form, layout, not_found, param, query, session,
-};
+use crate::ui::{PageError, Ui, Visitor, form, layout, not_found, param, query, session};
 
 /// What a delete form names.
 enum Doomed {
@@ -61,12 +59,7 @@ fn forbidden(name: &Name, visitor: &Visitor) -> PageError {
 
 pub async fn confirm(ui: &Ui, name: &Name, req: Request) -> Result<Response, PageError> {
     let params = query(&req);
-    let (mut visitor, may) = allowed_visitor(
-        ui,
-        Visitor::of(ui, req.headers(), connection(&req).as_ref()),
-        name,
-    )
-    .await?;
+    let (mut visitor, may) = allowed_visitor(ui, Visitor::from_request(ui, &req), name).await?;
     if !may.contains(Action::Delete) {
         return Err(forbidden(name, &visitor));
     }
@@ -150,12 +143,7 @@ pub async fn confirm(ui: &Ui, name: &Name, req: Request) -> Result<Response, Pag
 }
 
 pub async fn post(ui: &Ui, name: &Name, req: Request) -> Result<Response, PageError> {
-    let (visitor, may) = allowed_visitor(
-        ui,
-        Visitor::of(ui, req.headers(), connection(&req).as_ref()),
-        name,
-    )
-    .await?;
+    let (visitor, may) = allowed_visitor(ui, Visitor::from_request(ui, &req), name).await?;
     let form = form(req).await?;
     session::check_csrf(&visitor, &form)?;
     let subject = visitor.identity.audit_name();

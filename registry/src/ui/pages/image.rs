@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::{allowed_visitor, hidden, image_url, repository_url};
 use crate::oci::{Name, Reference};
 use crate::ui::inventory::Referrer;
-use crate::ui::{PageError, Ui, Visitor, connection, layout, not_found};
+use crate::ui::{PageError, Ui, Visitor, layout, not_found};
 
 /// The pull commands of `image` (e.g. `host/team/app:1` or `…@sha256:…`).
 pub fn pull_commands(image: &str, name: &str) -> Vec<(&'static str, String)> {
@@ -129,12 +129,7 @@ pub async fn get(
     reference: &str,
     req: Request,
 ) -> Result<Response, PageError> {
-    let (visitor, may) = allowed_visitor(
-        ui,
-        Visitor::of(ui, req.headers(), connection(&req).as_ref()),
-        name,
-    )
-    .await?;
+    let (visitor, may) = allowed_visitor(ui, Visitor::from_request(ui, &req), name).await?;
     let Ok(parsed_ref) = reference.parse::<Reference>() else {
         return Err(not_found(&format!(
             "{reference:?} is neither a tag nor a digest."

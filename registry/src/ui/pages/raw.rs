@@ -9,13 +9,13 @@ use axum::response::{IntoResponse, Response};
 use super::allowed_visitor;
 use crate::oci::{Digest, Name, Reference};
 use crate::storage::{StorageError, layout};
-use crate::ui::{PageError, Ui, Visitor, connection, not_found};
+use crate::ui::{PageError, Ui, Visitor, not_found};
 
 /// Blobs larger than this are not shown (configs are a few KiB).
 const MAX: u64 = 4 * 1024 * 1024;
 
 pub async fn get(ui: &Ui, name: &Name, digest: &str, req: Request) -> Result<Response, PageError> {
-    let visitor = Visitor::of(ui, req.headers(), connection(&req).as_ref());
+    let visitor = Visitor::from_request(ui, &req);
     allowed_visitor(ui, visitor, name).await?;
     let gone = || not_found(&format!("{name} holds no JSON document {digest}."));
     let d: Digest = digest.parse().map_err(|_| gone())?;

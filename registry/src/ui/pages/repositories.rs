@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use maud::html;
 
 use super::repository_url;
-use crate::ui::{Ui, Visitor, connection, layout, param, query, visible_repositories};
+use crate::ui::{Ui, Visitor, layout, param, query, visible_repositories};
 
 /// Repositories per page.
 pub const PAGE: usize = 100;
@@ -23,7 +23,7 @@ fn namespace(repository: &str) -> &str {
 
 pub async fn get(State(ui): State<Ui>, req: Request) -> Response {
     let params = query(&req);
-    let visitor = Visitor::of(&ui, req.headers(), connection(&req).as_ref());
+    let visitor = Visitor::from_request(&ui, &req);
     let q = param(&params, "q").unwrap_or("").trim().to_lowercase();
     let page: usize = param(&params, "page")
         .and_then(|p| p.parse().ok())

@@ -9,7 +9,7 @@ use maud::html;
 use super::{allowed_visitor, hidden, image_url};
 use crate::oci::Name;
 use crate::ui::inventory::TagRow;
-use crate::ui::{PageError, Ui, Visitor, connection, layout, param, query};
+use crate::ui::{PageError, Ui, Visitor, layout, param, query};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sort {
@@ -49,12 +49,7 @@ fn sort(rows: &mut [TagRow], by: Sort, descending: bool) {
 
 pub async fn get(ui: &Ui, name: &Name, req: Request) -> Result<Response, PageError> {
     let params = query(&req);
-    let (visitor, may) = allowed_visitor(
-        ui,
-        Visitor::of(ui, req.headers(), connection(&req).as_ref()),
-        name,
-    )
-    .await?;
+    let (visitor, may) = allowed_visitor(ui, Visitor::from_request(ui, &req), name).await?;
     let Some(mut rows) = ui.inventory.tags(name).await? else {
         return Err(hidden(name, &visitor));
     };
