@@ -74,6 +74,13 @@ const QUANTITY: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
         json_path = ".spec.auth.mode"
     ),
     printcolumn(
+        name = "UI",
+        type_ = "string",
+        priority = 1,
+        description = "The web UI's URL (spec.ui.enabled)",
+        json_path = ".status.endpoints.ui"
+    ),
+    printcolumn(
         name = "Reason",
         type_ = "string",
         priority = 1,
@@ -138,6 +145,26 @@ pub struct RegistrySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
+
+    /// The web UI the registry serves at `/ui/` (same TLS and logins).
+    #[serde(default)]
+    pub ui: UiSpec,
+}
+
+/// The registry's web UI: repositories, images, signatures, deletion and
+/// the audit trail, at `https://<endpoint>/ui/` (`status.endpoints.ui`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UiSpec {
+    /// Serve the web UI. false: `/ui/` answers 404.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for UiSpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// Whole units only (`90m`, `1h30m`, `500ms`): the registry reads these.
@@ -203,6 +230,7 @@ impl Default for RegistrySpec {
             auth: Auth::default(),
             gc: GarbageCollection::default(),
             resources: None,
+            ui: UiSpec::default(),
         }
     }
 }
@@ -768,6 +796,10 @@ pub struct Endpoints {
     /// The name to use in a pod's `image:`; every trusting node resolves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The web UI's URL (on the ingress host if any, else the node
+    /// endpoint); unset when `spec.ui.enabled` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ui: Option<String>,
 }
 
 /// Facts about the serving certificate in use.

@@ -188,10 +188,16 @@ impl Names {
     /// the form an image reference starts with.
     pub fn endpoints(&self, spec: &RegistrySpec) -> crate::crd::Endpoints {
         let port = spec.service.port;
+        let external = spec.ingress.as_ref().map(|ingress| ingress.host.clone());
+        let node = host_port(&self.node_host(spec), port);
         crate::crd::Endpoints {
             internal: Some(host_port(&self.service_fqdn(), port)),
-            external: spec.ingress.as_ref().map(|ingress| ingress.host.clone()),
-            node: Some(host_port(&self.node_host(spec), port)),
+            ui: spec
+                .ui
+                .enabled
+                .then(|| format!("https://{}/ui/", external.as_deref().unwrap_or(&node))),
+            external,
+            node: Some(node),
         }
     }
 }

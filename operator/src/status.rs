@@ -411,6 +411,7 @@ mod tests {
                 internal: Some("hub.team.svc.cluster.local".into()),
                 external: None,
                 node: None,
+                ui: None,
             },
             auth: AuthState::Enabled { mode: "Kubernetes" },
         }

@@ -16,6 +16,7 @@ pub mod search;
 pub mod server;
 pub mod storage;
 pub mod tls;
+pub mod ui;
 pub mod zero_copy;
 
 use std::sync::Arc;
@@ -69,12 +70,23 @@ pub fn router_full(
 
 /// The application with auth (if any), the in-request limits and an audit
 /// trail (if any), whose query API is `/berth/v1/audit`. `docker search`
-/// is answered at `/v1/_ping` and `/v1/search`.
+/// is answered at `/v1/_ping` and `/v1/search`; the web UI at `/ui/`.
 pub fn router_audited(
     store: Arc<Store>,
     auth: Option<Arc<auth::Auth>>,
     limits: &limits::Limits,
     audit: Option<Arc<audit::Audit>>,
+) -> Router {
+    router_ui(store, auth, limits, audit, true)
+}
+
+/// [`router_audited`], with the web UI at `/ui/` or not (`--ui off`).
+pub fn router_ui(
+    store: Arc<Store>,
+    auth: Option<Arc<auth::Auth>>,
+    limits: &limits::Limits,
+    audit: Option<Arc<audit::Audit>>,
+    ui: bool,
 ) -> Router {
     let token_endpoint = auth.is_some();
     let state = AppState {
@@ -83,13 +95,14 @@ pub fn router_audited(
         body_timeout: limits.body_timeout,
         audit,
     };
-    let router = Router::new();
+    let web = ui.then(|| ui::router(state.clone()));
+    let router: Router<AppState> = Router::new();
     let router = if token_endpoint {
         router.route("/token", get(auth::token::get).post(auth::token::post))
     } else {
         router
     };
-    router
+    let router: Router = router
         .route("/v1/_ping", get(search::ping))
         .route("/v1/search", get(search::search))
         .route("/berth/v1/audit", get(audit::http::get))
@@ -122,7 +135,11 @@ pub fn router_audited(
             }),
         )
         .fallback(api::handle)
-        .with_state(state)
+        .with_state(state);
+    match web {
+        Some(web) => web.merge(router),
+        None => router,
+    }
 }
 
 /// A store on the local filesystem under `root`.

@@ -154,6 +154,10 @@ struct Serve {
     /// GET /berth/v1/audit.
     #[arg(long, env = "BERTH_AUDIT", default_value = "on", value_parser = ["on", "off"])]
     audit: String,
+    /// The web UI at /ui/ (repositories, images, referrers, deletion, the
+    /// audit trail), same origin, TLS and login as the API: "on" or "off".
+    #[arg(long, env = "BERTH_UI", default_value = "on", value_parser = ["on", "off"])]
+    ui: String,
     /// Days of audit trail kept; older days are removed (checked hourly).
     #[arg(long, env = "BERTH_AUDIT_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     audit_retention_days: u32,
@@ -383,7 +387,8 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         retention_days = args.audit_retention_days,
         "audit trail"
     );
-    let app = berth_registry::router_audited(store, auth, &limits, audit);
+    tracing::info!(ui = args.ui == "on", "web UI at /ui/");
+    let app = berth_registry::router_ui(store, auth, &limits, audit, args.ui == "on");
     berth_registry::server::serve_with(listener, app, tls, &limits, shutdown_signal()).await?;
     Ok(())
 }

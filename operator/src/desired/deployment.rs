@@ -69,6 +69,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
         .chain([format!("0.0.0.0:{CONTAINER_PORT}")])
         .chain(storage.args)
         .chain(gc_args(registry))
+        .chain(ui_args(registry))
         .chain(tls_args)
         .chain(auth_args.into_iter().flatten())
         .collect();
@@ -209,6 +210,15 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
             ..DeploymentSpec::default()
         }),
         status: None,
+    }
+}
+
+/// `--ui off` when the Registry turns its web UI off (on is the default).
+fn ui_args(registry: &Registry) -> Vec<String> {
+    if registry.spec.ui.enabled {
+        Vec::new()
+    } else {
+        vec!["--ui".to_owned(), "off".to_owned()]
     }
 }
 
@@ -426,6 +436,24 @@ mod tests {
         let a = args(&on);
         assert!(a.windows(2).any(|w| w == ["--gc-interval", "6h"]), "{a:?}");
         assert!(a.windows(2).any(|w| w == ["--gc-grace", "30m"]), "{a:?}");
+    }
+
+    #[test]
+    fn the_web_ui_is_turned_off_only_when_the_spec_says() {
+        let args = |r: &Registry| {
+            build(r)
+                .spec
+                .and_then(|s| s.template.spec)
+                .expect("pod")
+                .containers[0]
+                .args
+                .clone()
+                .unwrap_or_default()
+        };
+        assert!(!args(&fixtures::registry()).iter().any(|a| a == "--ui"));
+        let off = fixtures::registry_with(|s| s.ui.enabled = false);
+        let a = args(&off);
+        assert!(a.windows(2).any(|w| w == ["--ui", "off"]), "{a:?}");
     }
 
     #[test]

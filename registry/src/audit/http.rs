@@ -14,14 +14,16 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 
-use super::{Event, Filter};
+use super::{Audit, Event, Filter};
 use crate::AppState;
+use crate::auth::{Auth, Identity};
 use crate::error::{Code, Error};
 use crate::server::Connection;
 
@@ -55,8 +57,8 @@ async fn answer(state: &AppState, req: Request) -> Result<Response, Error> {
     let headers = req.headers().clone();
     drop(req);
 
-    // Who may see which repository's events: None = all of them.
-    let mut per_repository: Option<HashMap<String, bool>> = None;
+    // Whether the caller sees only the repositories it may delete.
+    let mut per_repository = false;
     let caller = match &state.auth {
         None => {
             if !client.is_some_and(|c| c.is_loopback()) {
@@ -105,46 +107,17 @@ async fn answer(state: &AppState, req: Request) -> Result<Response, Error> {
                     audit.record(ev);
                     return Err(e);
                 }
-                (None, false) => per_repository = Some(HashMap::new()),
+                (None, false) => per_repository = true,
             }
             Some((auth.clone(), caller))
         }
     };
 
-    // What was recorded up to this request is in storage before reading.
-    audit.flush().await;
-    let events = audit.query(&filter).await.map_err(|e| {
-        tracing::warn!(error = %e, "cannot read the audit trail");
-        Error::new(
-            Code::Unknown,
-            "the audit trail cannot be read from storage right now; retry, and see the registry's log",
-        )
-        .with_status(StatusCode::SERVICE_UNAVAILABLE)
-    })?;
-    let mut out: Vec<Event> = Vec::with_capacity(limit.min(events.len()));
-    for e in events {
-        if out.len() >= limit {
-            break;
-        }
-        if let (Some(seen), Some((auth, caller))) = (per_repository.as_mut(), &caller) {
-            let Some(repo) = &e.repository else { continue };
-            let may = match seen.get(repo) {
-                Some(m) => *m,
-                None => {
-                    let m = auth
-                        .may_audit(&caller.identity, Some(repo))
-                        .await
-                        .map_err(|e| unavailable(&e))?;
-                    seen.insert(repo.clone(), m);
-                    m
-                }
-            };
-            if !may {
-                continue;
-            }
-        }
-        out.push(e);
-    }
+    let reader = match (per_repository, &caller) {
+        (true, Some((auth, caller))) => Some((auth, &caller.identity)),
+        _ => None,
+    };
+    let out = events_for(&audit, reader, &filter, limit).await?;
     let body = serde_json::to_string(&out).unwrap_or_else(|_| "[]".to_owned());
     Ok((
         StatusCode::OK,
@@ -157,8 +130,57 @@ async fn answer(state: &AppState, req: Request) -> Result<Response, Error> {
         .into_response())
 }
 
+/// Of the stored events matching `filter`, newest first and at most
+/// `limit`, those `reader` may see: `None` sees all (auth off, or a
+/// registry-wide administrator); `Some` sees the events of repositories it
+/// may delete and none without a repository. Shared by the API and the web
+/// UI's audit page.
+pub(crate) async fn events_for(
+    audit: &Audit,
+    reader: Option<(&Arc<Auth>, &Identity)>,
+    filter: &Filter,
+    limit: usize,
+) -> Result<Vec<Event>, Error> {
+    // What was recorded up to this request is in storage before reading.
+    audit.flush().await;
+    let events = audit.query(filter).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot read the audit trail");
+        Error::new(
+            Code::Unknown,
+            "the audit trail cannot be read from storage right now; retry, and see the registry's log",
+        )
+        .with_status(StatusCode::SERVICE_UNAVAILABLE)
+    })?;
+    let mut seen: HashMap<String, bool> = HashMap::new();
+    let mut out: Vec<Event> = Vec::with_capacity(limit.min(events.len()));
+    for e in events {
+        if out.len() >= limit {
+            break;
+        }
+        if let Some((auth, identity)) = reader {
+            let Some(repo) = &e.repository else { continue };
+            let may = match seen.get(repo) {
+                Some(m) => *m,
+                None => {
+                    let m = auth
+                        .may_audit(identity, Some(repo))
+                        .await
+                        .map_err(|e| unavailable(&e))?;
+                    seen.insert(repo.clone(), m);
+                    m
+                }
+            };
+            if !may {
+                continue;
+            }
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
 /// The filter and limit of a query string.
-fn parse(params: &[(String, String)]) -> Result<(Filter, usize), Error> {
+pub(crate) fn parse(params: &[(String, String)]) -> Result<(Filter, usize), Error> {
     let param = |k: &str| {
         params
             .iter()

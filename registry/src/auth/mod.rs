@@ -421,6 +421,16 @@ impl Auth {
         })
     }
 
+    /// The caller for an identity authenticated earlier (the web UI's
+    /// session), to ask what it may see.
+    pub fn caller(self: &Arc<Self>, identity: Identity) -> Caller {
+        Caller {
+            auth: self.clone(),
+            identity,
+            may_mount: false,
+        }
+    }
+
     /// The caller of a request outside `/v2/` (`docker search`, the audit
     /// API), which needs an identity but no one repository's right: no
     /// credentials is the anonymous caller; Basic credentials log in as at
