@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod mirror;
 pub mod oci;
 pub mod page_cache;
 pub mod raw_errors;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub auth: Option<Arc<auth::Auth>>,
     /// None: no audit trail (`--audit off`).
     pub audit: Option<Arc<audit::Audit>>,
+    /// None: no repository is a pull-through cache.
+    pub mirror: Option<Arc<mirror::Mirror>>,
 }
 
 /// The application: `/v2/...` (the distribution API), `/healthz`
@@ -76,12 +79,29 @@ pub fn router_audited(
     limits: &limits::Limits,
     audit: Option<Arc<audit::Audit>>,
 ) -> Router {
+    router_mirrored(store, auth, limits, audit, None)
+}
+
+/// [`router_audited`] with a pull-through cache (if any): repositories
+/// under its prefixes are fetched from their upstreams; auth, if on, is
+/// told the prefixes (see [`auth::Auth::set_mirror_prefixes`]).
+pub fn router_mirrored(
+    store: Arc<Store>,
+    auth: Option<Arc<auth::Auth>>,
+    limits: &limits::Limits,
+    audit: Option<Arc<audit::Audit>>,
+    mirror: Option<Arc<mirror::Mirror>>,
+) -> Router {
     let token_endpoint = auth.is_some();
+    if let (Some(auth), Some(mirror)) = (&auth, &mirror) {
+        auth.set_mirror_prefixes(mirror.prefixes());
+    }
     let state = AppState {
         store,
         auth,
         body_timeout: limits.body_timeout,
         audit,
+        mirror,
     };
     let router = Router::new();
     let router = if token_endpoint {
