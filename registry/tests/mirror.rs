@@ -95,6 +95,7 @@ impl Upstream {
                 groups: Default::default(),
                 rules: vec![
                     rule("*", "pusher", vec![Action::Pull, Action::Push, Action::Delete]),
+                    rule("team/*", "pusher", vec![Action::Pull, Action::Push, Action::Delete]),
                     rule("team/*", "reader", vec![Action::Pull]),
                 ],
                 authenticated: vec![],
