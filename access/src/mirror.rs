@@ -161,7 +161,10 @@ mod tests {
             upstreams: vec![upstream("docker.io"), upstream("ghcr.io")],
         };
         assert_eq!(c.route("docker.io/nginx").unwrap().1, "library/nginx");
-        assert_eq!(c.route("docker.io/bitnami/redis").unwrap().1, "bitnami/redis");
+        assert_eq!(
+            c.route("docker.io/bitnami/redis").unwrap().1,
+            "bitnami/redis"
+        );
         assert_eq!(c.route("ghcr.io/app").unwrap().1, "app");
         assert!(c.route("team/app").is_none());
         assert!(c.route("docker.io").is_none());
@@ -181,8 +184,7 @@ mod tests {
             )
             .is_err()
         );
-        let back: MirrorConfig =
-            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        let back: MirrorConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
     }
 

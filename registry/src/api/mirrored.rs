@@ -123,11 +123,14 @@ fn fetch_error(route: &Route, digest: &Digest, e: fetch::FetchError) -> Error {
             route_count(route, "upstream_error");
             crate::mirror::upstream_error(route, Kind::Blob, &digest.to_string(), &u)
         }
-        fetch::FetchError::Verify { .. } => Error::new(Code::Unknown, e.to_string())
-            .with_status(StatusCode::BAD_GATEWAY),
+        fetch::FetchError::Verify { .. } => {
+            Error::new(Code::Unknown, e.to_string()).with_status(StatusCode::BAD_GATEWAY)
+        }
         fetch::FetchError::Storage(_) => Error::new(
             Code::Unknown,
-            format!("blob {digest} could not be cached: {e}; retry, and tell the operator if it persists"),
+            format!(
+                "blob {digest} could not be cached: {e}; retry, and tell the operator if it persists"
+            ),
         ),
     }
 }

@@ -50,11 +50,10 @@ pub fn load(path: &Path) -> Result<MirrorConfig, ConfigError> {
         path: path.display().to_string(),
         source,
     })?;
-    let config: MirrorConfig =
-        serde_json::from_slice(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let config: MirrorConfig = serde_json::from_slice(&text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
     config.validate()?;
     Ok(config)
 }
@@ -73,12 +72,13 @@ pub fn upstreams(config: &MirrorConfig) -> Result<Vec<Arc<Upstream>>, ConfigErro
                 }),
                 _ => None,
             };
-            let client = Client::new(&u.url, credentials, u.ca_file.as_deref()).map_err(
-                |source| ConfigError::Client {
-                    prefix: u.prefix.clone(),
-                    source,
-                },
-            )?;
+            let client =
+                Client::new(&u.url, credentials, u.ca_file.as_deref()).map_err(|source| {
+                    ConfigError::Client {
+                        prefix: u.prefix.clone(),
+                        source,
+                    }
+                })?;
             Ok(Arc::new(Upstream {
                 config: u.clone(),
                 client: Arc::new(client),

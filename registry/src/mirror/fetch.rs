@@ -290,9 +290,7 @@ async fn run(
             }
             tracing::warn!(repository = %name, %digest, error = %error, "mirror fetch failed");
             if let Some(tx) = &tx {
-                let _ = tx
-                    .send(Err(std::io::Error::other(error.to_string())))
-                    .await;
+                let _ = tx.send(Err(std::io::Error::other(error.to_string()))).await;
             }
             match ready {
                 Some(ready) => fail(lead, ready, error),

@@ -67,8 +67,16 @@ mod tests {
         let t0 = Instant::now();
         assert!(!f.is_fresh_at("docker.io/library/nginx", "1.27", t0));
         f.confirm_at("docker.io/library/nginx", "1.27", t0);
-        assert!(f.is_fresh_at("docker.io/library/nginx", "1.27", t0 + Duration::from_secs(299)));
-        assert!(!f.is_fresh_at("docker.io/library/nginx", "1.27", t0 + Duration::from_secs(300)));
+        assert!(f.is_fresh_at(
+            "docker.io/library/nginx",
+            "1.27",
+            t0 + Duration::from_secs(299)
+        ));
+        assert!(!f.is_fresh_at(
+            "docker.io/library/nginx",
+            "1.27",
+            t0 + Duration::from_secs(300)
+        ));
         assert!(!f.is_fresh_at("docker.io/library/nginx", "latest", t0));
     }
 

@@ -196,7 +196,12 @@ impl Mirror {
                     );
                     return Ok(Served::Stale);
                 }
-                Err(upstream_error(route, Kind::Manifest, tag.as_str(), &failure))
+                Err(upstream_error(
+                    route,
+                    Kind::Manifest,
+                    tag.as_str(),
+                    &failure,
+                ))
             }
         }
     }

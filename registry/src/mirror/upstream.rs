@@ -124,12 +124,11 @@ impl Client {
                 path: path.display().to_string(),
                 source,
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                ClientError::CaPem {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::CaPem {
                     path: path.display().to_string(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             if certs.is_empty() {
                 return Err(ClientError::CaPem {
                     path: path.display().to_string(),
@@ -369,7 +368,12 @@ impl Client {
         let lifetime = Duration::from_secs(reply.expires_in.unwrap_or(DEFAULT_TOKEN_SECS).max(1));
         Ok(Authorization {
             value,
-            expires: Some(Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN).max(Duration::from_secs(1))),
+            expires: Some(
+                Instant::now()
+                    + lifetime
+                        .saturating_sub(TOKEN_MARGIN)
+                        .max(Duration::from_secs(1)),
+            ),
         })
     }
 }
