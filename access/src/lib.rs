@@ -8,6 +8,7 @@
 //!   operator's pull-only robot tokens).
 //! - [`keys`]: ES256 signing and verification with a set of keys, so a key
 //!   can rotate while tokens signed by the old one are still accepted.
+//! - [`mirror`]: the registry's mirror (pull-through cache) config file.
 //! - [`config`]: the registry's auth config file, which the operator writes
 //!   from a `Registry`'s spec, and the access policy it holds.
 //!
@@ -16,11 +17,13 @@
 pub mod claims;
 pub mod config;
 pub mod keys;
+pub mod mirror;
 pub mod repository;
 pub mod scope;
 
 pub use claims::{Claims, Grant, TokenKind};
 pub use config::{AuthConfig, Mode};
 pub use keys::{KeyError, Signer, Verifier};
+pub use mirror::MirrorConfig;
 pub use repository::{NamespaceError, RepositoryPath};
 pub use scope::{Action, Actions, Scope};

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod mirror;
 pub mod oci;
 pub mod page_cache;
 pub mod raw_errors;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub auth: Option<Arc<auth::Auth>>,
     /// None: no audit trail (`--audit off`).
     pub audit: Option<Arc<audit::Audit>>,
+    /// None: no repository is a pull-through cache.
+    pub mirror: Option<Arc<mirror::Mirror>>,
 }
 
 /// The application: `/v2/...` (the distribution API), `/healthz`
@@ -77,23 +80,60 @@ pub fn router_audited(
     limits: &limits::Limits,
     audit: Option<Arc<audit::Audit>>,
 ) -> Router {
-    router_ui(store, auth, limits, audit, true)
+    router_features(
+        store,
+        auth,
+        limits,
+        Features {
+            audit,
+            ..Features::default()
+        },
+    )
 }
 
-/// [`router_audited`], with the web UI at `/ui/` or not (`--ui off`).
-pub fn router_ui(
+/// What the application serves besides the distribution API, each chosen
+/// by a flag of `serve`.
+pub struct Features {
+    /// The audit trail (`--audit`), queried at `/berth/v1/audit`.
+    pub audit: Option<Arc<audit::Audit>>,
+    /// The web UI at `/ui/` (`--ui`).
+    pub ui: bool,
+    /// A pull-through cache (`--mirror-config`): repositories under its
+    /// prefixes are fetched from their upstreams; auth, if on, is told the
+    /// prefixes (see [`auth::Auth::set_mirror_prefixes`]).
+    pub mirror: Option<Arc<mirror::Mirror>>,
+}
+
+impl Default for Features {
+    /// The UI on (as `serve` has it), nothing else.
+    fn default() -> Self {
+        Features {
+            audit: None,
+            ui: true,
+            mirror: None,
+        }
+    }
+}
+
+/// The application with auth (if any), the in-request limits and the
+/// chosen [`Features`].
+pub fn router_features(
     store: Arc<Store>,
     auth: Option<Arc<auth::Auth>>,
     limits: &limits::Limits,
-    audit: Option<Arc<audit::Audit>>,
-    ui: bool,
+    features: Features,
 ) -> Router {
+    let Features { audit, ui, mirror } = features;
     let token_endpoint = auth.is_some();
+    if let (Some(auth), Some(mirror)) = (&auth, &mirror) {
+        auth.set_mirror_prefixes(mirror.prefixes());
+    }
     let state = AppState {
         store,
         auth,
         body_timeout: limits.body_timeout,
         audit,
+        mirror,
     };
     let web = ui.then(|| ui::router(state.clone()));
     let router: Router<AppState> = Router::new();

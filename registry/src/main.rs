@@ -148,6 +148,11 @@ struct Serve {
     /// anyone who reaches the registry may push and delete.
     #[arg(long, env = "BERTH_AUTH_CONFIG")]
     auth_config: Option<PathBuf>,
+    /// The mirror config file (JSON, written by the operator): upstream
+    /// registries served as a pull-through cache under their prefixes
+    /// (`docker.io/library/nginx`, or containerd's `?ns=docker.io` form).
+    #[arg(long, env = "BERTH_MIRROR_CONFIG")]
+    mirror_config: Option<PathBuf>,
     /// The audit trail (who pushed, pulled, deleted, failed to log in or was
     /// refused): "on" keeps it in storage under _audit/ (and logs each
     /// event with target "audit"); "off" keeps nothing. Read it at
@@ -305,6 +310,15 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             "auth is off: anyone who reaches this registry can push, overwrite and delete images (give --auth-config to require logins)"
         ),
     }
+    let mirror = match &args.mirror_config {
+        Some(path) => {
+            let mirror = berth_registry::mirror::Mirror::from_file(path)
+                .context("cannot start the pull-through cache")?;
+            tracing::info!(prefixes = ?mirror.prefixes(), "pull-through cache on");
+            Some(mirror)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}; is the port free?", args.listen))?;
@@ -388,7 +402,12 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         "audit trail"
     );
     tracing::info!(ui = args.ui == "on", "web UI at /ui/");
-    let app = berth_registry::router_ui(store, auth, &limits, audit, args.ui == "on");
+    let features = berth_registry::Features {
+        audit,
+        ui: args.ui == "on",
+        mirror,
+    };
+    let app = berth_registry::router_features(store, auth, &limits, features);
     berth_registry::server::serve_with(listener, app, tls, &limits, shutdown_signal()).await?;
     Ok(())
 }

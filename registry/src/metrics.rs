@@ -46,8 +46,15 @@ struct AuthLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    upstream: String,
+    event: &'static str,
+}
+
 struct Metrics {
     registry: Registry,
+    mirror: Family<MirrorLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     bytes_in: Counter,
@@ -206,9 +213,16 @@ fn metrics() -> &'static Metrics {
             "Audit trail events by outcome: written, dropped (queue full), write_failed (storage refused the segment)",
             audit.clone(),
         );
+        let mirror = Family::<MirrorLabels, Counter>::default();
+        registry.register(
+            "mirror_events",
+            "Pull-through cache events by upstream prefix: hit (served from the cache), miss (fetched from the upstream), stale (the upstream failed; the cached copy was served), upstream_error (the upstream failed)",
+            mirror.clone(),
+        );
         let gc = GcMetrics::register(&mut registry);
         Metrics {
             gc,
+            mirror,
             auth,
             audit,
             registry,
@@ -307,6 +321,18 @@ pub fn auth(mode: &'static str, outcome: &'static str) {
     metrics()
         .auth
         .get_or_create(&AuthLabels { mode, outcome })
+        .inc();
+}
+
+/// One pull-through cache event for the upstream `upstream` (its prefix,
+/// from the config: bounded): hit, miss, stale, upstream_error.
+pub fn mirror(upstream: &str, event: &'static str) {
+    metrics()
+        .mirror
+        .get_or_create(&MirrorLabels {
+            upstream: upstream.to_owned(),
+            event,
+        })
         .inc();
 }
 

@@ -389,12 +389,14 @@ async fn without_auth_the_ui_is_open_and_deletes_with_a_token() {
 #[tokio::test]
 async fn ui_off_serves_no_pages() {
     let store = berth_registry::memory_store();
-    let app = berth_registry::router_ui(
+    let app = berth_registry::router_features(
         store,
         None,
         &berth_registry::limits::Limits::default(),
-        None,
-        false,
+        berth_registry::Features {
+            ui: false,
+            ..Default::default()
+        },
     );
     let mut b = Browser::new(&app);
     assert_eq!(b.get("/ui/").await.status, StatusCode::NOT_FOUND);

@@ -6,6 +6,7 @@ mod base;
 mod blobs;
 mod catalog;
 mod manifests;
+mod mirrored;
 mod referrers;
 mod tags;
 mod uploads;
@@ -46,6 +47,31 @@ impl Endpoint {
             Endpoint::UploadStart(_) => "upload_start",
             Endpoint::Upload(..) => "upload",
             Endpoint::Referrers(..) => "referrers",
+        }
+    }
+
+    /// The repository it addresses, if any.
+    pub fn name(&self) -> Option<&Name> {
+        match self {
+            Endpoint::Base | Endpoint::Catalog => None,
+            Endpoint::Tags(n)
+            | Endpoint::Manifest(n, _)
+            | Endpoint::Blob(n, _)
+            | Endpoint::UploadStart(n)
+            | Endpoint::Upload(n, _)
+            | Endpoint::Referrers(n, _) => Some(n),
+        }
+    }
+
+    fn name_mut(&mut self) -> Option<&mut Name> {
+        match self {
+            Endpoint::Base | Endpoint::Catalog => None,
+            Endpoint::Tags(n)
+            | Endpoint::Manifest(n, _)
+            | Endpoint::Blob(n, _)
+            | Endpoint::UploadStart(n)
+            | Endpoint::Upload(n, _)
+            | Endpoint::Referrers(n, _) => Some(n),
         }
     }
 }
@@ -187,9 +213,16 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         return e.into_response();
     }
     let method = req.method().clone();
-    let endpoint = parse(req.uri().path());
+    let mut endpoint = parse(req.uri().path());
     let route = endpoint.as_ref().map(Endpoint::route).unwrap_or("unknown");
     let mut query = Query::from_request(&req);
+    // A mirrored repository's one local name, before auth decides on it.
+    if let (Some(mirror), Ok(e)) = (&state.mirror, &mut endpoint)
+        && let Some(name) = e.name_mut()
+        && let Some(local) = mirror.local_name(name, query.get("ns"))
+    {
+        *name = local;
+    }
     let (mut parts, body) = req.into_parts();
     let zero_copy = parts.extensions.remove::<crate::zero_copy::Regions>();
     let client = parts
@@ -307,6 +340,36 @@ fn within_limits(req: &Request) -> Result<()> {
 }
 
 async fn dispatch(state: &AppState, endpoint: Endpoint, ctx: Ctx, body: Body) -> Result<Response> {
+    use Method as M;
+    let store = &state.store;
+    if let Some(mirror) = &state.mirror
+        && let Some(name) = endpoint.name()
+        && let Some(route) = mirror.route(name)
+    {
+        return match (&endpoint, ctx.method.clone()) {
+            (Endpoint::Manifest(name, r), M::GET | M::HEAD) => {
+                mirrored::manifest(store, mirror, &route, name, r, &ctx).await
+            }
+            (Endpoint::Blob(name, d), M::GET | M::HEAD) => {
+                mirrored::blob(store, mirror, &route, name, d, &ctx).await
+            }
+            (
+                Endpoint::Manifest(..) | Endpoint::UploadStart(_) | Endpoint::Upload(..),
+                M::PUT | M::POST | M::PATCH,
+            ) => Err(mirrored::refuse_write(&route, name)),
+            // Tags, referrers and deletes act on what is cached.
+            _ => dispatch_local(state, endpoint, ctx, body).await,
+        };
+    }
+    dispatch_local(state, endpoint, ctx, body).await
+}
+
+async fn dispatch_local(
+    state: &AppState,
+    endpoint: Endpoint,
+    ctx: Ctx,
+    body: Body,
+) -> Result<Response> {
     use Method as M;
     let store = &state.store;
     match (endpoint, ctx.method.clone()) {

@@ -193,7 +193,7 @@ impl Caller {
             let user = kube_user(&self.identity);
             let mut namespaces: std::collections::HashMap<String, bool> = Default::default();
             for r in repositories {
-                if self.auth.config.anonymous_pull(&r) {
+                if self.auth.config.anonymous_pull(&r) || self.auth.mirrored(&r) {
                     out.push(r);
                     continue;
                 }
@@ -256,6 +256,9 @@ pub struct Auth {
     limiter: RateLimiter,
     logins: LoginCache<Identity>,
     bearers: LoginCache<Claims>,
+    /// The pull-through cache's prefixes (`docker.io`): see
+    /// [`Auth::set_mirror_prefixes`].
+    mirror_prefixes: std::sync::RwLock<Vec<String>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -313,6 +316,7 @@ impl Auth {
             limiter: RateLimiter::new(limits),
             logins: LoginCache::new(LOGIN_CACHE_TTL, LOGIN_CACHE_CAPACITY),
             bearers: LoginCache::new(BEARER_CACHE_TTL, BEARER_CACHE_CAPACITY),
+            mirror_prefixes: std::sync::RwLock::default(),
         });
         // The watcher holds a weak reference: it ends with the last router.
         let weak = Arc::downgrade(&auth);
@@ -344,6 +348,31 @@ impl Auth {
 
     pub fn service(&self) -> &str {
         &self.config.service
+    }
+
+    /// Tells auth which first name components are mirror prefixes. Their
+    /// repositories (`docker.io/library/nginx`) belong to no namespace, so
+    /// in Kubernetes mode no RBAC names them: any authenticated caller may
+    /// pull them (public images, fetched for the whole cluster), nobody may
+    /// push or delete (anonymous pulls only if `anonymousPull` says so).
+    /// With htpasswd the policy decides, as for any repository.
+    pub fn set_mirror_prefixes(&self, prefixes: Vec<String>) {
+        *self
+            .mirror_prefixes
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = prefixes;
+    }
+
+    /// Whether `repository` is under a mirror prefix.
+    fn mirrored(&self, repository: &str) -> bool {
+        let Some((first, _)) = repository.split_once('/') else {
+            return false;
+        };
+        self.mirror_prefixes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|p| p == first)
     }
 
     pub fn mode(&self) -> &'static str {
@@ -532,7 +561,7 @@ impl Auth {
     /// usable, so the client must not retry with a token; the message says
     /// how to name it.
     fn check_name(&self, name: &str) -> Result<(), Error> {
-        if self.config.mode == Mode::Kubernetes {
+        if self.config.mode == Mode::Kubernetes && !self.mirrored(name) {
             berth_access::repository::split(name)
                 .map_err(|e| Error::new(Code::NameInvalid, e.to_string()))?;
         }
@@ -666,6 +695,11 @@ impl Auth {
         let anon = self.anonymous(repository);
         let own = match identity {
             Identity::Anonymous => Actions::NONE,
+            // No namespace's RBAC names a mirror's repository: being
+            // logged in is enough to pull (see `set_mirror_prefixes`).
+            _ if self.config.mode == Mode::Kubernetes && self.mirrored(repository) => {
+                Actions::of(&[Action::Pull])
+            }
             Identity::Robot(c) => c.actions_on(repository),
             Identity::User { name, groups, .. } => match &self.backend {
                 Backend::Htpasswd(_) => self.config.policy.actions(name, groups, repository),

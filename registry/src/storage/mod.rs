@@ -290,12 +290,46 @@ impl Store {
     ) -> Result<(), StorageError> {
         // What it references is in place, not in GC's quarantine (gc.rs).
         let checked = self.secure_references(name, parsed).await?;
+        let entry = self.manifest_write(name, m, parsed, tags).await?;
+        // GC may have quarantined part of it since the check: put it back.
+        self.confirm_references(
+            name,
+            &m.digest,
+            parsed,
+            entry.as_ref().map(|(k, j)| (k.as_str(), j.clone())),
+            checked,
+        )
+        .await
+    }
+
+    /// Stores a manifest fetched from a mirror's upstream (its digest
+    /// verified), before the blobs it references: those are fetched when a
+    /// client asks for them, so none is required to be here.
+    pub async fn manifest_put_cached(
+        &self,
+        name: &Name,
+        m: &StoredManifest,
+        parsed: &manifest::Manifest,
+        tags: &[Tag],
+    ) -> Result<(), StorageError> {
+        self.manifest_write(name, m, parsed, tags).await.map(|_| ())
+    }
+
+    /// The writes of a manifest put: bytes, referrer entry, revision link,
+    /// tags. Returns the referrer entry written (key and JSON), if any.
+    async fn manifest_write(
+        &self,
+        name: &Name,
+        m: &StoredManifest,
+        parsed: &manifest::Manifest,
+        tags: &[Tag],
+    ) -> Result<Option<(String, Bytes)>, StorageError> {
         let blob = layout::blob(&m.digest);
         if self.size(&blob).await? != Some(m.body.len() as u64) {
             self.put(&blob, m.body.clone()).await?;
         }
         // From here the writes are what a DELETE undoes: not interleaved with one.
-        let repo = self.repo_locks.lock(name).await;
+        let _repo = self.repo_locks.lock(name).await;
         let mut entry = None;
         if let Some(subject) = &parsed.subject {
             let descriptor = Descriptor {
@@ -324,16 +358,7 @@ impl Store {
             self.put(&layout::tag(name, tag), Bytes::from(m.digest.to_string()))
                 .await?;
         }
-        drop(repo);
-        // GC may have quarantined part of it since the check: put it back.
-        self.confirm_references(
-            name,
-            &m.digest,
-            parsed,
-            entry.as_ref().map(|(k, j)| (k.as_str(), j.clone())),
-            checked,
-        )
-        .await
+        Ok(entry)
     }
 
     /// The digest a tag points at.

@@ -1,0 +1,706 @@
+#![allow(clippy::unwrap_used)]
+//! The pull-through cache against a real upstream: a second berth registry
+//! on loopback, over TLS with token auth (htpasswd users; anonymous tokens
+//! for `library/*`), whose every request is logged so a test can tell
+//! whether the mirror went upstream.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{Method, StatusCode};
+use bytes::Bytes;
+use common::{OCI_MANIFEST, Reply, send, sha256};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+const PUSHER: &str = "Basic cHVzaGVyOnB1c2hlci1wYXNz"; // pusher:pusher-pass
+const READER_PASSWORD: &str = "reader-pass";
+
+/// The upstream registry: TLS, htpasswd token auth; `pusher` may do
+/// anything, `reader` may pull `team/*`, anyone may pull `library/*`.
+struct Upstream {
+    /// In process, for pushes.
+    app: Router,
+    url: String,
+    ca_file: PathBuf,
+    /// "METHOD path" of every request that reached it over the network.
+    log: Arc<Mutex<Vec<String>>>,
+    /// Non-zero: every `/v2/` request is answered with this status.
+    fail: Arc<AtomicU16>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    dir: tempfile::TempDir,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        use berth_access::config::{HtpasswdAuth, Policy, Rule};
+        use berth_access::{Action, AuthConfig, Mode};
+        let dir = tempfile::tempdir().unwrap();
+        // PKI: a CA and a certificate for 127.0.0.1.
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        leaf_params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        let leaf = leaf_params
+            .signed_by(&leaf_key, &Issuer::from_params(&ca_params, &ca_key))
+            .unwrap();
+        let ca_file = dir.path().join("ca.crt");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        std::fs::write(dir.path().join("tls.crt"), leaf.pem()).unwrap();
+        std::fs::write(dir.path().join("tls.key"), leaf_key.serialize_pem()).unwrap();
+        // Auth.
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys).unwrap();
+        let (private, public) = berth_access::keys::generate().unwrap();
+        std::fs::write(keys.join(berth_access::keys::SIGNING_KEY_FILE), &private).unwrap();
+        std::fs::write(keys.join(berth_access::keys::VERIFY_KEYS_FILE), &public).unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(
+            &htpasswd,
+            format!(
+                "pusher:{}\nreader:{}\n",
+                bcrypt::hash("pusher-pass", 4).unwrap(),
+                bcrypt::hash(READER_PASSWORD, 4).unwrap()
+            ),
+        )
+        .unwrap();
+        let rule = |repositories: &str, user: &str, actions: Vec<Action>| Rule {
+            repositories: repositories.into(),
+            users: vec![user.into()],
+            groups: vec![],
+            actions,
+        };
+        let config = AuthConfig {
+            mode: Mode::Htpasswd,
+            service: "upstream.test".into(),
+            keys_dir: keys,
+            token_ttl_seconds: 300,
+            refresh_ttl_seconds: 3600,
+            kubernetes: None,
+            htpasswd: Some(HtpasswdAuth { file: htpasswd }),
+            policy: Policy {
+                groups: Default::default(),
+                rules: vec![
+                    rule(
+                        "*",
+                        "pusher",
+                        vec![Action::Pull, Action::Push, Action::Delete],
+                    ),
+                    rule(
+                        "team/*",
+                        "pusher",
+                        vec![Action::Pull, Action::Push, Action::Delete],
+                    ),
+                    rule("team/*", "reader", vec![Action::Pull]),
+                ],
+                authenticated: vec![],
+            },
+            anonymous_pull: vec!["library/*".into()],
+        };
+        let auth = berth_registry::auth::Auth::start(config)
+            .await
+            .unwrap()
+            .unwrap();
+        let store = berth_registry::filesystem_store(&dir.path().join("data")).unwrap();
+        let app = berth_registry::router_with_auth(store, Some(auth));
+
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let fail = Arc::new(AtomicU16::new(0));
+        let (l, f) = (log.clone(), fail.clone());
+        let served = app.clone().layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let (l, f) = (l.clone(), f.clone());
+                async move {
+                    l.lock()
+                        .unwrap()
+                        .push(format!("{} {}", req.method(), req.uri().path()));
+                    let status = f.load(Ordering::SeqCst);
+                    if status != 0 && req.uri().path().starts_with("/v2/") {
+                        return axum::response::IntoResponse::into_response((
+                            StatusCode::from_u16(status).unwrap(),
+                            r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
+                        ));
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
+        let tls = berth_registry::tls::server_config(
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(berth_registry::server::serve(
+            listener,
+            served,
+            Some(tls),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Upstream {
+            app,
+            url: format!("https://{addr}"),
+            ca_file,
+            log,
+            fail,
+            stop: Some(stop),
+            server: Some(server),
+            dir,
+        }
+    }
+
+    async fn push(&self, method: Method, uri: &str, ct: &str, body: impl Into<Bytes>) -> Reply {
+        let headers: Vec<(&str, &str)> = if ct.is_empty() {
+            vec![]
+        } else {
+            vec![("content-type", ct)]
+        };
+        let r = send(
+            &self.app,
+            Some(PUSHER.into()),
+            "127.0.0.1:1",
+            method,
+            uri,
+            &headers,
+            body,
+        )
+        .await;
+        assert!(
+            r.status.is_success(),
+            "{uri}: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+        r
+    }
+
+    async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = sha256(data);
+        self.push(
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+            "",
+            data.to_vec(),
+        )
+        .await;
+        digest
+    }
+
+    async fn push_manifest(&self, repo: &str, reference: &str, ct: &str, body: &str) -> String {
+        self.push(
+            Method::PUT,
+            &format!("/v2/{repo}/manifests/{reference}"),
+            ct,
+            body.to_owned(),
+        )
+        .await;
+        sha256(body.as_bytes())
+    }
+
+    /// Pushes a two-platform image (an index of two image manifests, each
+    /// with its own config and layer) tagged `tag`; returns the index's
+    /// digest.
+    async fn push_multi_arch(&self, repo: &str, tag: &str, seed: &str) -> String {
+        let mut entries = Vec::new();
+        for arch in ["amd64", "arm64"] {
+            let config = format!(r#"{{"architecture":"{arch}","os":"linux","seed":"{seed}"}}"#);
+            let config_digest = self.push_blob(repo, config.as_bytes()).await;
+            let layer: Vec<u8> = format!("{seed}-{arch}-")
+                .bytes()
+                .cycle()
+                .take(300_000)
+                .collect();
+            let layer_digest = self.push_blob(repo, &layer).await;
+            let manifest = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{}}}]}}"#,
+                config.len(),
+                layer.len()
+            );
+            let digest = self
+                .push_manifest(repo, &sha256(manifest.as_bytes()), OCI_MANIFEST, &manifest)
+                .await;
+            entries.push(format!(
+                r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{digest}","size":{},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#,
+                manifest.len()
+            ));
+        }
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+            entries.join(",")
+        );
+        self.push_manifest(repo, tag, OCI_INDEX, &index).await
+    }
+
+    /// Requests for `what` ("/blobs/", "/manifests/") that reached it.
+    fn requests(&self, what: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(what))
+            .count()
+    }
+
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(30), server)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+/// The mirror: plain HTTP on loopback (and in process), no auth.
+struct Mirror {
+    app: Router,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Mirror {
+    /// `upstreams`: (prefix, freshness seconds, with reader's credentials).
+    async fn start(upstream: &Upstream, upstreams: &[(&str, u64, bool)]) -> Mirror {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<serde_json::Value> = upstreams
+            .iter()
+            .map(|(prefix, fresh, creds)| {
+                let mut u = serde_json::json!({
+                    "prefix": prefix,
+                    "url": upstream.url,
+                    "tagFreshnessSeconds": fresh,
+                    "caFile": upstream.ca_file,
+                });
+                if *creds {
+                    let (user, pass) = (dir.path().join("user"), dir.path().join("pass"));
+                    std::fs::write(&user, "reader\n").unwrap();
+                    std::fs::write(&pass, format!("{READER_PASSWORD}\n")).unwrap();
+                    u["usernameFile"] = serde_json::json!(user);
+                    u["passwordFile"] = serde_json::json!(pass);
+                }
+                u
+            })
+            .collect();
+        let file = dir.path().join("mirror.json");
+        std::fs::write(
+            &file,
+            serde_json::json!({ "upstreams": entries }).to_string(),
+        )
+        .unwrap();
+        let mirror = berth_registry::mirror::Mirror::from_file(&file).unwrap();
+        let store = berth_registry::filesystem_store(&dir.path().join("data")).unwrap();
+        let app = berth_registry::router_features(
+            store,
+            None,
+            &berth_registry::limits::Limits::default(),
+            berth_registry::Features {
+                mirror: Some(mirror),
+                ..Default::default()
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(berth_registry::server::serve(
+            listener,
+            app.clone(),
+            None,
+            std::future::pending(),
+        ));
+        Mirror {
+            app,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        send(
+            &self.app,
+            None,
+            "127.0.0.1:2",
+            Method::GET,
+            uri,
+            &[("accept", ACCEPT)],
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// Pulls `reference` whole, checking every digest; returns the
+    /// digests of the manifests and blobs it is made of.
+    async fn pull(&self, repo: &str, reference: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut manifests = vec![reference.to_owned()];
+        while let Some(r) = manifests.pop() {
+            let m = self.get(&format!("/v2/{repo}/manifests/{r}")).await;
+            assert_eq!(
+                m.status,
+                StatusCode::OK,
+                "manifest {r}: {}",
+                String::from_utf8_lossy(&m.body)
+            );
+            let digest = sha256(&m.body);
+            assert_eq!(m.header("docker-content-digest"), digest);
+            if r.starts_with("sha256:") {
+                assert_eq!(r, digest);
+            }
+            seen.push(digest);
+            let v: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+            if let Some(children) = v["manifests"].as_array() {
+                for c in children {
+                    manifests.push(c["digest"].as_str().unwrap().to_owned());
+                }
+                continue;
+            }
+            let mut blobs = vec![v["config"]["digest"].as_str().unwrap().to_owned()];
+            for l in v["layers"].as_array().unwrap() {
+                blobs.push(l["digest"].as_str().unwrap().to_owned());
+            }
+            for b in blobs {
+                let r = self.get(&format!("/v2/{repo}/blobs/{b}")).await;
+                assert_eq!(
+                    r.status,
+                    StatusCode::OK,
+                    "blob {b}: {}",
+                    String::from_utf8_lossy(&r.body)
+                );
+                assert_eq!(sha256(&r.body), b, "blob bytes do not match their digest");
+                seen.push(b);
+            }
+        }
+        seen.sort();
+        seen
+    }
+}
+
+fn metric(prefix: &str, event: &str) -> u64 {
+    let text = berth_registry::metrics::render();
+    let needle =
+        format!("berth_registry_mirror_events_total{{upstream=\"{prefix}\",event=\"{event}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_multi_arch_image_is_served_by_tag_and_digest_and_then_from_the_cache() {
+    let upstream = Upstream::start().await;
+    // Anonymous tokens for library/*; docker.io's single names gain library/.
+    let index = upstream.push_multi_arch("library/app", "v1", "one").await;
+    let mirror = Mirror::start(&upstream, &[("docker.io", 300, false)]).await;
+
+    let by_tag = mirror.pull("docker.io/app", "v1").await;
+    assert_eq!(
+        by_tag.len(),
+        7,
+        "index, two manifests, two configs, two layers"
+    );
+    assert!(by_tag.contains(&index));
+    let blob_fetches = upstream.requests("/blobs/");
+    let manifest_fetches = upstream.requests("/manifests/");
+    assert!(blob_fetches >= 4, "{:?}", upstream.log.lock().unwrap());
+
+    // Again, by tag (within its freshness window), by digest, under the
+    // long name and in containerd's mirror form: nothing reaches upstream.
+    assert_eq!(mirror.pull("docker.io/app", "v1").await, by_tag);
+    assert_eq!(mirror.pull("docker.io/library/app", &index).await, by_tag);
+    let r = mirror
+        .get("/v2/library/app/manifests/v1?ns=docker.io")
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("docker-content-digest"), index);
+    assert_eq!(upstream.requests("/blobs/"), blob_fetches);
+    assert_eq!(upstream.requests("/manifests/"), manifest_fetches);
+    assert!(metric("docker.io", "hit") >= 7);
+
+    // HEAD of a cached blob answers from the cache too; a Range works.
+    let blob = by_tag.iter().find(|d| **d != index).unwrap();
+    let r = send(
+        &mirror.app,
+        None,
+        "127.0.0.1:2",
+        Method::GET,
+        &format!("/v2/docker.io/library/app/blobs/{blob}"),
+        &[("range", "bytes=0-0")],
+        Bytes::new(),
+    )
+    .await;
+    assert!(r.status == StatusCode::PARTIAL_CONTENT || r.status == StatusCode::OK);
+}
+
+#[tokio::test]
+async fn credentials_reach_the_upstream_and_never_the_client() {
+    let upstream = Upstream::start().await;
+    let index = upstream.push_multi_arch("team/app", "v1", "private").await;
+    // Without credentials the upstream refuses; with reader's it serves.
+    let mirror = Mirror::start(
+        &upstream,
+        &[("anon.test", 300, false), ("private.test", 300, true)],
+    )
+    .await;
+    let r = mirror.get("/v2/anon.test/team/app/manifests/v1").await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        text.contains(&upstream.url) && text.contains("401"),
+        "{text}"
+    );
+    let all = mirror.pull("private.test/team/app", "v1").await;
+    assert!(all.contains(&index));
+    let t = format!("{:?}{}", r.headers, String::from_utf8_lossy(&r.body));
+    assert!(
+        !t.contains(READER_PASSWORD) && !t.contains("Bearer "),
+        "{t}"
+    );
+}
+
+#[tokio::test]
+async fn pushes_to_a_mirror_prefix_are_refused() {
+    let upstream = Upstream::start().await;
+    let mirror = Mirror::start(&upstream, &[("docker.io", 300, false)]).await;
+    for (method, uri) in [
+        (Method::POST, "/v2/docker.io/library/app/blobs/uploads/"),
+        (Method::PUT, "/v2/docker.io/library/app/manifests/v1"),
+    ] {
+        let r = send(
+            &mirror.app,
+            None,
+            "127.0.0.1:2",
+            method,
+            uri,
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert_eq!(r.code(), "DENIED");
+        assert!(String::from_utf8_lossy(&r.body).contains("read-only"));
+    }
+    // Outside the prefixes the mirror is an ordinary registry.
+    let r = send(
+        &mirror.app,
+        None,
+        "127.0.0.1:2",
+        Method::POST,
+        "/v2/team/app/blobs/uploads/",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn when_the_upstream_fails_cached_images_still_pull_and_uncached_ones_fail_clearly() {
+    let mut upstream = Upstream::start().await;
+    let index = upstream
+        .push_multi_arch("library/app", "v1", "cached")
+        .await;
+    upstream
+        .push_multi_arch("library/other", "v1", "never")
+        .await;
+    // Freshness 0: every tag request asks the upstream first.
+    let mirror = Mirror::start(&upstream, &[("stale.test", 0, false)]).await;
+    let cached = mirror.pull("stale.test/library/app", "v1").await;
+    let stale_before = metric("stale.test", "stale");
+
+    // Rate limited: the cached tag is served, with a Warning.
+    upstream.fail.store(429, Ordering::SeqCst);
+    let r = mirror.get("/v2/stale.test/library/app/manifests/v1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("warning"), "110 - \"response is stale\"");
+    assert_eq!(r.header("docker-content-digest"), index);
+    let r = mirror
+        .get("/v2/stale.test/library/other/manifests/v1")
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(String::from_utf8_lossy(&r.body).contains("429"));
+    upstream.fail.store(0, Ordering::SeqCst);
+
+    // Stopped: everything cached still pulls; the rest fails naming it.
+    upstream.stop().await;
+    assert_eq!(mirror.pull("stale.test/library/app", "v1").await, cached);
+    assert!(metric("stale.test", "stale") >= stale_before + 2);
+    let r = mirror
+        .get("/v2/stale.test/library/other/manifests/v1")
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        text.contains("not cached") && text.contains(&upstream.url) && text.contains("reached"),
+        "{text}"
+    );
+    assert!(metric("stale.test", "upstream_error") >= 2);
+    drop(upstream.dir);
+}
+
+#[tokio::test]
+async fn a_moved_tag_is_seen_after_its_freshness_window_and_not_before() {
+    let upstream = Upstream::start().await;
+    let first = upstream.push_multi_arch("library/app", "v1", "first").await;
+    let mirror = Mirror::start(&upstream, &[("fresh.test", 2, false)]).await;
+    let tag = "/v2/fresh.test/library/app/manifests/v1";
+    assert_eq!(mirror.get(tag).await.header("docker-content-digest"), first);
+    let second = upstream
+        .push_multi_arch("library/app", "v1", "second")
+        .await;
+    assert_ne!(first, second);
+    assert_eq!(mirror.get(tag).await.header("docker-content-digest"), first);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        mirror.get(tag).await.header("docker-content-digest"),
+        second
+    );
+    assert!(
+        mirror
+            .pull("fresh.test/library/app", "v1")
+            .await
+            .contains(&second)
+    );
+    // An unchanged tag costs a HEAD after the window, not a GET.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let gets = upstream
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("GET") && l.contains("/manifests/v1"))
+        .count();
+    assert_eq!(
+        mirror.get(tag).await.header("docker-content-digest"),
+        second
+    );
+    let after = upstream
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("GET") && l.contains("/manifests/v1"))
+        .count();
+    assert_eq!(gets, after);
+}
+
+#[tokio::test]
+async fn concurrent_pulls_of_one_uncached_blob_share_one_upstream_fetch() {
+    let upstream = Upstream::start().await;
+    // 64 MiB of bytes that do not repeat in any short period.
+    let mut big = vec![0u8; 64 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for chunk in big.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let digest = upstream.push_blob("library/big", &big).await;
+    let big = Arc::new(big);
+    let mirror = Mirror::start(&upstream, &[("docker.io", 300, false)]).await;
+    let client = reqwest::Client::new();
+    let url = format!(
+        "http://{}/v2/docker.io/library/big/blobs/{digest}",
+        mirror.addr
+    );
+    let started = std::time::Instant::now();
+    let pulls: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let r = client.get(&url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap()
+            })
+        })
+        .collect();
+    for p in pulls {
+        let body = p.await.unwrap();
+        assert_eq!(body.len(), big.len());
+        assert!(body[..] == big[..], "a client got different bytes");
+    }
+    eprintln!(
+        "20 concurrent pulls of a 64 MiB uncached blob: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let fetches = upstream
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("GET") && l.contains(&digest))
+        .count();
+    assert_eq!(fetches, 1, "{:?}", upstream.log.lock().unwrap());
+}
+
+#[tokio::test]
+async fn the_containerd_mirror_form_and_a_blob_head_reach_the_upstream_once() {
+    let upstream = Upstream::start().await;
+    let index = upstream.push_multi_arch("library/app", "v1", "ctr").await;
+    let mirror = Mirror::start(&upstream, &[("docker.io", 300, false)]).await;
+    let r = mirror
+        .get("/v2/library/app/manifests/v1?ns=docker.io")
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.header("docker-content-digest"), index);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let child = v["manifests"][0]["digest"].as_str().unwrap();
+    let r = mirror
+        .get(&format!("/v2/library/app/manifests/{child}?ns=docker.io"))
+        .await;
+    let m: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap();
+    let size = m["layers"][0]["size"].as_u64().unwrap();
+    let head = send(
+        &mirror.app,
+        None,
+        "127.0.0.1:2",
+        Method::HEAD,
+        &format!("/v2/library/app/blobs/{layer}?ns=docker.io"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.header("content-length"), size.to_string());
+    let r = mirror
+        .get(&format!("/v2/library/app/blobs/{layer}?ns=docker.io"))
+        .await;
+    assert_eq!(sha256(&r.body), layer);
+    // The same image under the short name is the same cache entry.
+    let before = upstream.requests("/blobs/");
+    let r = mirror
+        .get(&format!("/v2/docker.io/app/blobs/{layer}"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(upstream.requests("/blobs/"), before);
+}
