@@ -1033,8 +1033,8 @@ async fn images_pods_run_are_kept_by_gc_and_retention_and_the_dry_run_says_why()
     store.gc(&o).await.unwrap();
     store.gc(&o).await.unwrap();
     assert_eq!(tags(&reg, "team/app").await, ["b2", "b3", "b4"]);
-    for i in 1..4 {
-        assert_pullable(&reg, "team/app", &team[i]).await;
+    for image in &team[1..4] {
+        assert_pullable(&reg, "team/app", image).await;
     }
     assert_pullable(&reg, "team/app", &running).await;
 
@@ -1159,4 +1159,66 @@ async fn the_last_run_is_recorded_in_storage_and_served() {
         run.finished
     );
     assert_eq!(store.last_gc_run().await.unwrap(), Some(run));
+}
+
+#[tokio::test]
+async fn the_gc_record_is_served_to_any_login_and_to_the_operator_s_robot_token_only() {
+    use base64::Engine as _;
+    let reg = common::Secured::new(false).await;
+    let anonymous = reg
+        .send_as(None, Method::GET, "/berth/v1/gc", &[], Bytes::new())
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    // bob may only pull team/*: any login reads the counts (no names in them).
+    let bob = reg
+        .send_as(Some("bob"), Method::GET, "/berth/v1/gc", &[], Bytes::new())
+        .await;
+    assert_eq!(bob.status, StatusCode::NOT_FOUND, "no run recorded yet");
+    let store = berth_registry::filesystem_store(&reg.dir.path().join("data")).unwrap();
+    store
+        .record_gc_run(&GcReport::default().record(None))
+        .await
+        .unwrap();
+    // The operator's token: a robot with no grants, signed with the registry's key.
+    let private = std::fs::read(
+        reg.dir
+            .path()
+            .join("keys")
+            .join(berth_access::keys::SIGNING_KEY_FILE),
+    )
+    .unwrap();
+    let signer = berth_access::Signer::from_pem(&private).unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let token = signer
+        .sign(&berth_access::Claims {
+            iss: "hub.test".into(),
+            sub: berth_access::Claims::robot_subject("berth-operator"),
+            aud: "hub.test".into(),
+            exp: now + 300,
+            nbf: now,
+            iat: now,
+            jti: "j".into(),
+            access: Vec::new(),
+            kind: berth_access::TokenKind::Robot,
+            groups: Vec::new(),
+            uid: None,
+        })
+        .unwrap();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("berth-robot:{token}"))
+    );
+    let got = common::send(
+        &reg.app,
+        Some(basic),
+        "192.0.2.7:40000",
+        Method::GET,
+        "/berth/v1/gc",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    let run: berth_access::gc::GcRun = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(run.tags_removed, 0);
 }
