@@ -11,11 +11,14 @@
 //! - [`mirror`]: the registry's mirror (pull-through cache) config file.
 //! - [`config`]: the registry's auth config file, which the operator writes
 //!   from a `Registry`'s spec, and the access policy it holds.
+//! - [`gc`]: the retention rules and in-use images the operator hands the
+//!   registry's garbage collector, and the record of a run it hands back.
 //!
 //! Nothing here does I/O beyond parsing bytes it is given.
 
 pub mod claims;
 pub mod config;
+pub mod gc;
 pub mod keys;
 pub mod mirror;
 pub mod repository;

@@ -36,6 +36,9 @@ pub const FINALIZER: &str = "berth.dev/cleanup";
 pub struct AuthOutcome {
     pub state: AuthState,
     pub next_step: Option<Timestamp>,
+    /// The key that signs now (none with auth off): the operator's own
+    /// token for the registry is signed with it.
+    pub signer: Option<Signer>,
 }
 
 fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
@@ -150,6 +153,7 @@ pub async fn reconcile(
         return Ok(AuthOutcome {
             state: AuthState::Disabled,
             next_step: None,
+            signer: None,
         });
     };
     apply::apply(client, &auth::auth_config_map(registry, names, &config))
@@ -246,7 +250,11 @@ pub async fn reconcile(
             now.checked_add(jiff::SignedDuration::from_secs(30)).ok(),
         );
     }
-    Ok(AuthOutcome { state, next_step })
+    Ok(AuthOutcome {
+        state,
+        next_step,
+        signer: Some(signer),
+    })
 }
 
 /// The namespaces `selector` picks now.

@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+    ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -30,8 +30,9 @@ use kube::{Client, Resource, ResourceExt};
 use crate::apply;
 use crate::auth;
 use crate::certificates;
-use crate::crd::{NodeTrustStatus, Registry};
+use crate::crd::{GcStatus, NodeTrustStatus, Registry};
 use crate::desired::{self, labels};
+use crate::gc;
 use crate::metrics::Metrics;
 use crate::names::{self, Names};
 use crate::node_agent::report;
@@ -328,6 +329,32 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         }
     }
 
+    let gc = if spec.gc.is_off() {
+        apply::delete_owned::<ConfigMap>(
+            client,
+            registry,
+            &names.namespace,
+            &names.gc_config_map(),
+        )
+        .await
+        .map_err(kube_err("removing the GC ConfigMap"))?;
+        None
+    } else {
+        Some(
+            reconcile_gc(
+                ctx,
+                registry,
+                &names,
+                cluster_ip.as_deref(),
+                bundle.as_deref(),
+                auth.signer.as_ref(),
+                &workload,
+                now,
+            )
+            .await?,
+        )
+    };
+
     // What every selected node's agent installs.
     let upstream = cluster_ip
         .as_deref()
@@ -350,6 +377,7 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         node_trust_publish,
         endpoints: names.endpoints(spec),
         auth: auth.state,
+        gc,
     };
     let new_status = status::status(&observed, registry.status.as_ref(), now);
     if registry.status.as_ref() != Some(&new_status) {
@@ -408,7 +436,81 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         .flatten()
         .map(|at| pki::until(now, at))
         .fold(RESYNC, Duration::min);
+    // The in-use list follows new pods, status.gc new runs.
+    let requeue = if spec.gc.is_off() {
+        requeue
+    } else {
+        requeue.min(gc::REFRESH)
+    };
     Ok(Action::requeue(requeue))
+}
+
+/// GC's side of a reconcile: the `<name>-gc` ConfigMap with the retention
+/// rules and the images the cluster's pods run from this registry, and
+/// `status.gc` with the registry's newest run (an Event when it is new).
+#[allow(clippy::too_many_arguments)]
+async fn reconcile_gc(
+    ctx: &Context,
+    registry: &Registry,
+    names: &Names,
+    cluster_ip: Option<&str>,
+    bundle: Option<&str>,
+    signer: Option<&berth_access::Signer>,
+    workload: &WorkloadState,
+    now: Timestamp,
+) -> Result<GcStatus, Error> {
+    let spec = &registry.spec;
+    let pods = Api::<Pod>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err(
+            "listing pods for the images they run, which GC must keep (the operator needs `list` on pods; see the chart's RBAC)",
+        ))?;
+    let hosts = desired::pull_secret::registry_hosts(names, spec, cluster_ip);
+    let in_use = desired::gc::in_use(&pods.items, &hosts);
+    let retention = desired::gc::retention_config(&spec.gc);
+    apply::apply(
+        &ctx.client,
+        &desired::gc::gc_config_map(registry, names, &retention, &in_use),
+    )
+    .await
+    .map_err(kube_err("applying the GC ConfigMap"))?;
+
+    let previous = registry
+        .status
+        .as_ref()
+        .and_then(|s| s.gc.as_ref())
+        .and_then(|g| g.last_run.clone());
+    let mut last_run = previous.clone();
+    let serving = matches!(workload, WorkloadState::Running { ready, .. } if *ready > 0);
+    let upstream = cluster_ip.and_then(|ip| names::upstream(ip, spec.service.port));
+    if let (true, Some(upstream), Some(bundle)) = (serving, upstream, bundle) {
+        match gc::fetch_last_run(&upstream, bundle, names, signer, now).await {
+            Ok(Some(run)) => {
+                if let Some(status) = gc::run_status(&run) {
+                    if let Some((warning, reason, note)) = gc::event(previous.as_ref(), &status) {
+                        let type_ = if warning {
+                            EventType::Warning
+                        } else {
+                            EventType::Normal
+                        };
+                        publish(ctx, registry, type_, reason, "GarbageCollect", note).await;
+                    }
+                    last_run = Some(status);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                registry = %key(registry),
+                error = %e,
+                "could not read the registry's GC record; status.gc keeps the last one seen"
+            ),
+        }
+    }
+    Ok(GcStatus {
+        images_in_use: i64::try_from(in_use.images.len()).unwrap_or(i64::MAX),
+        last_run,
+    })
 }
 
 /// Object storage is usable once its credentials Secret holds both keys;

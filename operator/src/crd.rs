@@ -176,6 +176,7 @@ const WHOLE_DURATION: &str = r"^([0-9]+(ms|s|m|h))+$";
 /// quarantine first, so a push that raced it gets it back; it never needs
 /// read-only mode, and several replicas may run it at once.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.retention) || has(self.interval)").message("gc.retention is applied by GC runs: set gc.interval too"))]
 #[serde(rename_all = "camelCase")]
 pub struct GarbageCollection {
     /// How often to collect (e.g. `6h`). Unset: never.
@@ -189,6 +190,51 @@ pub struct GarbageCollection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = WHOLE_DURATION), length(max = 32))]
     pub grace: Option<String>,
+
+    /// Tags removed before each GC run, by repository glob: for each
+    /// repository the first rule whose glob matches applies; a repository
+    /// no rule matches keeps every tag. Never removed: a tag a running pod
+    /// uses (by name or digest), and every image pods run from this
+    /// registry stays, tagged or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub retention: Vec<RetentionRule>,
+}
+
+/// One retention rule. A tag stays if `protect` matches it, if it is among
+/// the newest `keepLast` of the tags `protect` does not match, if it was
+/// pushed within `keepWithin`, or if a running pod uses it; the others are
+/// removed, and the images only they reached are reclaimed by GC.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.keepLast) || has(self.keepWithin) || has(self.untaggedAfter)").message("a gc.retention rule needs keepLast, keepWithin or untaggedAfter; without them it does nothing"))]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionRule {
+    /// A repository glob: `*` matches any run of characters (also `/`),
+    /// `?` one character (`team/*`, `*`).
+    #[schemars(length(min = 1, max = 255))]
+    pub repositories: String,
+
+    /// Keep the newest N tags (by when each was last pushed) that
+    /// `protect` does not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub keep_last: Option<u32>,
+
+    /// Keep tags pushed within this long (e.g. `720h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = WHOLE_DURATION), length(max = 32))]
+    pub keep_within: Option<String>,
+
+    /// Tag globs never removed (`latest`, `v*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 128)))]
+    pub protect: Vec<String>,
+
+    /// Manifests no tag, index or subject reaches are removed once this
+    /// old (e.g. `24h`), instead of after `gc.grace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = WHOLE_DURATION), length(max = 32))]
+    pub untagged_after: Option<String>,
 }
 
 impl GarbageCollection {
@@ -782,6 +828,47 @@ pub struct RegistryStatus {
     /// ConfigMaps or Services); CA certificates are public.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_trust: Option<NodeTrustStatus>,
+
+    /// Garbage collection: what the newest run did, and how many images
+    /// the cluster's pods run from this registry (GC keeps them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc: Option<GcStatus>,
+}
+
+/// The newest GC run any replica recorded, and what pods use.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcStatus {
+    /// Images (repository and digest or tag) the cluster's pods run from
+    /// this registry: GC keeps them and retention never removes their tags.
+    pub images_in_use: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<GcRunStatus>,
+}
+
+/// One GC run's results.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcRunStatus {
+    /// When it finished.
+    pub time: Time,
+    pub duration_seconds: f64,
+    /// Why it stopped part way (the next run finishes what it left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Tags removed by `gc.retention`.
+    pub tags_removed: i64,
+    /// Tags retention would have removed, kept because a pod runs them.
+    pub tags_kept_in_use: i64,
+    /// Manifests and blobs moved to the quarantine (deleted by a later run
+    /// unless something needs them again), and the blobs' bytes.
+    pub manifests_quarantined: i64,
+    pub blobs_quarantined: i64,
+    pub bytes_quarantined: i64,
+    /// Deleted for good, and the bytes freed.
+    pub manifests_deleted: i64,
+    pub blobs_deleted: i64,
+    pub bytes_reclaimed: i64,
 }
 
 /// Where clients reach the registry (host or host:port, no scheme).

@@ -14,6 +14,7 @@ pub mod crdgen;
 pub mod credential_provider;
 pub mod desired;
 pub mod fixtures;
+pub mod gc;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -93,6 +93,11 @@ impl Names {
         format!("{}-auth", self.name)
     }
 
+    /// The ConfigMap handing GC its retention rules and the images in use.
+    pub fn gc_config_map(&self) -> String {
+        format!("{}-gc", self.name)
+    }
+
     /// The Secret holding the token signing key and the accepted public
     /// keys.
     pub fn token_keys_secret(&self) -> String {

@@ -9,7 +9,9 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{CertificateStatus, Endpoints, NodeCounts, NodeTrustStatus, RegistryStatus};
+use crate::crd::{
+    CertificateStatus, Endpoints, GcStatus, NodeCounts, NodeTrustStatus, RegistryStatus,
+};
 
 pub const READY: &str = "Ready";
 pub const CERTIFICATE_READY: &str = "CertificateReady";
@@ -129,6 +131,8 @@ pub struct Observed {
     pub node_trust_publish: Option<NodeTrustStatus>,
     pub endpoints: Endpoints,
     pub auth: AuthState,
+    /// `status.gc`: `None` when GC is off.
+    pub gc: Option<GcStatus>,
 }
 
 struct Verdict {
@@ -356,6 +360,7 @@ pub fn status(obs: &Observed, previous: Option<&RegistryStatus>, now: Timestamp)
         certificate,
         nodes,
         node_trust,
+        gc: obs.gc.clone(),
     }
 }
 
@@ -414,6 +419,7 @@ mod tests {
                 ui: None,
             },
             auth: AuthState::Enabled { mode: "Kubernetes" },
+            gc: None,
         }
     }
 

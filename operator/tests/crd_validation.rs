@@ -364,3 +364,22 @@ fn garbage_collection_more_often_than_a_minute_is_refused() {
     );
     assert!(refusals(json!({"gc": {"interval": "6h", "grace": "30m"}})).is_empty());
 }
+
+#[test]
+fn a_retention_rule_that_keeps_nothing_or_runs_without_gc_is_refused() {
+    assert_refused(
+        json!({"gc": {"interval": "6h", "retention": [{"repositories": "team/*", "protect": ["latest"]}]}}),
+        "a gc.retention rule needs keepLast, keepWithin or untaggedAfter",
+    );
+    assert_refused(
+        json!({"gc": {"retention": [{"repositories": "*", "keepLast": 3}]}}),
+        "gc.retention is applied by GC runs: set gc.interval too",
+    );
+    assert!(
+        refusals(json!({"gc": {"interval": "6h", "retention": [
+            {"repositories": "team/*", "keepLast": 10, "keepWithin": "720h", "protect": ["latest", "v*"], "untaggedAfter": "24h"},
+            {"repositories": "*", "untaggedAfter": "1h"}
+        ]}}))
+        .is_empty()
+    );
+}

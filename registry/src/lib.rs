@@ -7,6 +7,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod gc_status;
 pub mod limits;
 pub mod metrics;
 pub mod mirror;
@@ -146,6 +147,7 @@ pub fn router_features(
         .route("/v1/_ping", get(search::ping))
         .route("/v1/search", get(search::search))
         .route("/berth/v1/audit", get(audit::http::get))
+        .route("/berth/v1/gc", get(gc_status::get))
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",

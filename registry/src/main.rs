@@ -70,6 +70,14 @@ struct GcArgs {
     /// in this run, which is safe only when no registry serves the data.
     #[arg(long, default_value = "10m", value_parser = duration)]
     quarantine: std::time::Duration,
+    /// Retention rules (JSON, as the operator writes them): tags they do not
+    /// keep are removed before marking (with --dry-run: listed as "untag").
+    #[arg(long)]
+    retention: Option<PathBuf>,
+    /// Images in use (JSON, as the operator writes them): roots, and tags
+    /// retention keeps (listed as "keep (in use)").
+    #[arg(long)]
+    in_use: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -181,6 +189,17 @@ struct Serve {
     /// the longest manifest PUT.
     #[arg(long, env = "BERTH_GC_QUARANTINE", default_value = "10m", value_parser = duration)]
     gc_quarantine: std::time::Duration,
+    /// Retention rules (JSON: {"rules":[{"repositories":"team/*","keepLast":10,
+    /// "keepWithinSeconds":604800,"protect":["latest","v*"],"untaggedAfterSeconds":86400}]}),
+    /// re-read before every GC run; the tags they do not keep are removed.
+    #[arg(long, env = "BERTH_GC_RETENTION")]
+    gc_retention: Option<PathBuf>,
+    /// The images running pods use (JSON: {"images":[{"repository":"team/app",
+    /// "digest":"sha256:...","tag":"v1"}]}), re-read before every GC run: GC
+    /// keeps them and retention never removes their tags. A run is skipped
+    /// while the file cannot be read.
+    #[arg(long, env = "BERTH_GC_IN_USE")]
+    gc_in_use: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -375,15 +394,24 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
                 quarantine_secs = args.gc_quarantine.as_secs(),
                 "garbage collection on"
             );
+            let sources = berth_registry::storage::gc::GcSources {
+                retention: args.gc_retention.clone(),
+                in_use: args.gc_in_use.clone(),
+            };
+            // Re-read before every run; a run is skipped while one cannot be
+            // used (the operator may not have written it yet).
+            if let Err(e) = sources.load(&Default::default()) {
+                tracing::warn!(error = %e, "GC input not usable yet: runs are skipped until it is");
+            }
             tokio::spawn(berth_registry::storage::gc::run_periodically(
                 store.clone(),
                 interval,
                 berth_registry::storage::gc::GcOptions {
                     grace: args.gc_grace,
                     quarantine: args.gc_quarantine,
-                    dry_run: false,
-                    list: false,
+                    ..Default::default()
                 },
+                sources,
             ));
         }
         None => tracing::info!("garbage collection off (set --gc-interval to reclaim space)"),
@@ -424,12 +452,17 @@ fn gc_once(args: &GcArgs) -> anyhow::Result<()> {
             args.data.display()
         )
     })?;
-    let opts = GcOptions {
+    let sources = berth_registry::storage::gc::GcSources {
+        retention: args.retention.clone(),
+        in_use: args.in_use.clone(),
+    };
+    let opts = sources.load(&GcOptions {
         grace: args.grace,
         quarantine: args.quarantine,
         dry_run: args.dry_run,
         list: true,
-    };
+        ..GcOptions::default()
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -454,8 +487,10 @@ fn gc_once(args: &GcArgs) -> anyhow::Result<()> {
     let sum = |f: fn(&GcReport) -> u64| reports.iter().map(f).sum::<u64>();
     writeln!(
         out,
-        "{}: {} objects and {} bytes reclaimed ({} manifests, {} blobs deleted); {} manifests and {} blobs ({} bytes) quarantined; {} kept manifests, {} kept blobs; {:.3} s",
+        "{}: {} tags removed by retention ({} kept because in use); {} objects and {} bytes reclaimed ({} manifests, {} blobs deleted); {} manifests and {} blobs ({} bytes) quarantined; {} kept manifests, {} kept blobs; {:.3} s",
         if args.dry_run { "dry run" } else { "gc" },
+        sum(|r| r.tags_removed as u64),
+        sum(|r| r.tags_kept_in_use as u64),
         sum(|r| r.objects_reclaimed() as u64),
         sum(|r| r.bytes_reclaimed),
         sum(|r| r.manifests_deleted as u64),

@@ -78,6 +78,8 @@ struct GcMetrics {
     reclaimed_bytes: Counter,
     quarantined_objects: Counter,
     restored_objects: Counter,
+    retention_tags_removed: Counter,
+    retention_tags_kept_in_use: Counter,
     last_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -89,6 +91,8 @@ impl GcMetrics {
             reclaimed_bytes: Counter::default(),
             quarantined_objects: Counter::default(),
             restored_objects: Counter::default(),
+            retention_tags_removed: Counter::default(),
+            retention_tags_kept_in_use: Counter::default(),
             last_duration: Gauge::default(),
         };
         registry.register(
@@ -115,6 +119,16 @@ impl GcMetrics {
             "gc_restored_objects",
             "Quarantined objects moved back because something referenced them again",
             m.restored_objects.clone(),
+        );
+        registry.register(
+            "gc_retention_tags_removed",
+            "Tags removed by retention rules",
+            m.retention_tags_removed.clone(),
+        );
+        registry.register(
+            "gc_retention_tags_kept_in_use",
+            "Tags retention would have removed, kept because a running pod uses them (counted per run)",
+            m.retention_tags_kept_in_use.clone(),
         );
         registry.register(
             "gc_last_duration_seconds",
@@ -355,6 +369,9 @@ pub fn gc_run(ok: bool, report: &crate::storage::gc::GcReport, took: Duration) {
         m.reclaimed_bytes.inc_by(report.bytes_reclaimed);
         m.quarantined_objects
             .inc_by((report.blobs_quarantined + report.manifests_quarantined) as u64);
+        m.retention_tags_removed.inc_by(report.tags_removed as u64);
+        m.retention_tags_kept_in_use
+            .inc_by(report.tags_kept_in_use as u64);
     }
     m.last_duration.set(took.as_secs_f64());
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use berth_registry::Store;
-use berth_registry::storage::gc::{GcAction, GcOptions, GcReport};
+use berth_registry::storage::gc::{GcAction, GcOptions, GcReport, GcSources};
+use berth_registry::storage::retention::{InUse, RetentionConfig, RetentionRule};
 use bytes::Bytes;
 use common::{OCI_MANIFEST, Registry, sha256};
 
@@ -34,6 +35,7 @@ fn opts(grace: Duration, quarantine: Duration) -> GcOptions {
         quarantine,
         dry_run: false,
         list: true,
+        ..GcOptions::default()
     }
 }
 
@@ -839,4 +841,384 @@ async fn a_gc_killed_at_any_step_leaves_a_store_the_next_gc_completes() {
     assert!(!files.contains("_gc/trash"), "{files}");
     assert!(!files.contains(hex(&doomed.digest)), "{files}");
     assert!(!files.contains(hex(&sha256(b"orphan 2"))), "{files}");
+}
+
+/// Sets when `repo`'s tag was last pushed, `age` ago.
+fn push_time(reg: &Registry, repo: &str, tag: &str, age: Duration) {
+    let path = reg
+        .dir
+        .path()
+        .join(format!("repositories/{repo}/_manifests/tags/{tag}"));
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - age)
+        .unwrap();
+}
+
+fn in_use(images: &[(&str, Option<&str>, Option<&str>)]) -> InUse {
+    serde_json::from_value(serde_json::json!({
+        "images": images
+            .iter()
+            .map(|(r, d, t)| serde_json::json!({"repository": r, "digest": d, "tag": t}))
+            .collect::<Vec<_>>()
+    }))
+    .unwrap()
+}
+
+fn rules(json: serde_json::Value) -> RetentionConfig {
+    serde_json::from_value(serde_json::json!({ "rules": json })).unwrap()
+}
+
+/// Four builds tagged b1 (oldest) .. b4, `latest` on b1's image, each
+/// image with a layer of its own.
+async fn builds(reg: &Registry, repo: &str) -> Vec<Image> {
+    let mut images = Vec::new();
+    for i in 1..=4u64 {
+        let tag = format!("b{i}");
+        let image = push_image(
+            reg,
+            repo,
+            Some(&tag),
+            format!("{{\"build\":{i}}}").as_bytes(),
+            &[format!("{repo} layer {i}").into_bytes()],
+            "",
+        )
+        .await;
+        push_time(reg, repo, &tag, Duration::from_secs(3600 * (10 - i)));
+        images.push(image);
+    }
+    let r = reg.put_manifest(repo, "latest", &images[0].body).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    push_time(reg, repo, "latest", Duration::from_secs(3600 * 20));
+    images
+}
+
+async fn tags(reg: &Registry, repo: &str) -> Vec<String> {
+    let r = reg.get(&format!("/v2/{repo}/tags/list")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let mut t: Vec<String> = v["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    t.sort();
+    t
+}
+
+#[tokio::test]
+async fn retention_removes_the_tags_it_does_not_keep_and_their_images_go_through_the_quarantine() {
+    let (reg, store) = registry();
+    let team = builds(&reg, "team/app").await;
+    builds(&reg, "other/app").await;
+    let retention = rules(serde_json::json!([
+        {"repositories": "team/*", "keepLast": 2, "protect": ["latest"]}
+    ]));
+
+    // The dry run lists the tags and what would follow them; nothing changes.
+    let before = reg.files();
+    let dry = GcOptions {
+        dry_run: true,
+        retention: retention.clone(),
+        ..opts(Duration::ZERO, Duration::ZERO)
+    };
+    let r = store.gc(&dry).await.unwrap();
+    assert_eq!(reg.files(), before);
+    assert_eq!(r.tags_removed, 2);
+    let listed: Vec<String> = r.items.iter().map(|i| i.to_string()).collect();
+    for t in ["b1", "b2"] {
+        assert!(
+            listed
+                .iter()
+                .any(|l| l == &format!("untag repositories/team/app/_manifests/tags/{t}")),
+            "{t}: {listed:?}"
+        );
+    }
+    // b2's image is reachable from no kept tag: the dry run quarantines it.
+    assert!(
+        listed
+            .iter()
+            .any(|l| l.starts_with("quarantine") && l.contains(hex(&team[1].digest))),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.iter().any(|l| l.contains(hex(&team[0].digest))),
+        "b1's image is still tagged latest: {listed:?}"
+    );
+
+    let o = GcOptions {
+        retention,
+        ..opts(Duration::ZERO, Duration::ZERO)
+    };
+    let first = store.gc(&o).await.unwrap();
+    assert_eq!(first.tags_removed, 2);
+    assert_eq!(first.manifests_quarantined, 1, "{:?}", first.items);
+    let second = store.gc(&o).await.unwrap();
+    assert_eq!(second.tags_removed, 0);
+    assert_eq!(second.manifests_deleted, 1);
+    assert_eq!(tags(&reg, "team/app").await, ["b3", "b4", "latest"]);
+    assert_eq!(
+        tags(&reg, "other/app").await,
+        ["b1", "b2", "b3", "b4", "latest"],
+        "a repository no rule matches keeps every tag"
+    );
+    assert_eq!(
+        reg.get(&format!("/v2/team/app/manifests/{}", team[1].digest))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    for i in [0, 2, 3] {
+        assert_pullable(&reg, "team/app", &team[i]).await;
+    }
+}
+
+#[tokio::test]
+async fn images_pods_run_are_kept_by_gc_and_retention_and_the_dry_run_says_why() {
+    let (reg, store) = registry();
+    let team = builds(&reg, "team/app").await;
+    // Pushed by digest only, and a pod runs it.
+    let running = push_image(
+        &reg,
+        "team/app",
+        None,
+        b"{\"running\":1}",
+        &[b"running layer".to_vec()],
+        "",
+    )
+    .await;
+    // b2 by digest (from a pod's imageID, through another host name), b3
+    // by the tag its `image:` names.
+    let in_use = in_use(&[
+        ("team/app", Some(&team[1].digest), None),
+        ("team/app", None, Some("b3")),
+        ("team/app", Some(&running.digest), None),
+    ]);
+    let retention = rules(serde_json::json!([{"repositories": "*", "keepLast": 1}]));
+
+    let dry = GcOptions {
+        dry_run: true,
+        retention: retention.clone(),
+        in_use: in_use.clone(),
+        ..opts(Duration::ZERO, Duration::ZERO)
+    };
+    let r = store.gc(&dry).await.unwrap();
+    assert_eq!(
+        (r.tags_removed, r.tags_kept_in_use),
+        (2, 2),
+        "{:?}",
+        r.items
+    );
+    assert_eq!(r.manifests_kept_in_use, 1);
+    let listed: Vec<String> = r.items.iter().map(|i| i.to_string()).collect();
+    for kept in [
+        "keep (in use) repositories/team/app/_manifests/tags/b2".to_owned(),
+        "keep (in use) repositories/team/app/_manifests/tags/b3".to_owned(),
+        format!(
+            "keep (in use) repositories/team/app/_manifests/revisions/sha256/{}",
+            hex(&running.digest)
+        ),
+    ] {
+        assert!(listed.contains(&kept), "{kept}: {listed:?}");
+    }
+
+    let o = GcOptions {
+        retention: retention.clone(),
+        in_use: in_use.clone(),
+        ..opts(Duration::ZERO, Duration::ZERO)
+    };
+    store.gc(&o).await.unwrap();
+    store.gc(&o).await.unwrap();
+    assert_eq!(tags(&reg, "team/app").await, ["b2", "b3", "b4"]);
+    for image in &team[1..4] {
+        assert_pullable(&reg, "team/app", image).await;
+    }
+    assert_pullable(&reg, "team/app", &running).await;
+
+    // The pod is gone: the next runs reclaim its image.
+    let o = GcOptions {
+        retention,
+        ..opts(Duration::ZERO, Duration::ZERO)
+    };
+    store.gc(&o).await.unwrap();
+    store.gc(&o).await.unwrap();
+    assert_eq!(tags(&reg, "team/app").await, ["b4"]);
+    assert_eq!(
+        reg.get(&format!("/v2/team/app/manifests/{}", running.digest))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn an_image_a_pod_runs_comes_back_from_the_quarantine() {
+    let (reg, store) = registry();
+    let image = push_image(
+        &reg,
+        "team/app",
+        None,
+        b"{\"late\":1}",
+        &[b"late layer".to_vec()],
+        "",
+    )
+    .await;
+    // Quarantined before the operator saw the pod...
+    let r = store
+        .gc(&opts(Duration::ZERO, Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert_eq!(r.manifests_quarantined, 1);
+    // ...and kept, with its blobs, by the next run that does.
+    let o = GcOptions {
+        in_use: in_use(&[("team/app", Some(&image.digest), None)]),
+        ..opts(Duration::ZERO, Duration::ZERO)
+    };
+    store.gc(&o).await.unwrap();
+    store.gc(&o).await.unwrap();
+    let files = reg.files().join("\n");
+    assert!(!files.contains("_gc/trash"), "{files}");
+    assert_pullable(&reg, "team/app", &image).await;
+}
+
+#[tokio::test]
+async fn untagged_after_sets_the_grace_of_untagged_manifests_per_repository() {
+    let (reg, store) = registry();
+    let ci = push_image(&reg, "ci/app", None, b"{\"ci\":1}", &[b"ci".to_vec()], "").await;
+    let team = push_image(&reg, "team/app", None, b"{\"t\":1}", &[b"t".to_vec()], "").await;
+    let o = GcOptions {
+        retention: rules(serde_json::json!([{"repositories": "ci/*", "untaggedAfterSeconds": 0}])),
+        ..opts(Duration::from_secs(3600), Duration::ZERO)
+    };
+    let r = store.gc(&o).await.unwrap();
+    assert_eq!(r.manifests_quarantined, 1);
+    store.gc(&o).await.unwrap();
+    assert_eq!(
+        reg.get(&format!("/v2/ci/app/manifests/{}", ci.digest))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_pullable(&reg, "team/app", &team).await;
+}
+
+#[tokio::test]
+async fn gc_inputs_are_read_from_files_and_an_unreadable_in_use_list_stops_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = dir.path().join("retention.json");
+    let used = dir.path().join("in-use.json");
+    std::fs::write(
+        &retention,
+        r#"{"rules":[{"repositories":"*","keepLast":3,"protect":["v*"]}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        &used,
+        r#"{"images":[{"repository":"a/b","digest":"sha256:00"}]}"#,
+    )
+    .unwrap();
+    let sources = GcSources {
+        retention: Some(retention),
+        in_use: Some(used.clone()),
+    };
+    let o = sources.load(&GcOptions::default()).unwrap();
+    assert_eq!(o.retention.rules[0].keep_last, Some(3));
+    assert_eq!(o.in_use.images.len(), 1);
+    let _: &RetentionRule = &o.retention.rules[0];
+
+    std::fs::remove_file(&used).unwrap();
+    let e = sources.load(&GcOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("in-use.json"), "{e}");
+    std::fs::write(&used, "not json").unwrap();
+    assert!(sources.load(&GcOptions::default()).is_err());
+}
+
+#[tokio::test]
+async fn the_last_run_is_recorded_in_storage_and_served() {
+    let (reg, store) = registry();
+    assert_eq!(reg.get("/berth/v1/gc").await.status, StatusCode::NOT_FOUND);
+    builds(&reg, "team/app").await;
+    let o = GcOptions {
+        retention: rules(serde_json::json!([{"repositories": "*", "keepLast": 3}])),
+        ..opts(Duration::ZERO, Duration::ZERO)
+    };
+    let r = store.gc(&o).await.unwrap();
+    store.record_gc_run(&r.record(None)).await.unwrap();
+    let got = reg.get("/berth/v1/gc").await;
+    assert_eq!(got.status, StatusCode::OK);
+    let run: berth_access::gc::GcRun = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(run.tags_removed, 2);
+    assert_eq!(run.manifests_quarantined, 1);
+    assert!(run.error.is_none());
+    assert!(
+        run.finished.parse::<jiff::Timestamp>().is_ok(),
+        "{}",
+        run.finished
+    );
+    assert_eq!(store.last_gc_run().await.unwrap(), Some(run));
+}
+
+#[tokio::test]
+async fn the_gc_record_is_served_to_any_login_and_to_the_operator_s_robot_token_only() {
+    use base64::Engine as _;
+    let reg = common::Secured::new(false).await;
+    let anonymous = reg
+        .send_as(None, Method::GET, "/berth/v1/gc", &[], Bytes::new())
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    // bob may only pull team/*: any login reads the counts (no names in them).
+    let bob = reg
+        .send_as(Some("bob"), Method::GET, "/berth/v1/gc", &[], Bytes::new())
+        .await;
+    assert_eq!(bob.status, StatusCode::NOT_FOUND, "no run recorded yet");
+    let store = berth_registry::filesystem_store(&reg.dir.path().join("data")).unwrap();
+    store
+        .record_gc_run(&GcReport::default().record(None))
+        .await
+        .unwrap();
+    // The operator's token: a robot with no grants, signed with the registry's key.
+    let private = std::fs::read(
+        reg.dir
+            .path()
+            .join("keys")
+            .join(berth_access::keys::SIGNING_KEY_FILE),
+    )
+    .unwrap();
+    let signer = berth_access::Signer::from_pem(&private).unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let token = signer
+        .sign(&berth_access::Claims {
+            iss: "hub.test".into(),
+            sub: berth_access::Claims::robot_subject("berth-operator"),
+            aud: "hub.test".into(),
+            exp: now + 300,
+            nbf: now,
+            iat: now,
+            jti: "j".into(),
+            access: Vec::new(),
+            kind: berth_access::TokenKind::Robot,
+            groups: Vec::new(),
+            uid: None,
+        })
+        .unwrap();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("berth-robot:{token}"))
+    );
+    let got = common::send(
+        &reg.app,
+        Some(basic),
+        "192.0.2.7:40000",
+        Method::GET,
+        "/berth/v1/gc",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    let run: berth_access::gc::GcRun = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(run.tags_removed, 0);
 }

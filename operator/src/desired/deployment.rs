@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{AuthMode, Registry};
-use crate::desired::{auth, labels, owner, storage};
+use crate::desired::{auth, gc, labels, owner, storage};
 use crate::names::Names;
 
 /// The port the registry listens on inside the pod (unprivileged).
@@ -74,6 +74,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
         .chain(auth_args.into_iter().flatten())
         .collect();
     let (auth_mounts, auth_volumes) = auth_volumes(registry, names, auth_config.is_some());
+    let (gc_mounts, gc_volumes) = gc_volumes(registry, names);
     let template_annotations = auth_config
         .as_ref()
         .map(|c| BTreeMap::from([(AUTH_CONFIG_HASH.to_owned(), auth::config_hash(c))]));
@@ -126,6 +127,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                     },
                 ])
                 .chain(auth_mounts)
+                .chain(gc_mounts)
                 .collect(),
         ),
         env: Some(storage.env).filter(|e| !e.is_empty()),
@@ -202,6 +204,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                                 },
                             ])
                             .chain(auth_volumes)
+                            .chain(gc_volumes)
                             .collect(),
                     ),
                     ..PodSpec::default()
@@ -222,7 +225,8 @@ fn ui_args(registry: &Registry) -> Vec<String> {
     }
 }
 
-/// `--gc-interval` and `--gc-grace` when GC is on.
+/// `--gc-interval` and `--gc-grace` when GC is on, and the files of the
+/// `<name>-gc` ConfigMap (retention rules, images in use).
 fn gc_args(registry: &Registry) -> Vec<String> {
     let gc = &registry.spec.gc;
     let Some(interval) = &gc.interval else {
@@ -232,7 +236,39 @@ fn gc_args(registry: &Registry) -> Vec<String> {
     if let Some(grace) = &gc.grace {
         args.extend(["--gc-grace".to_owned(), grace.clone()]);
     }
+    args.extend([
+        "--gc-retention".to_owned(),
+        format!("{}/{}", gc::GC_DIR, gc::RETENTION_FILE),
+        "--gc-in-use".to_owned(),
+        format!("{}/{}", gc::GC_DIR, gc::IN_USE_FILE),
+    ]);
     args
+}
+
+/// The `<name>-gc` ConfigMap, read-only, when GC is on. Optional: until the
+/// operator has listed the pods once, the registry skips its GC runs (it
+/// never collects without knowing what runs) rather than not starting.
+fn gc_volumes(registry: &Registry, names: &Names) -> (Vec<VolumeMount>, Vec<Volume>) {
+    if registry.spec.gc.is_off() {
+        return (Vec::new(), Vec::new());
+    }
+    (
+        vec![VolumeMount {
+            name: "gc".into(),
+            mount_path: gc::GC_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }],
+        vec![Volume {
+            name: "gc".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.gc_config_map(),
+                optional: Some(true),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        }],
+    )
 }
 
 /// `Recreate` for a volume one pod at a time can mount; otherwise a new
@@ -454,6 +490,42 @@ mod tests {
         let off = fixtures::registry_with(|s| s.ui.enabled = false);
         let a = args(&off);
         assert!(a.windows(2).any(|w| w == ["--ui", "off"]), "{a:?}");
+    }
+
+    #[test]
+    fn with_gc_on_the_registry_reads_retention_and_images_in_use_from_the_gc_config_map() {
+        let on = fixtures::registry_with(|s| s.gc.interval = Some("6h".into()));
+        let d = build(&on);
+        let c = container(&d);
+        let a = c.args.clone().unwrap_or_default();
+        assert!(
+            a.windows(2)
+                .any(|w| w == ["--gc-in-use", "/etc/berth/gc/in-use.json"]),
+            "{a:?}"
+        );
+        assert!(
+            a.windows(2)
+                .any(|w| w == ["--gc-retention", "/etc/berth/gc/retention.json"]),
+            "{a:?}"
+        );
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "gc")
+            .expect("gc mount");
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod(&d)
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "gc")
+            .expect("gc volume");
+        let cm = volume.config_map.as_ref().expect("a ConfigMap");
+        assert_eq!(cm.name, "hub-gc");
+        assert_eq!(cm.optional, Some(true));
+        let off = build(&fixtures::registry());
+        assert!(!pod(&off).volumes.iter().flatten().any(|v| v.name == "gc"));
     }
 
     #[test]

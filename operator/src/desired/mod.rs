@@ -12,6 +12,7 @@ pub mod ca_bundle;
 pub mod certificate;
 pub mod deployment;
 pub mod disruption_budget;
+pub mod gc;
 pub mod ingress;
 pub mod labels;
 pub mod owner;

@@ -17,6 +17,15 @@
 //! links whose blob is gone everywhere are removed, and so is the
 //! `_referrers` entry of a revision that is gone.
 //!
+//! # Retention and images in use
+//!
+//! Before a repository is marked, its retention rule (if any, see
+//! `retention.rs`) removes tags: the manifests they alone reached become
+//! unreachable and take the same path as any other (quarantine, then
+//! delete), so the guarantee below holds for them too. Digests in the
+//! operator's in-use list are roots in every repository that holds them,
+//! with everything they reference, however old and untagged.
+//!
 //! # The race, and why it cannot happen here
 //!
 //! Distribution and Harbor lose layers this way: a client learns a blob
@@ -95,11 +104,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use berth_access::gc::GcRun;
 use bytes::Bytes;
 
+use super::retention::{self, InUse, InUseIndex, RetentionConfig};
 use super::{StorageError, Store, layout};
 use crate::oci::manifest::{self, Descriptor};
 use crate::oci::{Digest, Name};
@@ -157,6 +169,10 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// Record every object acted on in [`GcReport::items`].
     pub list: bool,
+    /// Tags removed before marking, per repository glob.
+    pub retention: RetentionConfig,
+    /// Images running pods use: roots, and tags retention keeps.
+    pub in_use: InUse,
 }
 
 impl Default for GcOptions {
@@ -166,6 +182,8 @@ impl Default for GcOptions {
             quarantine: DEFAULT_QUARANTINE,
             dry_run: false,
             list: false,
+            retention: RetentionConfig::default(),
+            in_use: InUse::default(),
         }
     }
 }
@@ -196,6 +214,12 @@ pub struct GcReport {
     pub restored: usize,
     /// Links of reachable manifests written back.
     pub links_repaired: usize,
+    /// Tags removed (dry: that would be removed) by retention.
+    pub tags_removed: usize,
+    /// Tags retention would remove, kept because a running pod uses them.
+    pub tags_kept_in_use: usize,
+    /// Manifests kept only because a running pod uses them.
+    pub manifests_kept_in_use: usize,
     pub duration: Duration,
     /// With [`GcOptions::list`]: each object acted on.
     pub items: Vec<GcItem>,
@@ -216,6 +240,11 @@ pub enum GcAction {
     Delete,
     /// Moved back from the quarantine.
     Restore,
+    /// A tag removed (dry: that would be removed) by retention.
+    Untag,
+    /// Kept only because a running pod uses it (a tag retention would
+    /// remove, a manifest nothing else reaches).
+    KeepInUse,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +261,8 @@ impl std::fmt::Display for GcItem {
             GcAction::Quarantine => "quarantine",
             GcAction::Delete => "delete",
             GcAction::Restore => "restore",
+            GcAction::Untag => "untag",
+            GcAction::KeepInUse => "keep (in use)",
         };
         match self.bytes {
             Some(n) => write!(f, "{action} {} ({n} bytes)", self.key),
@@ -275,6 +306,7 @@ struct Run<'a> {
     /// The batch this run quarantines into, and when it began.
     batch: Option<u64>,
     live: HashSet<Key>,
+    in_use: InUseIndex,
     report: GcReport,
 }
 
@@ -339,6 +371,7 @@ impl Store {
             batches: self.trash_batches().await?,
             batch: None,
             live: HashSet::new(),
+            in_use: InUseIndex::new(&opts.in_use),
             report: GcReport {
                 dry_run: opts.dry_run,
                 ..GcReport::default()
@@ -633,10 +666,15 @@ impl Store {
                 }
             }
         }
-        // Roots: the tags, then the revisions younger than the grace.
+        // Roots: the tags retention keeps, the images pods run, then the
+        // revisions younger than the grace.
+        let untagged = self.apply_retention(run, name).await?;
         let mut reachable: HashSet<Key> = HashSet::new();
         let mut queue: VecDeque<Digest> = VecDeque::new();
         for tag in self.list(&layout::tags_dir(name)).await? {
+            if untagged.contains(&tag) {
+                continue;
+            }
             let Ok(tag) = tag.parse() else { continue };
             if let Some(d) = self.tag_target(name, &tag).await? {
                 queue.push_back(d);
@@ -650,6 +688,28 @@ impl Store {
             reachable: &mut reachable,
         };
         self.reach(name, &mut graph, &mut queue).await?;
+        if !run.in_use.is_empty() {
+            let used: Vec<Digest> = run.in_use.digests().collect();
+            for d in used {
+                let k = key(&d);
+                if graph.nodes.contains_key(&k) && !graph.reachable.contains(&k) {
+                    run.report.manifests_kept_in_use += 1;
+                    run.item(
+                        GcAction::KeepInUse,
+                        &layout::manifest_revision(name, &d),
+                        None,
+                    );
+                    queue.push_back(d);
+                }
+            }
+            self.reach(name, &mut graph, &mut queue).await?;
+        }
+        let grace = run
+            .opts
+            .retention
+            .rule_for(name.as_str())
+            .and_then(|r| r.untagged_after_seconds)
+            .map_or(run.opts.grace, Duration::from_secs);
         let now = SystemTime::now();
         for (k, node) in &graph.nodes {
             if graph.reachable.contains(k) || !node.in_place {
@@ -663,7 +723,7 @@ impl Store {
                 .await
                 .map_err(|e| StorageError::new("stat", &rev, e))?;
             // Unknown age: kept, as young.
-            if modified.is_none_or(|t| now.duration_since(t).unwrap_or_default() < run.opts.grace) {
+            if modified.is_none_or(|t| now.duration_since(t).unwrap_or_default() < grace) {
                 queue.push_back(d.clone());
             }
         }
@@ -696,6 +756,51 @@ impl Store {
         }
         self.remove_orphan_entries(run, name, &nodes, indexed_dirs)
             .await
+    }
+
+    /// Removes the tags `name`'s retention rule does not keep (dry: only
+    /// counts them); returns their names, which are no roots in this run.
+    async fn apply_retention(
+        &self,
+        run: &mut Run<'_>,
+        name: &Name,
+    ) -> Result<HashSet<String>, StorageError> {
+        let opts = run.opts;
+        let mut removed = HashSet::new();
+        let Some(rule) = opts.retention.rule_for(name.as_str()) else {
+            return Ok(removed);
+        };
+        if rule.keep_last.is_none() && rule.keep_within_seconds.is_none() {
+            return Ok(removed);
+        }
+        let tags = self.tag_infos(name).await?;
+        let decision =
+            retention::decide(rule, name.as_str(), &tags, SystemTime::now(), &run.in_use);
+        for t in &decision.kept_in_use {
+            run.report.tags_kept_in_use += 1;
+            run.item(
+                GcAction::KeepInUse,
+                &format!("{}/{t}", layout::tags_dir(name)),
+                None,
+            );
+        }
+        for t in decision.remove {
+            let Some(seen) = tags.iter().find(|i| i.name == t) else {
+                continue;
+            };
+            if !opts.dry_run && !self.remove_tag_if_unchanged(name, seen).await? {
+                tracing::debug!(repository = %name, tag = t, "pushed again since retention looked: kept");
+                continue;
+            }
+            run.report.tags_removed += 1;
+            run.item(
+                GcAction::Untag,
+                &format!("{}/{t}", layout::tags_dir(name)),
+                None,
+            );
+            removed.insert(t);
+        }
+        Ok(removed)
     }
 
     /// Removes `_referrers` entries whose manifest is gone everywhere (a GC
@@ -1125,23 +1230,134 @@ impl Store {
     }
 }
 
-/// Runs GC every `interval` (first run one interval after start), logging
-/// each run and counting it in the metrics; runs never overlap.
-pub async fn run_periodically(store: Arc<Store>, interval: Duration, opts: GcOptions) {
+/// Files GC re-reads before every run: the operator rewrites them (a
+/// mounted ConfigMap) while the registry serves.
+#[derive(Debug, Clone, Default)]
+pub struct GcSources {
+    /// A [`RetentionConfig`] (JSON).
+    pub retention: Option<PathBuf>,
+    /// An [`InUse`] list (JSON).
+    pub in_use: Option<PathBuf>,
+}
+
+/// A GC input file that cannot be used: the run is skipped, since GC must
+/// not run blind to the rules or to what pods use.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(
+        "cannot read {path}: {source}; check the file is mounted (the operator's `<registry>-gc` ConfigMap)"
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not valid JSON for berth's GC: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl GcSources {
+    /// `base` with the rules and in-use list read from the files.
+    pub fn load(&self, base: &GcOptions) -> Result<GcOptions, SourceError> {
+        fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, SourceError> {
+            let bytes = std::fs::read(path).map_err(|source| SourceError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            serde_json::from_slice(&bytes).map_err(|source| SourceError::Parse {
+                path: path.to_owned(),
+                source,
+            })
+        }
+        let mut opts = base.clone();
+        if let Some(p) = &self.retention {
+            opts.retention = read(p)?;
+        }
+        if let Some(p) = &self.in_use {
+            opts.in_use = read(p)?;
+        }
+        Ok(opts)
+    }
+}
+
+impl GcReport {
+    /// The record of this run, for [`Store::record_gc_run`].
+    pub fn record(&self, error: Option<String>) -> GcRun {
+        GcRun {
+            finished: jiff::Timestamp::now().to_string(),
+            duration_millis: millis(self.duration),
+            error,
+            tags_removed: self.tags_removed as u64,
+            tags_kept_in_use: self.tags_kept_in_use as u64,
+            manifests_quarantined: self.manifests_quarantined as u64,
+            blobs_quarantined: self.blobs_quarantined as u64,
+            bytes_quarantined: self.bytes_quarantined,
+            manifests_deleted: self.manifests_deleted as u64,
+            blobs_deleted: self.blobs_deleted as u64,
+            bytes_reclaimed: self.bytes_reclaimed,
+        }
+    }
+}
+
+impl Store {
+    /// Stores the record of the last run (every replica writes its own
+    /// runs: the newest wins), for `GET /berth/v1/gc` and the operator.
+    pub async fn record_gc_run(&self, run: &GcRun) -> Result<(), StorageError> {
+        let json = serde_json::to_vec(run)
+            .map_err(|e| StorageError::new("encode", layout::GC_LAST_RUN, io::Error::other(e)))?;
+        self.put(layout::GC_LAST_RUN, Bytes::from(json)).await
+    }
+
+    /// The record of the last run, if any run was recorded.
+    pub async fn last_gc_run(&self) -> Result<Option<GcRun>, StorageError> {
+        let Some(raw) = self.get(layout::GC_LAST_RUN).await? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice(&raw).ok())
+    }
+}
+
+/// Runs GC every `interval` (first run one interval after start), with the
+/// rules and in-use list read from `sources` before each run; logs each
+/// run, counts it in the metrics and records it in storage; runs never
+/// overlap.
+pub async fn run_periodically(
+    store: Arc<Store>,
+    interval: Duration,
+    base: GcOptions,
+    sources: GcSources,
+) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let began = Instant::now();
-        match store.gc(&opts).await {
+        let outcome = match sources.load(&base) {
+            Ok(opts) => store.gc(&opts).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let record = match outcome {
             Ok(report) => {
                 log_report(&report);
                 crate::metrics::gc_run(true, &report, report.duration);
+                report.record(None)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "garbage collection failed; the next run finishes what it left");
-                crate::metrics::gc_run(false, &GcReport::default(), began.elapsed());
+                let report = GcReport {
+                    duration: began.elapsed(),
+                    ..GcReport::default()
+                };
+                crate::metrics::gc_run(false, &report, report.duration);
+                report.record(Some(e))
             }
+        };
+        if let Err(e) = store.record_gc_run(&record).await {
+            tracing::warn!(error = %e, "could not record the garbage collection run");
         }
     }
 }
@@ -1162,6 +1378,9 @@ pub fn log_report(r: &GcReport) {
         objects_reclaimed = r.objects_reclaimed(),
         bytes_reclaimed = r.bytes_reclaimed,
         restored = r.restored,
+        tags_removed = r.tags_removed,
+        tags_kept_in_use = r.tags_kept_in_use,
+        manifests_kept_in_use = r.manifests_kept_in_use,
         links_repaired = r.links_repaired,
         duration_ms = r.duration.as_millis() as u64,
         "garbage collection finished"

@@ -12,6 +12,7 @@
 //!     _uploads/<id>/startedat                         unix seconds the session began ("<secs> monolithic"
 //!                                                     for a one-request push, which no client can resume)
 //!   _probe/writable                                   rewritten every few seconds: can storage be written?
+//!   _gc/last-run.json                                 the record of the newest GC run (any replica's)
 //!   _gc/trash/<batch>/<key>                           quarantine: what GC took out of <key> (a blob or a
 //!                                                     revision link), <batch> = unix millis it was moved
 //! ```
@@ -91,6 +92,9 @@ pub fn referrer(name: &Name, subject: &Digest, manifest: &Digest) -> String {
 pub fn probe() -> &'static str {
     "_probe/writable"
 }
+
+/// The record of the newest GC run.
+pub const GC_LAST_RUN: &str = "_gc/last-run.json";
 
 /// Where GC's quarantine lives: one directory per batch.
 pub const TRASH: &str = "_gc/trash";

@@ -13,6 +13,7 @@ pub mod fs;
 pub mod gc;
 pub mod layout;
 pub mod locks;
+pub mod retention;
 pub mod s3;
 pub mod upload;
 
