@@ -10,12 +10,15 @@
 //!   can rotate while tokens signed by the old one are still accepted.
 //! - [`config`]: the registry's auth config file, which the operator writes
 //!   from a `Registry`'s spec, and the access policy it holds.
+//! - [`notify`]: the registry's notification (webhook) config file, also
+//!   written by the operator.
 //!
 //! Nothing here does I/O beyond parsing bytes it is given.
 
 pub mod claims;
 pub mod config;
 pub mod keys;
+pub mod notify;
 pub mod repository;
 pub mod scope;
 

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod oci;
 pub mod page_cache;
 pub mod raw_errors;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub auth: Option<Arc<auth::Auth>>,
     /// None: no audit trail (`--audit off`).
     pub audit: Option<Arc<audit::Audit>>,
+    /// None: no webhooks (no `--notify-config`).
+    pub notify: Option<Arc<notify::Notifier>>,
 }
 
 /// The application: `/v2/...` (the distribution API), `/healthz`
@@ -76,12 +79,25 @@ pub fn router_audited(
     limits: &limits::Limits,
     audit: Option<Arc<audit::Audit>>,
 ) -> Router {
+    router_notifying(store, auth, limits, audit, None)
+}
+
+/// [`router_audited`] with webhooks (if any) told of manifest pushes,
+/// pulls and deletes.
+pub fn router_notifying(
+    store: Arc<Store>,
+    auth: Option<Arc<auth::Auth>>,
+    limits: &limits::Limits,
+    audit: Option<Arc<audit::Audit>>,
+    notify: Option<Arc<notify::Notifier>>,
+) -> Router {
     let token_endpoint = auth.is_some();
     let state = AppState {
         store,
         auth,
         body_timeout: limits.body_timeout,
         audit,
+        notify,
     };
     let router = Router::new();
     let router = if token_endpoint {

@@ -14,6 +14,7 @@ pub mod deployment;
 pub mod disruption_budget;
 pub mod ingress;
 pub mod labels;
+pub mod notify;
 pub mod owner;
 pub mod pull_secret;
 pub mod pvc;
