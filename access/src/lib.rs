@@ -13,6 +13,8 @@
 //!   from a `Registry`'s spec, and the access policy it holds.
 //! - [`gc`]: the retention rules and in-use images the operator hands the
 //!   registry's garbage collector, and the record of a run it hands back.
+//! - [`notify`]: the registry's notification (webhook) config file, also
+//!   written by the operator.
 //!
 //! Nothing here does I/O beyond parsing bytes it is given.
 
@@ -21,6 +23,7 @@ pub mod config;
 pub mod gc;
 pub mod keys;
 pub mod mirror;
+pub mod notify;
 pub mod repository;
 pub mod scope;
 

@@ -292,6 +292,29 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         ..
     } = plan;
 
+    // Before the Deployment: its pods mount this ConfigMap.
+    match desired::notify::notify_config(registry) {
+        Some(config) => {
+            apply::apply(
+                client,
+                &desired::notify::notify_config_map(registry, &names, &config),
+            )
+            .await
+            .map_err(kube_err("applying the notification ConfigMap"))?;
+        }
+        None => {
+            apply::delete_owned::<ConfigMap>(
+                client,
+                registry,
+                &names.namespace,
+                &names.notify_config_map(),
+            )
+            .await
+            .map(drop)
+            .map_err(kube_err("removing the notification ConfigMap"))?;
+        }
+    }
+
     let deployment = desired::deployment::deployment(registry, &names, &ctx.config.default_image);
     let workload = workload_state(
         &apply::apply(client, &deployment)

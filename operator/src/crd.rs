@@ -140,6 +140,12 @@ pub struct RegistrySpec {
     #[serde(default, skip_serializing_if = "GarbageCollection::is_off")]
     pub gc: GarbageCollection,
 
+    /// Webhooks told of manifest pushes, pulls and deletes, in
+    /// Distribution's notification envelope format, with retries and a
+    /// bounded queue per endpoint (a slow endpoint never slows a push).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Notifications>,
+
     /// CPU and memory for the registry container. Unset: requests of
     /// 50m CPU and 64Mi memory, a 512Mi memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -275,6 +281,7 @@ impl Default for RegistrySpec {
             node_trust: NodeTrust::default(),
             auth: Auth::default(),
             gc: GarbageCollection::default(),
+            notifications: None,
             resources: None,
             ui: UiSpec::default(),
         }
@@ -798,6 +805,84 @@ pub struct PullSecrets {
 
 fn default_pull_secret_name() -> String {
     "berth-pull".to_owned()
+}
+
+/// A DNS-1123 label: what a notification endpoint's name must be (it names
+/// volumes and metric labels).
+const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// Where the registry sends events.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Notifications {
+    /// Each endpoint gets the events it asks for, on its own queue.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub endpoints: Vec<NotificationEndpoint>,
+}
+
+/// One webhook receiver.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationEndpoint {
+    /// Names the endpoint in the registry's logs and metrics (a DNS label;
+    /// the URL is never logged).
+    #[schemars(regex(pattern = DNS_LABEL), length(min = 1, max = 40))]
+    pub name: String,
+
+    /// Where events are POSTed: `http://` or `https://`.
+    #[schemars(regex(pattern = r"^https?://\S+$"), length(min = 8, max = 2048))]
+    pub url: String,
+
+    /// A header sent with every delivery (e.g. `Authorization`), its value
+    /// read from a Secret in the Registry's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<NotificationHeader>,
+
+    /// Which events: `push`, `pull`, `delete`. Empty: all three.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub events: Vec<RepositoryAction>,
+
+    /// Repository globs (`team/*`; `*` matches across `/`). Empty: every
+    /// repository.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 255)))]
+    pub repositories: Vec<String>,
+
+    /// Seconds one delivery attempt may take. Unset: 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: Option<u32>,
+
+    /// PEM CA certificates to trust (alone) for an `https://` URL, from a
+    /// Secret key (cert-manager's `ca.crt`). Unset: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<SecretKeyRef>,
+}
+
+/// A header whose value comes from a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationHeader {
+    /// The header's name, e.g. `Authorization`.
+    #[schemars(
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"),
+        length(min = 1, max = 128)
+    )]
+    pub name: String,
+    /// The Secret key holding its value (e.g. `Bearer <token>`).
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the Registry's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// What the operator last observed and did.

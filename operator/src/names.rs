@@ -98,6 +98,11 @@ impl Names {
         format!("{}-gc", self.name)
     }
 
+    /// The ConfigMap holding the registry's notification config file.
+    pub fn notify_config_map(&self) -> String {
+        format!("{}-notify", self.name)
+    }
+
     /// The Secret holding the token signing key and the accepted public
     /// keys.
     pub fn token_keys_secret(&self) -> String {

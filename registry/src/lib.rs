@@ -11,6 +11,7 @@ pub mod gc_status;
 pub mod limits;
 pub mod metrics;
 pub mod mirror;
+pub mod notify;
 pub mod oci;
 pub mod page_cache;
 pub mod raw_errors;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub audit: Option<Arc<audit::Audit>>,
     /// None: no repository is a pull-through cache.
     pub mirror: Option<Arc<mirror::Mirror>>,
+    /// None: no webhooks (no `--notify-config`).
+    pub notify: Option<Arc<notify::Notifier>>,
 }
 
 /// The application: `/v2/...` (the distribution API), `/healthz`
@@ -103,6 +106,9 @@ pub struct Features {
     /// prefixes are fetched from their upstreams; auth, if on, is told the
     /// prefixes (see [`auth::Auth::set_mirror_prefixes`]).
     pub mirror: Option<Arc<mirror::Mirror>>,
+    /// Webhooks (`--notify-config`) told of manifest pushes, pulls and
+    /// deletes.
+    pub notify: Option<Arc<notify::Notifier>>,
 }
 
 impl Default for Features {
@@ -112,6 +118,7 @@ impl Default for Features {
             audit: None,
             ui: true,
             mirror: None,
+            notify: None,
         }
     }
 }
@@ -124,7 +131,12 @@ pub fn router_features(
     limits: &limits::Limits,
     features: Features,
 ) -> Router {
-    let Features { audit, ui, mirror } = features;
+    let Features {
+        audit,
+        ui,
+        mirror,
+        notify,
+    } = features;
     let token_endpoint = auth.is_some();
     if let (Some(auth), Some(mirror)) = (&auth, &mirror) {
         auth.set_mirror_prefixes(mirror.prefixes());
@@ -135,6 +147,7 @@ pub fn router_features(
         body_timeout: limits.body_timeout,
         audit,
         mirror,
+        notify,
     };
     let web = ui.then(|| ui::router(state.clone()));
     let router: Router<AppState> = Router::new();

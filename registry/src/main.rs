@@ -174,6 +174,11 @@ struct Serve {
     /// Days of audit trail kept; older days are removed (checked hourly).
     #[arg(long, env = "BERTH_AUDIT_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     audit_retention_days: u32,
+    /// The notification config file (JSON, written by the operator):
+    /// webhook endpoints told of manifest pushes, pulls and deletes in
+    /// Distribution's envelope format. Without it, no webhooks.
+    #[arg(long, env = "BERTH_NOTIFY_CONFIG")]
+    notify_config: Option<PathBuf>,
     /// Log format: "text" for people, "json" for log collectors.
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -429,11 +434,26 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         retention_days = args.audit_retention_days,
         "audit trail"
     );
+    let notify = match &args.notify_config {
+        Some(path) => {
+            let targets = berth_registry::notify::load(path)?;
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "registry".to_owned());
+            let notifier = berth_registry::notify::Notifier::start(
+                targets,
+                format!("{host}:{}", args.listen.port()),
+            );
+            let endpoints: Vec<&str> = notifier.endpoints().collect();
+            tracing::info!(?endpoints, "notifications on");
+            Some(notifier)
+        }
+        None => None,
+    };
     tracing::info!(ui = args.ui == "on", "web UI at /ui/");
     let features = berth_registry::Features {
         audit,
         ui: args.ui == "on",
         mirror,
+        notify,
     };
     let app = berth_registry::router_features(store, auth, &limits, features);
     berth_registry::server::serve_with(listener, app, tls, &limits, shutdown_signal()).await?;

@@ -2,7 +2,9 @@
 //! route and status, bytes in and out (and how many went by sendfile),
 //! storage errors, and what the limits refused or cut short (connections
 //! over the cap, timeouts, a full disk, busy upload sessions), and garbage
-//! collection (runs, what they reclaimed, how long the last took).
+//! collection (runs, what they reclaimed, how long the last took), and
+//! webhook deliveries per endpoint (delivered, failed attempts, dropped,
+//! queue length).
 //!
 //! One process-wide registry, so any layer can count without threading a
 //! handle through every call.
@@ -41,6 +43,17 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointKindLabels {
+    endpoint: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthLabels {
     mode: &'static str,
     outcome: &'static str,
@@ -69,7 +82,41 @@ struct Metrics {
     refusals: Family<KindLabels, Counter>,
     auth: Family<AuthLabels, Counter>,
     audit: Family<KindLabels, Counter>,
+    notify: NotifyMetrics,
     gc: GcMetrics,
+}
+
+/// Per webhook endpoint (labelled by its configured name, never its URL).
+struct NotifyMetrics {
+    events: Family<EndpointKindLabels, Counter>,
+    failed_attempts: Family<EndpointLabels, Counter>,
+    queue_length: Family<EndpointLabels, Gauge>,
+}
+
+impl NotifyMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = NotifyMetrics {
+            events: Family::default(),
+            failed_attempts: Family::default(),
+            queue_length: Family::default(),
+        };
+        registry.register(
+            "notify_events",
+            "Notification events by endpoint and outcome: delivered, dropped (queue full), abandoned (attempts ran out)",
+            m.events.clone(),
+        );
+        registry.register(
+            "notify_failed_attempts",
+            "Notification deliveries that failed (an error, a timeout or a non-2xx answer), by endpoint",
+            m.failed_attempts.clone(),
+        );
+        registry.register(
+            "notify_queue_length",
+            "Notification events waiting for delivery, by endpoint",
+            m.queue_length.clone(),
+        );
+        m
+    }
 }
 
 struct GcMetrics {
@@ -234,9 +281,11 @@ fn metrics() -> &'static Metrics {
             mirror.clone(),
         );
         let gc = GcMetrics::register(&mut registry);
+        let notify = NotifyMetrics::register(&mut registry);
         Metrics {
             gc,
             mirror,
+            notify,
             auth,
             audit,
             registry,
@@ -356,6 +405,40 @@ pub fn audit(kind: &'static str, n: u64) {
         .audit
         .get_or_create(&KindLabels { kind })
         .inc_by(n);
+}
+
+/// Notification events for `endpoint` by `kind`: delivered, dropped, abandoned.
+pub fn notify_events(endpoint: &str, kind: &'static str, n: u64) {
+    metrics()
+        .notify
+        .events
+        .get_or_create(&EndpointKindLabels {
+            endpoint: endpoint.to_owned(),
+            kind,
+        })
+        .inc_by(n);
+}
+
+/// A delivery attempt to `endpoint` failed.
+pub fn notify_failed_attempt(endpoint: &str) {
+    metrics()
+        .notify
+        .failed_attempts
+        .get_or_create(&EndpointLabels {
+            endpoint: endpoint.to_owned(),
+        })
+        .inc();
+}
+
+/// Events waiting for `endpoint` now.
+pub fn notify_queue_length(endpoint: &str, n: usize) {
+    metrics()
+        .notify
+        .queue_length
+        .get_or_create(&EndpointLabels {
+            endpoint: endpoint.to_owned(),
+        })
+        .set(i64::try_from(n).unwrap_or(i64::MAX));
 }
 
 /// A garbage collection run ended (`ok`: whether it completed).

@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{AuthMode, Registry};
-use crate::desired::{auth, gc, labels, owner, storage};
+use crate::desired::{auth, gc, labels, notify, owner, storage};
 use crate::names::Names;
 
 /// The port the registry listens on inside the pod (unprivileged).
@@ -36,6 +36,8 @@ pub const TLS_DIR: &str = "/etc/berth/tls";
 /// config rolls the pods; rotated keys and edited users do not (the
 /// registry re-reads those files).
 pub const AUTH_CONFIG_HASH: &str = "berth.dev/auth-config";
+/// The pod template annotation holding the notification config's hash.
+pub const NOTIFY_CONFIG_HASH: &str = "berth.dev/notify-config";
 /// The nonroot uid/gid of distroless images.
 pub const RUN_AS: i64 = 65532;
 
@@ -62,6 +64,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
             format!("{}/{}", auth::AUTH_DIR, auth::CONFIG_FILE),
         ]
     });
+    let notify_config = notify::notify_config(registry);
     let storage = storage::wiring(registry, names);
     let args = ["serve", "--listen"]
         .into_iter()
@@ -72,12 +75,22 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
         .chain(ui_args(registry))
         .chain(tls_args)
         .chain(auth_args.into_iter().flatten())
+        .chain(notify::args(notify_config.as_ref()))
         .collect();
     let (auth_mounts, auth_volumes) = auth_volumes(registry, names, auth_config.is_some());
     let (gc_mounts, gc_volumes) = gc_volumes(registry, names);
-    let template_annotations = auth_config
+    let (notify_mounts, notify_volumes) = notify::volumes(registry, names);
+    let template_annotations: BTreeMap<String, String> = auth_config
         .as_ref()
-        .map(|c| BTreeMap::from([(AUTH_CONFIG_HASH.to_owned(), auth::config_hash(c))]));
+        .map(|c| (AUTH_CONFIG_HASH.to_owned(), auth::config_hash(c)))
+        .into_iter()
+        .chain(
+            notify_config
+                .as_ref()
+                .map(|c| (NOTIFY_CONFIG_HASH.to_owned(), notify::config_hash(c))),
+        )
+        .collect();
+    let template_annotations = Some(template_annotations).filter(|a| !a.is_empty());
 
     let container = Container {
         name: "registry".to_owned(),
@@ -128,6 +141,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                 ])
                 .chain(auth_mounts)
                 .chain(gc_mounts)
+                .chain(notify_mounts)
                 .collect(),
         ),
         env: Some(storage.env).filter(|e| !e.is_empty()),
@@ -205,6 +219,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                             ])
                             .chain(auth_volumes)
                             .chain(gc_volumes)
+                            .chain(notify_volumes)
                             .collect(),
                     ),
                     ..PodSpec::default()

@@ -251,14 +251,27 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         }
         _ => Ok(None),
     };
-    let seen = match (&state.audit, &endpoint) {
-        (Some(_), Ok(e)) => {
+    let seen = match (state.audit.is_some() || state.notify.is_some(), &endpoint) {
+        (true, Ok(e)) => {
             let subject = match &caller {
                 Ok(Some(c)) => c.identity.audit_name(),
                 _ => "anonymous".to_owned(),
             };
             let mount = query.get("mount").is_some();
             Some(crate::audit::Seen::of(&method, e, mount, subject, client))
+        }
+        _ => None,
+    };
+    // What a notification needs of the request (manifests only).
+    let notify_seen = match (&state.notify, &endpoint) {
+        (Some(_), Ok(Endpoint::Manifest(..))) => {
+            let conn = parts.extensions.get::<crate::server::Connection>();
+            Some(crate::notify::Seen::of(
+                &method,
+                &parts.headers,
+                conn.map(|c| c.peer),
+                conn.is_some_and(|c| c.tls),
+            ))
         }
         _ => None,
     };
@@ -287,8 +300,16 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
             e.into_response()
         }
     };
-    if let (Some(audit), Some(seen)) = (&state.audit, seen) {
-        crate::audit::observe(audit, seen, resp.status(), resp.headers(), refused.as_ref());
+    if let Some(seen) = seen
+        && let Some(event) =
+            crate::audit::observe(seen, resp.status(), resp.headers(), refused.as_ref())
+    {
+        if let (Some(notify), Some(n)) = (&state.notify, &notify_seen) {
+            notify.publish(&event, n, resp.headers());
+        }
+        if let Some(audit) = &state.audit {
+            audit.record(event);
+        }
     }
     resp.headers_mut().insert(
         HeaderName::from_static("docker-distribution-api-version"),

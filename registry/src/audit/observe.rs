@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use axum::http::{HeaderMap, Method, StatusCode};
 
-use super::{Audit, Event};
+use super::Event;
 use crate::api::Endpoint;
 use crate::error::Refused;
 
@@ -65,21 +65,21 @@ impl Seen {
     }
 }
 
-/// Records `seen` if its outcome is one the trail keeps.
+/// The event for `seen`, if its outcome is one the trail keeps (the
+/// caller records it, and hands it to notifications).
 pub fn observe(
-    audit: &Audit,
     seen: Seen,
     status: StatusCode,
     headers: &HeaderMap,
     refused: Option<&Refused>,
-) {
+) -> Option<Event> {
     let code = status.as_u16();
     let (action, subject) = match refused {
         Some(r) if r.login_failed => ("login", r.subject.clone()),
         Some(r) => (seen.action, r.subject.clone()),
         None if code == 403 => (seen.action, seen.subject),
         None if seen.routine && completed(seen.action, status) => (seen.action, seen.subject),
-        None => return,
+        None => return None,
     };
     let mut e = Event::now(action, &subject, seen.client, code);
     e.digest = headers
@@ -89,7 +89,7 @@ pub fn observe(
         .or_else(|| seen.reference.clone().filter(|r| r.contains(':')));
     e.repository = seen.repository;
     e.reference = seen.reference;
-    audit.record(e);
+    Some(e)
 }
 
 /// Whether a routine action's status means it happened (an upload start

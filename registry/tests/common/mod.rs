@@ -194,6 +194,14 @@ pub struct Secured {
 
 impl Secured {
     pub async fn new(audit: bool) -> Secured {
+        Secured::notifying(audit, None).await
+    }
+
+    /// [`Secured::new`] telling `notify`'s webhooks of what happens.
+    pub async fn notifying(
+        audit: bool,
+        notify: Option<std::sync::Arc<berth_registry::notify::Notifier>>,
+    ) -> Secured {
         use berth_access::config::{HtpasswdAuth, Policy, Rule};
         use berth_access::{Action, AuthConfig, Mode};
         let dir = tempfile::tempdir().unwrap();
@@ -249,11 +257,15 @@ impl Secured {
             )
         });
         Secured {
-            app: berth_registry::router_audited(
+            app: berth_registry::router_features(
                 store,
                 Some(auth),
                 &berth_registry::limits::Limits::default(),
-                audit.clone(),
+                berth_registry::Features {
+                    audit: audit.clone(),
+                    notify,
+                    ..Default::default()
+                },
             ),
             dir,
             audit,
