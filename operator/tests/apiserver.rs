@@ -155,6 +155,8 @@ async fn scenario(client: Client, ns: String) {
             namespace: ns.clone(),
             daemonset: None,
         }),
+        // The test runs outside the cluster.
+        in_cluster: false,
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
