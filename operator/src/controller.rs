@@ -886,6 +886,59 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_maps_to_the_registries_that_read_it() {
+        let user_tls = Arc::new(crate::fixtures::registry_with(|s| {
+            s.tls.mode = crate::crd::TlsMode::Secret;
+            s.tls.secret_name = Some("mine".into());
+        }));
+        let default = {
+            let mut r = crate::fixtures::registry();
+            r.metadata.name = Some("other".into());
+            Arc::new(r)
+        };
+        let registries = [user_tls, default];
+        assert_eq!(
+            referencing_registries(&registries, "team", "mine"),
+            [ObjectRef::new("hub").within("team")]
+        );
+        // The Secret the operator (or cert-manager) writes for the other.
+        assert_eq!(
+            referencing_registries(&registries, "team", "other-tls"),
+            [ObjectRef::new("other").within("team")]
+        );
+        assert!(referencing_registries(&registries, "elsewhere", "mine").is_empty());
+        assert!(referencing_registries(&registries, "team", "unrelated").is_empty());
+    }
+
+    #[test]
+    fn only_expired_report_leases_make_a_node_stale() {
+        let now: Timestamp = "2026-11-24T12:00:00Z".parse().expect("ts");
+        let lease_at = |node: &str, renewed: &str| {
+            let node_report = report::NodeReport {
+                node: node.into(),
+                registries: Default::default(),
+            };
+            report::lease(
+                "berth-system",
+                None,
+                &node_report,
+                renewed.parse().expect("ts"),
+            )
+        };
+        let leases = [
+            lease_at("fresh", "2026-11-24T11:59:00Z"),
+            lease_at("stopped", "2026-11-24T11:50:00Z"),
+        ];
+        assert_eq!(
+            stale_nodes(&leases, now),
+            std::collections::BTreeMap::from([(
+                "stopped".to_owned(),
+                "2026-11-24T11:51:30Z".parse().expect("ts")
+            )])
+        );
+    }
+
+    #[test]
     fn a_report_lease_maps_to_the_registries_it_names() {
         let now = "2026-11-24T12:00:00Z".parse().expect("ts");
         let node_report = report::NodeReport {
