@@ -21,13 +21,14 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::apply;
-use crate::controller::{Context, Error, kube_err, publish};
+use crate::controller::{Context, publish};
 use crate::crd::{AuthMode, Registry};
 use crate::desired::pull_secret::{self, TokenVerdict};
 use crate::desired::token_keys::{self, KeyPolicy};
 use crate::desired::{auth, labels};
 use crate::names::Names;
 use crate::status::AuthState;
+use crate::{Error, kube_err};
 
 /// The finalizer that removes what a Registry has outside its namespace.
 pub const FINALIZER: &str = "berth.dev/cleanup";
@@ -169,8 +170,7 @@ pub async fn reconcile(
     let policy = KeyPolicy::new(std::time::Duration::from_secs(
         config.refresh_ttl_seconds.max(config.token_ttl_seconds),
     ));
-    let plan = token_keys::plan(stored.as_ref(), now, policy, &mut keys::generate)
-        .map_err(|e| Error::Keys(e.to_string()))?;
+    let plan = token_keys::plan(stored.as_ref(), now, policy, &mut keys::generate)?;
     if !token_keys::is_current(stored.as_ref(), &plan) {
         apply::apply(client, &token_keys::secret(registry, names, &plan))
             .await
@@ -191,8 +191,7 @@ pub async fn reconcile(
     let mut next_step = Some(plan.next_step);
 
     // Pull secrets, signed with the key that signs now.
-    let signer =
-        Signer::from_pem(plan.signing_key().as_bytes()).map_err(|e| Error::Keys(e.to_string()))?;
+    let signer = Signer::from_pem(plan.signing_key().as_bytes())?;
     let wanted = match &spec.auth.pull_secrets {
         Some(p) => selected_namespaces(ctx, &p.namespace_selector).await?,
         None => BTreeSet::new(),
@@ -263,7 +262,7 @@ async fn selected_namespaces(
     selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
 ) -> Result<BTreeSet<String>, Error> {
     let selector = Selector::try_from(selector.clone()).map_err(|e| {
-        Error::Spec(format!(
+        Error::InvalidSpec(format!(
             "auth.pullSecrets.namespaceSelector cannot be used: {e}"
         ))
     })?;
@@ -335,9 +334,7 @@ async fn sync_pull_secrets(
                     TokenVerdict::Issue => {
                         let claims = pull_secret::robot_claims(names, ns, now, keys::random_id());
                         renew_at = earliest(renew_at, pull_secret::renewal_time(&claims));
-                        signer
-                            .sign(&claims)
-                            .map_err(|e| Error::Keys(e.to_string()))?
+                        signer.sign(&claims)?
                     }
                 };
             let desired = pull_secret::pull_secret(

@@ -18,6 +18,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, PostParams};
@@ -36,14 +37,14 @@ use crate::gc;
 use crate::metrics::Metrics;
 use crate::names::{self, Names};
 use crate::node_agent::report;
-use crate::pki::{self, PkiError};
-use crate::status::{self, NodeTrustState, Observed, StorageState, WorkloadState};
+use crate::pki;
+use crate::readiness;
+use crate::status::{self, NodeTrustState, Observed, ServingState, StorageState, WorkloadState};
 use crate::trust::{self, Reports};
 
 /// With nothing else to wake it, a Registry is looked at again after this
-/// long (or at its certificate's renewal time, if sooner): it catches
-/// changes to objects the operator does not watch, such as a user's TLS
-/// Secret.
+/// long (or at its certificate's renewal time, if sooner): a safety net for
+/// missed watch events; every object a Registry reads is watched.
 pub const RESYNC: Duration = Duration::from_secs(3600);
 
 /// Operator-wide settings.
@@ -55,6 +56,10 @@ pub struct Config {
     /// Where the node agents report; `None`: reports are not read, and
     /// NodeTrustReady stays AwaitingNodeAgents.
     pub node_agent: Option<NodeAgentRef>,
+    /// The operator runs in the cluster, so Service addresses are
+    /// reachable and a `/v2/` probe that gets no answer holds Ready back;
+    /// outside (tests) an unreachable address skips the probe.
+    pub in_cluster: bool,
 }
 
 /// The node agents' report Leases, and their DaemonSet.
@@ -110,53 +115,8 @@ impl Context {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("the Registry has no name or namespace")]
-    MissingMetadata,
-    #[error("{action}: {source}")]
-    Kube {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error(transparent)]
-    Pki(#[from] PkiError),
-    #[error("token signing keys: {0}")]
-    Keys(String),
-    #[error("{0}")]
-    Spec(String),
-}
-
-impl Error {
-    /// A short, stable name for metrics. API refusals are told apart, as
-    /// each needs a different fix: a conflict retries by itself, a
-    /// forbidden write needs RBAC, a missing kind needs its CRD installed.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::MissingMetadata => "MissingMetadata",
-            Self::Kube {
-                source: kube::Error::Api(status),
-                ..
-            } => match status.code {
-                409 => "Conflict",
-                403 => "Forbidden",
-                404 => "NotFound",
-                422 => "Invalid",
-                _ => "Kube",
-            },
-            Self::Kube { .. } => "Kube",
-            Self::Pki(_) => "Pki",
-            Self::Keys(_) => "Keys",
-            Self::Spec(_) => "Spec",
-        }
-    }
-}
-
-pub(crate) fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let action = action.into();
-    move |source| Error::Kube { action, source }
-}
+pub use crate::Error;
+pub(crate) use crate::kube_err;
 
 /// How long to wait before retrying after `failures` consecutive failures:
 /// 5 s doubling to at most 5 minutes, so a transient error is retried soon
@@ -252,16 +212,14 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         (None, None) => StorageState::Pending("storage names no backend".into()),
     };
 
-    let service = apply::apply(client, &desired::service::service(registry, &names))
-        .await
-        .map_err(kube_err("applying the Service"))?;
+    let service = apply_service(client, &desired::service::service(registry, &names)).await?;
     let cluster_ip = service.spec.and_then(|s| s.cluster_ip);
     let cert_names = names.certificate_names(spec, cluster_ip.as_deref());
 
     let auth = auth::reconcile(ctx, registry, &names, cluster_ip.as_deref(), now).await?;
 
     let reports = if spec.node_trust.enabled {
-        observe_reports(ctx).await?
+        observe_reports(ctx, now).await?
     } else {
         Reports::default()
     };
@@ -322,6 +280,16 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
             .map_err(kube_err("applying the Deployment"))?,
         spec.replicas,
     );
+    let serving = match workload {
+        WorkloadState::Running { ready, .. } if ready > 0 => {
+            observe_serving(ctx, &names, cluster_ip.as_deref(), spec.service.port).await?
+        }
+        // Ready says why from the pods; no need to look further.
+        _ => ServingState::NotServing {
+            reason: "PodsNotReady",
+            message: "no registry pod is ready".into(),
+        },
+    };
     match desired::disruption_budget::disruption_budget(registry, &names) {
         Some(budget) => {
             apply::apply(client, &budget)
@@ -401,6 +369,7 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         endpoints: names.endpoints(spec),
         auth: auth.state,
         gc,
+        serving,
     };
     let new_status = status::status(&observed, registry.status.as_ref(), now);
     if registry.status.as_ref() != Some(&new_status) {
@@ -454,17 +423,25 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         }
     }
 
-    let requeue = [renew_at, auth.next_step]
+    let mut requeue = [renew_at, auth.next_step]
         .into_iter()
         .flatten()
         .map(|at| pki::until(now, at))
         .fold(RESYNC, Duration::min);
     // The in-use list follows new pods, status.gc new runs.
-    let requeue = if spec.gc.is_off() {
-        requeue
-    } else {
-        requeue.min(gc::REFRESH)
-    };
+    if !spec.gc.is_off() {
+        requeue = requeue.min(gc::REFRESH);
+    }
+    // Pods ready but not answering through the Service yet: usually
+    // kube-proxy catching up, a matter of seconds. (No ready endpoint at
+    // all is brought back by the EndpointSlice watch.)
+    if let ServingState::NotServing {
+        reason: "ProbeFailed",
+        ..
+    } = observed.serving
+    {
+        requeue = requeue.min(readiness::RETRY);
+    }
     Ok(Action::requeue(requeue))
 }
 
@@ -536,6 +513,62 @@ async fn reconcile_gc(
     })
 }
 
+/// Apply the Service, and put back its ports when a hand edit left an
+/// entry server-side apply cannot remove (see
+/// [`desired::service::repaired_ports`]).
+async fn apply_service(client: &Client, desired: &Service) -> Result<Service, Error> {
+    let namespace = desired.namespace().unwrap_or_default();
+    let name = desired.name_any();
+    let observed = match apply::apply(client, desired).await {
+        Ok(applied) => applied,
+        // The merged port list is invalid (two ports named https): read
+        // the Service as it is and repair it below.
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            Api::<Service>::namespaced(client.clone(), &namespace)
+                .get(&name)
+                .await
+                .map_err(kube_err("reading the Service"))?
+        }
+        Err(e) => return Err(kube_err("applying the Service")(e)),
+    };
+    let Some(ports) = desired::service::repaired_ports(desired, &observed) else {
+        return Ok(observed);
+    };
+    tracing::info!(service = %format!("{namespace}/{name}"), "putting back the Service's ports (edited by hand)");
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": observed.resource_version() },
+        "spec": { "ports": ports },
+    });
+    apply::merge_patch::<Service>(client, &namespace, &name, &patch)
+        .await
+        .map_err(kube_err("putting back the Service's ports"))?;
+    apply::apply(client, desired)
+        .await
+        .map_err(kube_err("applying the Service"))
+}
+
+/// Whether the registry answers through its Service: ready endpoints, then
+/// `/v2/` at the ClusterIP (see [`readiness`]).
+async fn observe_serving(
+    ctx: &Context,
+    names: &Names,
+    cluster_ip: Option<&str>,
+    port: i32,
+) -> Result<ServingState, Error> {
+    let endpoints =
+        readiness::observe_endpoints(&ctx.client, &names.namespace, &names.service()).await?;
+    let ip = cluster_ip.and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+    let port = u16::try_from(port).ok();
+    let (probe, address) = match (&endpoints, ip, port) {
+        (readiness::Endpoints::Ready(_), Some(ip), Some(port)) => (
+            readiness::probe(ip, port, ctx.config.in_cluster).await,
+            std::net::SocketAddr::new(ip, port).to_string(),
+        ),
+        _ => (readiness::Probe::NotTried, String::new()),
+    };
+    Ok(readiness::serving(&endpoints, &probe, &address))
+}
+
 /// Object storage is usable once its credentials Secret holds both keys;
 /// whether the bucket answers is the pods' readiness (`/readyz` writes to it).
 async fn bucket_state(
@@ -598,7 +631,7 @@ fn workload_state(deployment: &Deployment, wanted: i32) -> WorkloadState {
 }
 
 /// The node agents' reports and how many agents there should be.
-async fn observe_reports(ctx: &Context) -> Result<Reports, Error> {
+async fn observe_reports(ctx: &Context, now: Timestamp) -> Result<Reports, Error> {
     let Some(agent) = &ctx.config.node_agent else {
         return Ok(Reports::default());
     };
@@ -612,6 +645,7 @@ async fn observe_reports(ctx: &Context) -> Result<Reports, Error> {
         nodes,
         scheduled: None,
         agent_missing: None,
+        stale: stale_nodes(&listed.items, now),
     };
     if let Some(name) = &agent.daemonset {
         let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &agent.namespace);
@@ -630,6 +664,51 @@ async fn observe_reports(ctx: &Context) -> Result<Reports, Error> {
         }
     }
     Ok(reports)
+}
+
+/// The nodes whose report Lease expired by `now`, with when it did.
+fn stale_nodes(leases: &[Lease], now: Timestamp) -> std::collections::BTreeMap<String, Timestamp> {
+    leases
+        .iter()
+        .filter_map(|lease| Some((report::parse(lease)?.node, report::expiry(lease)?)))
+        .filter(|(_, expiry)| *expiry <= now)
+        .collect()
+}
+
+/// Yields each time the set of stale nodes changes: an agent that stops
+/// writes nothing, so only a clock can notice it. Reads only (one list per
+/// heartbeat); every Registry is then looked at again, which is rare.
+fn stale_changes(client: Client, namespace: String) -> impl futures_util::Stream<Item = ()> {
+    let leases: Api<Lease> = Api::namespaced(client, &namespace);
+    futures_util::stream::unfold(
+        (leases, std::collections::BTreeSet::<String>::new()),
+        |(leases, mut known)| async move {
+            loop {
+                tokio::time::sleep(report::HEARTBEAT).await;
+                let listed = match leases
+                    .list(&ListParams::default().labels(&format!("{}=true", report::REPORT_LABEL)))
+                    .await
+                {
+                    Ok(listed) => listed,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "listing report Leases for staleness");
+                        continue;
+                    }
+                };
+                let stale: std::collections::BTreeSet<String> =
+                    stale_nodes(&listed.items, Timestamp::now())
+                        .into_keys()
+                        .collect();
+                if stale != known {
+                    for node in stale.difference(&known) {
+                        tracing::warn!(node = %node, "a node agent stopped renewing its report Lease; the node no longer counts as trusting");
+                    }
+                    known = stale;
+                    return Some(((), (leases, known)));
+                }
+            }
+        },
+    )
 }
 
 /// Carry out a certificate plan: the CA Secret first (a new CA is kept
@@ -715,6 +794,36 @@ fn by_label<K: Resource>(child: K) -> Option<ObjectRef<Registry>> {
     Some(ObjectRef::new(&name).within(&namespace))
 }
 
+/// The Registries in `registries` that read the Secret `namespace/name`:
+/// the user's TLS Secret (or cert-manager's), the object storage
+/// credentials and the htpasswd Secret.
+fn referencing_registries(
+    registries: &[Arc<Registry>],
+    namespace: &str,
+    name: &str,
+) -> Vec<ObjectRef<Registry>> {
+    registries
+        .iter()
+        .filter(|r| r.namespace().as_deref() == Some(namespace))
+        .filter(|r| {
+            let spec = &r.spec;
+            // The cluster domain plays no part in Secret names.
+            Names::new(r.name_any(), namespace, "").serving_secret(spec) == name
+                || spec
+                    .storage
+                    .s3
+                    .as_ref()
+                    .is_some_and(|s3| s3.credentials_secret.name == name)
+                || spec
+                    .auth
+                    .htpasswd
+                    .as_ref()
+                    .is_some_and(|h| h.secret_name == name)
+        })
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
 /// The Registries a node's report Lease speaks about: a changed report
 /// brings each of them back to be counted.
 fn reported_registries(lease: Lease) -> Vec<ObjectRef<Registry>> {
@@ -749,14 +858,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         Api::<PodDisruptionBudget>::all(client.clone()),
         children.clone(),
     )
-    // Secrets and claims by label: the owned ones and the unowned ones alike.
+    // Claims by label: the owned ones and the retained ones alike.
     .watches(
-        Api::<Secret>::all(client.clone()),
+        Api::<PersistentVolumeClaim>::all(client.clone()),
         children.clone(),
         by_label,
     )
+    // The EndpointSlice controller copies the Service's labels: a Service
+    // gaining a ready endpoint brings its Registry back to say Ready.
     .watches(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
+        Api::<EndpointSlice>::all(client.clone()),
         children,
         by_label,
     );
@@ -767,12 +878,46 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         watcher::Config::default(),
         move |_namespace| auth::registries_for_namespace(&registries.state()),
     );
+    // Every Secret, unlabelled ones too: the user's TLS Secret (and
+    // cert-manager's, the storage credentials, the htpasswd file) reaches
+    // the registry within seconds of a change, not at the next resync.
+    let registries = controller.store();
+    controller = controller.watches(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default(),
+        move |secret: Secret| {
+            let mut refs: Vec<ObjectRef<Registry>> = by_label(secret.clone()).into_iter().collect();
+            let namespace = secret.namespace().unwrap_or_default();
+            for r in referencing_registries(&registries.state(), &namespace, &secret.name_any()) {
+                if !refs.contains(&r) {
+                    refs.push(r);
+                }
+            }
+            refs
+        },
+    );
     if let Some(agent) = &ctx.config.node_agent {
-        controller = controller.watches(
-            Api::<Lease>::namespaced(client.clone(), &agent.namespace),
-            watcher::Config::default().labels(&format!("{}=true", report::REPORT_LABEL)),
-            reported_registries,
-        );
+        // A heartbeat renews a Lease without changing its report: only a
+        // changed report brings its Registries back.
+        let seen = Arc::new(Mutex::new(HashMap::<String, String>::new()));
+        controller = controller
+            .watches(
+                Api::<Lease>::namespaced(client.clone(), &agent.namespace),
+                watcher::Config::default().labels(&format!("{}=true", report::REPORT_LABEL)),
+                move |lease: Lease| {
+                    let text = lease
+                        .annotations()
+                        .get(report::REPORT_ANNOTATION)
+                        .cloned()
+                        .unwrap_or_default();
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    if seen.insert(lease.name_any(), text.clone()).as_ref() == Some(&text) {
+                        return Vec::new();
+                    }
+                    reported_registries(lease)
+                },
+            )
+            .reconcile_all_on(stale_changes(client.clone(), agent.namespace.clone()));
     }
     controller
         .graceful_shutdown_on(shutdown)
@@ -792,20 +937,6 @@ mod tests {
     use k8s_openapi::api::core::v1::PersistentVolumeClaimStatus;
 
     use super::*;
-
-    #[test]
-    fn api_refusals_are_counted_by_kind() {
-        let refused = |code: u16| {
-            let status = kube::core::Status::failure("refused", "Refused").with_code(code);
-            kube_err("writing")(kube::Error::Api(status.boxed())).kind()
-        };
-        assert_eq!(refused(409), "Conflict");
-        assert_eq!(refused(403), "Forbidden");
-        assert_eq!(refused(404), "NotFound");
-        assert_eq!(refused(422), "Invalid");
-        assert_eq!(refused(500), "Kube");
-        assert_eq!(Error::MissingMetadata.kind(), "MissingMetadata");
-    }
 
     #[test]
     fn backoff_doubles_from_five_seconds_up_to_five_minutes() {
@@ -875,6 +1006,59 @@ mod tests {
         secret.metadata.namespace = Some("app".into());
         secret.metadata.labels = Some(labels::cross_namespace_labels(&crate::fixtures::names()));
         assert_eq!(by_label(secret), Some(ObjectRef::new("hub").within("team")));
+    }
+
+    #[test]
+    fn a_secret_maps_to_the_registries_that_read_it() {
+        let user_tls = Arc::new(crate::fixtures::registry_with(|s| {
+            s.tls.mode = crate::crd::TlsMode::Secret;
+            s.tls.secret_name = Some("mine".into());
+        }));
+        let default = {
+            let mut r = crate::fixtures::registry();
+            r.metadata.name = Some("other".into());
+            Arc::new(r)
+        };
+        let registries = [user_tls, default];
+        assert_eq!(
+            referencing_registries(&registries, "team", "mine"),
+            [ObjectRef::new("hub").within("team")]
+        );
+        // The Secret the operator (or cert-manager) writes for the other.
+        assert_eq!(
+            referencing_registries(&registries, "team", "other-tls"),
+            [ObjectRef::new("other").within("team")]
+        );
+        assert!(referencing_registries(&registries, "elsewhere", "mine").is_empty());
+        assert!(referencing_registries(&registries, "team", "unrelated").is_empty());
+    }
+
+    #[test]
+    fn only_expired_report_leases_make_a_node_stale() {
+        let now: Timestamp = "2026-11-24T12:00:00Z".parse().expect("ts");
+        let lease_at = |node: &str, renewed: &str| {
+            let node_report = report::NodeReport {
+                node: node.into(),
+                registries: Default::default(),
+            };
+            report::lease(
+                "berth-system",
+                None,
+                &node_report,
+                renewed.parse().expect("ts"),
+            )
+        };
+        let leases = [
+            lease_at("fresh", "2026-11-24T11:59:00Z"),
+            lease_at("stopped", "2026-11-24T11:50:00Z"),
+        ];
+        assert_eq!(
+            stale_nodes(&leases, now),
+            std::collections::BTreeMap::from([(
+                "stopped".to_owned(),
+                "2026-11-24T11:51:30Z".parse().expect("ts")
+            )])
+        );
     }
 
     #[test]

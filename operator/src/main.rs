@@ -199,8 +199,7 @@ async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
         &args.containerd_certs_dir,
         &args.docker_certs_dir,
         &args.host_root,
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     anyhow::ensure!(
         !layout.bases.is_empty(),
         "both --containerd-certs-dir and --docker-certs-dir are empty: nothing to do"
@@ -216,7 +215,7 @@ async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         credential_plugin,
     };
-    node_agent::run(client, config, shutdown_signal()).await
+    Ok(node_agent::run(client, config, shutdown_signal()).await?)
 }
 
 /// What the agent's credential-provider flags ask it to install, if anything.
@@ -230,8 +229,7 @@ fn credential_plugin_install(args: &NodeAgentArgs) -> anyhow::Result<Option<Plug
         std::path::Path::new(&args.credential_provider_bin_dir),
         &args.host_root,
         "--credential-provider-bin-dir",
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let config = if args.credential_provider_config.is_empty() {
         None
     } else {
@@ -239,8 +237,7 @@ fn credential_plugin_install(args: &NodeAgentArgs) -> anyhow::Result<Option<Plug
             std::path::Path::new(&args.credential_provider_config),
             &args.host_root,
             "--credential-provider-config",
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
         let mut match_images: Vec<String> = args
             .credential_provider_match_images
             .iter()
@@ -321,6 +318,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     .unwrap_or_else(|| args.lease_namespace.clone()),
                 daemonset: args.node_agent_daemonset.clone().filter(|n| !n.is_empty()),
             }),
+            // The kubelet sets this in every container.
+            in_cluster: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
         },
         health.metrics.clone(),
     ));

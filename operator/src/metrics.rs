@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    /// The error's kind (the variant of `controller::Error`), not its text,
+    /// The error's kind (`crate::Error::kind`), not its text,
     /// so the series stay few.
     pub error: String,
 }

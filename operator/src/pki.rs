@@ -34,7 +34,7 @@ const BACKDATE: SignedDuration = SignedDuration::from_mins(5);
 /// which is where clients look.
 const MAX_COMMON_NAME: usize = 64;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("generating a key pair: {0}")]
     Key(#[source] rcgen::Error),
@@ -245,7 +245,7 @@ pub fn parse_bundle(pem: &str, what: &'static str) -> Result<Vec<CertInfo>, PkiE
             continue;
         }
         let x509 = block.parse_x509().map_err(|e| unreadable(e.to_string()))?;
-        certs.push(info(&x509, &block.contents).map_err(unreadable)?);
+        certs.push(info(&x509, &block.contents, what)?);
     }
     if certs.is_empty() {
         return Err(unreadable("no CERTIFICATE block".into()));
@@ -262,14 +262,19 @@ pub fn parse_cert(pem: &str, what: &'static str) -> Result<CertInfo, PkiError> {
 fn info(
     x509: &x509_parser::certificate::X509Certificate<'_>,
     der: &[u8],
-) -> Result<CertInfo, String> {
+    what: &'static str,
+) -> Result<CertInfo, PkiError> {
+    let unreadable = |detail: String| PkiError::Unreadable { what, detail };
     let validity = x509.validity();
     let stamp = |t: &x509_parser::time::ASN1Time| {
-        Timestamp::from_second(t.timestamp()).map_err(|e| e.to_string())
+        Timestamp::from_second(t.timestamp()).map_err(|e| unreadable(e.to_string()))
     };
     let mut dns_names = Vec::new();
     let mut ip_addresses = Vec::new();
-    if let Some(san) = x509.subject_alternative_name().map_err(|e| e.to_string())? {
+    if let Some(san) = x509
+        .subject_alternative_name()
+        .map_err(|e| unreadable(e.to_string()))?
+    {
         for name in &san.value.general_names {
             match name {
                 GeneralName::DNSName(dns) => dns_names.push((*dns).to_owned()),
@@ -373,19 +378,19 @@ pub fn serving_verdict(
     now: Timestamp,
 ) -> Verdict {
     let parsed = existing.map(|(cert_pem, key_pem)| {
-        let cert = parse_cert(cert_pem, "the serving certificate").map_err(|e| e.to_string());
+        let cert = parse_cert(cert_pem, "the serving certificate");
         (cert_pem, key_pem, cert)
     });
-    let existing = parsed.as_ref().map(|(cert_pem, key_pem, cert)| {
-        (*cert_pem, *key_pem, cert.as_ref().map_err(String::as_str))
-    });
+    let existing = parsed
+        .as_ref()
+        .map(|(cert_pem, key_pem, cert)| (*cert_pem, *key_pem, cert.as_ref()));
     serving_verdict_parsed(existing, ca_pem, wanted_names, policy, now)
 }
 
 /// [`serving_verdict`] for a certificate already parsed (`Err`: why it is
 /// unreadable), so a reconcile parses each certificate once.
 pub fn serving_verdict_parsed(
-    existing: Option<(&str, &str, Result<&CertInfo, &str>)>,
+    existing: Option<(&str, &str, Result<&CertInfo, &PkiError>)>,
     ca_pem: &str,
     wanted_names: &[String],
     policy: CertPolicy,
@@ -396,7 +401,7 @@ pub fn serving_verdict_parsed(
     };
     let cert = match cert {
         Ok(cert) => cert,
-        Err(e) => return Verdict::Reissue(ReissueReason::Unreadable(e.to_owned())),
+        Err(e) => return Verdict::Reissue(ReissueReason::Unreadable(e.to_string())),
     };
     if !key_matches(cert, key_pem) {
         return Verdict::Reissue(ReissueReason::KeyMismatch);

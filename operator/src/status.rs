@@ -82,6 +82,9 @@ pub enum NodeTrustState {
         total: i32,
         /// Agents that have not reported on this Registry yet.
         unreported: i32,
+        /// Selected nodes whose agent stopped renewing its report Lease;
+        /// counted in `total`, never in `trusted`.
+        stale: i32,
         /// What agents said went wrong, by node.
         problems: Vec<String>,
     },
@@ -100,6 +103,26 @@ impl NodeTrustState {
             } => trusted >= total && *unreported == 0,
             Self::NotReported | Self::AgentNotInstalled(_) => false,
         }
+    }
+}
+
+/// Whether the registry answers through its Service (see
+/// [`crate::readiness`]): what Ready adds to ready pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServingState {
+    /// Ready endpoints, and `/v2/` answered through the Service (or could
+    /// not be probed from where the operator runs: `note` says so).
+    Serving { endpoints: usize, note: String },
+    /// Not serving yet; `message` says what is missing.
+    NotServing {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl ServingState {
+    pub fn is_serving(&self) -> bool {
+        matches!(self, Self::Serving { .. })
     }
 }
 
@@ -133,6 +156,7 @@ pub struct Observed {
     pub auth: AuthState,
     /// `status.gc`: `None` when GC is off.
     pub gc: Option<GcStatus>,
+    pub serving: ServingState,
 }
 
 struct Verdict {
@@ -214,12 +238,18 @@ fn node_trust(obs: &Observed) -> Verdict {
             trusted,
             total,
             unreported,
+            stale,
             problems,
         } => {
             let mut message = format!("{trusted} of {total} nodes trust the current CA");
             if *unreported > 0 {
                 message.push_str(&format!(
                     "; {unreported} node agent(s) have not reported yet"
+                ));
+            }
+            if *stale > 0 {
+                message.push_str(&format!(
+                    "; {stale} node(s) stale: their agent stopped reporting"
                 ));
             }
             if !problems.is_empty() {
@@ -277,11 +307,22 @@ fn ready_ignoring_auth_mode(obs: &Observed, cert: &Verdict, storage: &Verdict) -
         WorkloadState::ScaledToZero => {
             verdict(false, "ScaledToZero", "replicas is 0: no registry pod runs")
         }
-        WorkloadState::Running { ready, wanted } if ready >= wanted && ready > 0 => verdict(
-            true,
-            "Available",
-            format!("{ready} of {wanted} registry pods ready"),
-        ),
+        WorkloadState::Running { ready, wanted } if ready >= wanted && ready > 0 => {
+            match &obs.serving {
+                ServingState::Serving { endpoints, note } => verdict(
+                    true,
+                    "Available",
+                    format!(
+                        "{ready} of {wanted} registry pods ready; the Service has {endpoints} ready endpoint(s); {note}"
+                    ),
+                ),
+                ServingState::NotServing { reason, message } => verdict(
+                    false,
+                    reason,
+                    format!("{ready} of {wanted} registry pods ready, but {message}"),
+                ),
+            }
+        }
         WorkloadState::Running { ready, wanted } => verdict(
             false,
             "PodsNotReady",
@@ -405,6 +446,7 @@ mod tests {
                 trusted: 3,
                 total: 3,
                 unreported: 0,
+                stale: 0,
                 problems: vec![],
             },
             node_trust_publish: Some(NodeTrustStatus {
@@ -420,7 +462,37 @@ mod tests {
             },
             auth: AuthState::Enabled { mode: "Kubernetes" },
             gc: None,
+            serving: ServingState::Serving {
+                endpoints: 1,
+                note: "/v2/ answers through the Service at 10.96.0.42:443".into(),
+            },
         }
+    }
+
+    #[test]
+    fn ready_pods_without_a_registry_answering_through_the_service_are_not_ready() {
+        let mut obs = healthy();
+        obs.serving = ServingState::NotServing {
+            reason: "NoReadyEndpoints",
+            message: "the Service has no ready endpoint yet".into(),
+        };
+        let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
+        assert!(!is_ready(&s));
+        let ready = condition(&s.conditions, READY);
+        assert_eq!(ready.reason, "NoReadyEndpoints");
+        assert_eq!(
+            ready.message,
+            "1 of 1 registry pods ready, but the Service has no ready endpoint yet"
+        );
+        obs.serving = ServingState::Serving {
+            endpoints: 1,
+            note: "/v2/ not probed: the operator runs outside the cluster and cannot reach 10.96.0.42:443".into(),
+        };
+        let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
+        assert!(is_ready(&s));
+        assert!(condition(&s.conditions, READY).message.ends_with(
+            "/v2/ not probed: the operator runs outside the cluster and cannot reach 10.96.0.42:443"
+        ),);
     }
 
     fn condition<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
@@ -541,6 +613,7 @@ mod tests {
             trusted: 1,
             total: 3,
             unreported: 0,
+            stale: 0,
             problems: vec![],
         };
         let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
@@ -559,6 +632,7 @@ mod tests {
             trusted: 1,
             total: 3,
             unreported: 1,
+            stale: 0,
             problems: vec!["node b: host name \"a/b\" contains a path separator".into()],
         };
         let s = status(&obs, None, t("2026-11-24T12:00:00Z"));
@@ -572,6 +646,7 @@ mod tests {
             trusted: 0,
             total: 0,
             unreported: 0,
+            stale: 0,
             problems: vec![],
         };
         let s = status(&obs, None, t("2026-11-24T12:00:00Z"));

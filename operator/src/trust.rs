@@ -7,6 +7,7 @@
 //! only then serve a certificate signed by it. Until then the serving
 //! certificate stays one from the previous CA, which every node trusts.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -27,13 +28,18 @@ pub struct Reports {
     pub scheduled: Option<i32>,
     /// Set when the agent DaemonSet the operator was told about is absent.
     pub agent_missing: Option<String>,
+    /// Nodes whose report Lease was not renewed in time, with when it
+    /// expired: their agent stopped, so what they last said may be stale.
+    pub stale: BTreeMap<String, Timestamp>,
 }
 
 /// Count the nodes that trust `fingerprint` (the current CA) for the
 /// Registry `key` (`namespace/name`) with `uid`.
 ///
 /// A node whose agent has not reported on this Registry yet counts as
-/// selected and not trusting: the count never looks better than it is.
+/// selected and not trusting, and so does a selected node whose report is
+/// stale (its agent stopped renewing the Lease): the count never looks
+/// better than it is.
 pub fn count(reports: &Reports, key: &str, uid: &str, fingerprint: Option<&str>) -> NodeTrustState {
     if let Some(missing) = &reports.agent_missing {
         return NodeTrustState::AgentNotInstalled(missing.clone());
@@ -57,15 +63,29 @@ pub fn count(reports: &Reports, key: &str, uid: &str, fingerprint: Option<&str>)
         .map_or(nodes.len(), |n| usize::try_from(n).unwrap_or(0));
     let unreported = agents.saturating_sub(entries.len());
     let selected = entries.iter().filter(|(_, r)| r.selected).count();
+    let fresh = |node: &str| !reports.stale.contains_key(node);
     let trusted = entries
         .iter()
-        .filter(|(_, r)| r.selected)
+        .filter(|(node, r)| r.selected && fresh(node))
         .filter(|(_, r)| fingerprint.is_some_and(|f| r.fingerprints.iter().any(|x| x == f)))
         .count();
-    let mut problems: Vec<String> = entries
+    let stale: Vec<(&str, Timestamp)> = entries
         .iter()
-        .filter_map(|(node, r)| r.error.as_ref().map(|e| format!("node {node}: {e}")))
+        .filter(|(_, r)| r.selected)
+        .filter_map(|(node, _)| reports.stale.get(*node).map(|at| (*node, *at)))
         .collect();
+    let mut problems: Vec<String> = stale
+        .iter()
+        .map(|(node, at)| {
+            format!("node {node}: its agent stopped reporting (report Lease expired at {at}); check the berth node agent pod on that node")
+        })
+        .collect();
+    problems.extend(
+        entries
+            .iter()
+            .filter(|(node, _)| fresh(node))
+            .filter_map(|(node, r)| r.error.as_ref().map(|e| format!("node {node}: {e}"))),
+    );
     if problems.len() > PROBLEMS_SHOWN {
         let more = problems.len() - PROBLEMS_SHOWN;
         problems.truncate(PROBLEMS_SHOWN);
@@ -76,6 +96,7 @@ pub fn count(reports: &Reports, key: &str, uid: &str, fingerprint: Option<&str>)
         trusted: int(trusted),
         total: int(selected + unreported),
         unreported: int(unreported),
+        stale: int(stale.len()),
         problems,
     }
 }
@@ -135,6 +156,7 @@ mod tests {
             trusted,
             total,
             unreported,
+            stale: 0,
             problems: problems.iter().map(|p| (*p).to_owned()).collect(),
         }
     }
@@ -149,6 +171,7 @@ mod tests {
             ],
             scheduled: Some(3),
             agent_missing: None,
+            stale: BTreeMap::new(),
         };
         assert_eq!(
             count(&reports, "team/hub", "u1", Some("sha256:new")),
@@ -166,6 +189,7 @@ mod tests {
             nodes: vec![node("a", true, &["sha256:new"], None)],
             scheduled: Some(3),
             agent_missing: None,
+            stale: BTreeMap::new(),
         };
         let state = count(&reports, "team/hub", "u1", Some("sha256:new"));
         assert_eq!(state, counted(1, 3, 2, &[]));
@@ -178,6 +202,34 @@ mod tests {
     }
 
     #[test]
+    fn a_node_whose_agent_stopped_is_stale_and_not_trusting() {
+        let expired: Timestamp = "2026-11-24T11:57:00Z".parse().expect("ts");
+        let reports = Reports {
+            nodes: vec![
+                node("a", true, &["sha256:new"], None),
+                node("b", true, &["sha256:new"], Some("old problem")),
+            ],
+            scheduled: Some(2),
+            agent_missing: None,
+            stale: BTreeMap::from([("b".to_owned(), expired)]),
+        };
+        let state = count(&reports, "team/hub", "u1", Some("sha256:new"));
+        assert_eq!(
+            state,
+            NodeTrustState::Counted {
+                trusted: 1,
+                total: 2,
+                unreported: 0,
+                stale: 1,
+                problems: vec![
+                    "node b: its agent stopped reporting (report Lease expired at 2026-11-24T11:57:00Z); check the berth node agent pod on that node".into()
+                ],
+            }
+        );
+        assert!(!state.every_node_trusts());
+    }
+
+    #[test]
     fn errors_are_named_by_node() {
         let reports = Reports {
             nodes: (0..5)
@@ -185,6 +237,7 @@ mod tests {
                 .collect(),
             scheduled: None,
             agent_missing: None,
+            stale: BTreeMap::new(),
         };
         let NodeTrustState::Counted { problems, .. } =
             count(&reports, "team/hub", "u1", Some("sha256:x"))

@@ -677,6 +677,7 @@ async fn race(client: Client, ns: String) {
             cluster_domain: "cluster.local".into(),
             default_image: "berth.dev/berth-registry:faults".into(),
             node_agent: None,
+            in_cluster: false,
         },
         Arc::new(berth_operator::metrics::Metrics::default()),
     ));

@@ -31,8 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_operator::crd::{NodeTrustStatus, Registry, RegistryStatus};
-use berth_operator::fixtures;
+use berth_operator::crd::{NodeTrustStatus, Registry, RegistrySpec, RegistryStatus};
 use berth_operator::node_agent::desired;
 use berth_operator::node_agent::layout::Layout;
 use berth_operator::node_agent::writer;
@@ -237,7 +236,10 @@ fn listing(root: &Path) -> BTreeMap<String, String> {
 /// The Registry as the agent sees it: spec defaults, and the status the
 /// operator would publish for a registry reached at 127.0.0.1:`port`.
 fn registry(port: u16, ca_bundle: &str) -> Registry {
-    let mut r = fixtures::registry();
+    let mut r = Registry::new("hub", RegistrySpec::default());
+    r.metadata.namespace = Some("team".into());
+    r.metadata.uid = Some("6f1c2a54-0d6e-4b43-9a8e-0b7f0c7a1e11".into());
+    r.metadata.generation = Some(1);
     r.status = Some(RegistryStatus {
         node_trust: Some(NodeTrustStatus {
             hosts: vec![HOST.to_owned()],

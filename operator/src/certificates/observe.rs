@@ -6,11 +6,16 @@ use kube::api::Api;
 use kube::core::GroupVersionKind;
 use kube::{Client, ResourceExt};
 
-use crate::controller::{Error, kube_err};
 use crate::crd::{Registry, TlsMode};
 use crate::desired::{ca_bundle, tls};
 use crate::names::Names;
-use crate::pki::{self, CertInfo, KeyedCert};
+use crate::pki::{self, CertInfo, KeyedCert, PkiError};
+use crate::{Error, kube_err};
+
+static NO_CERTIFICATE: PkiError = PkiError::Unreadable {
+    what: "the certificate",
+    detail: String::new(),
+};
 
 /// A certificate and key as stored in a Secret, with the certificate PEM
 /// parsed (`Err`: why it is unreadable).
@@ -18,21 +23,21 @@ use crate::pki::{self, CertInfo, KeyedCert};
 pub(crate) struct Parsed {
     pub pair: KeyedCert,
     /// Every certificate of `pair.cert_pem`, the leaf first.
-    pub chain: Result<Vec<CertInfo>, String>,
+    pub chain: Result<Vec<CertInfo>, PkiError>,
 }
 
 impl Parsed {
     pub fn new(pair: KeyedCert, what: &'static str) -> Self {
-        let chain = pki::parse_bundle(&pair.cert_pem, what).map_err(|e| e.to_string());
+        let chain = pki::parse_bundle(&pair.cert_pem, what);
         Self { pair, chain }
     }
 
     /// The first certificate (the leaf of a chain, or the CA itself).
-    pub fn leaf(&self) -> Result<&CertInfo, &str> {
-        match &self.chain {
-            Ok(chain) => chain.first().ok_or("no certificate"),
-            Err(e) => Err(e.as_str()),
-        }
+    pub fn leaf(&self) -> Result<&CertInfo, &PkiError> {
+        // A parsed bundle holds at least one certificate.
+        self.chain
+            .as_ref()
+            .and_then(|chain| chain.first().ok_or(&NO_CERTIFICATE))
     }
 }
 
@@ -68,7 +73,7 @@ pub(crate) struct ServedSecret {
     pub cert: Option<Parsed>,
     /// The CA nodes should trust: its `ca.crt`, else the last certificate of
     /// its chain; with that PEM parsed.
-    pub ca: Option<(String, Result<CertInfo, String>)>,
+    pub ca: Option<(String, Result<CertInfo, PkiError>)>,
 }
 
 impl ServedSecret {
@@ -76,7 +81,7 @@ impl ServedSecret {
         let cert = tls::keyed_cert(secret).map(|p| Parsed::new(p, "tls.crt"));
         let ca = cert.as_ref().map(|cert| {
             let pem = tls::ca_of(secret).unwrap_or_else(|| last_certificate(&cert.pair.cert_pem));
-            let parsed = pki::parse_cert(&pem, "ca.crt").map_err(|e| e.to_string());
+            let parsed = pki::parse_cert(&pem, "ca.crt");
             (pem, parsed)
         });
         Self {

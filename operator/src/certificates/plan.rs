@@ -325,7 +325,7 @@ fn self_signed(
         (Verdict::Keep { .. }, Some(kept)) => match kept.leaf() {
             Ok(cert) => (kept.pair.clone(), cert.clone()),
             // Keep is only said of a readable certificate.
-            Err(e) => return Err(unreadable(e)),
+            Err(e) => return Err(e.clone()),
         },
         (verdict, _) => {
             let issued = pki::issue_serving(&signing.pair, cert_names, now, policy.validity)?;
@@ -367,13 +367,6 @@ fn self_signed(
     })
 }
 
-fn unreadable(detail: &str) -> PkiError {
-    PkiError::Unreadable {
-        what: "the serving certificate",
-        detail: detail.to_owned(),
-    }
-}
-
 /// For a Secret the operator does not write: check it, publish the CA that
 /// nodes should trust and report its expiry; a Secret that cannot serve is
 /// `invalid_reason`, with what to fix.
@@ -387,10 +380,10 @@ fn served(
     now: Timestamp,
 ) -> Plan {
     match check_served(secret, cert_names, now) {
-        Err(message) => Plan::waiting(
+        Err(unservable) => Plan::waiting(
             CertState::Failed {
                 reason: invalid_reason,
-                message,
+                message: unservable.to_string(),
             },
             node_trust,
         ),
@@ -423,41 +416,56 @@ fn served(
     }
 }
 
+/// Why a Secret the operator does not write cannot serve.
+#[derive(Debug, thiserror::Error)]
+enum Unservable {
+    #[error("Secret {0} has no tls.crt and tls.key")]
+    NoKeyPair(String),
+    #[error(transparent)]
+    Unreadable(PkiError),
+    #[error("the certificate in {secret} does not name {missing}")]
+    NamesMissing { secret: String, missing: String },
+    #[error(
+        "tls.key in {0} is not the private key of tls.crt: store the key the certificate was issued for"
+    )]
+    KeyMismatch(String),
+    #[error("the certificate in {secret} expired at {at}: renew it")]
+    Expired { secret: String, at: Timestamp },
+}
+
 /// The leaf, the CA PEM and the CA of a Secret that can serve `cert_names`
 /// now; else why not.
 fn check_served<'a>(
     secret: &'a ServedSecret,
     cert_names: &[String],
     now: Timestamp,
-) -> Result<(&'a CertInfo, &'a str, &'a CertInfo), String> {
+) -> Result<(&'a CertInfo, &'a str, &'a CertInfo), Unservable> {
     let name = &secret.name;
     let (Some(cert), Some((ca_pem, ca))) = (&secret.cert, &secret.ca) else {
-        return Err(format!("Secret {name} has no tls.crt and tls.key"));
+        return Err(Unservable::NoKeyPair(name.clone()));
     };
-    let leaf = cert.leaf().map_err(str::to_owned)?;
+    let leaf = cert.leaf().map_err(|e| Unservable::Unreadable(e.clone()))?;
     let missing: Vec<&str> = cert_names
         .iter()
         .filter(|n| !leaf.covers(n))
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "the certificate in {name} does not name {}",
-            missing.join(", ")
-        ));
+        return Err(Unservable::NamesMissing {
+            secret: name.clone(),
+            missing: missing.join(", "),
+        });
     }
     if !pki::key_matches(leaf, &cert.pair.key_pem) {
-        return Err(format!(
-            "tls.key in {name} is not the private key of tls.crt: store the key the certificate was issued for"
-        ));
+        return Err(Unservable::KeyMismatch(name.clone()));
     }
     if now >= leaf.not_after {
-        return Err(format!(
-            "the certificate in {name} expired at {}: renew it",
-            leaf.not_after
-        ));
+        return Err(Unservable::Expired {
+            secret: name.clone(),
+            at: leaf.not_after,
+        });
     }
-    let ca = ca.as_ref().map_err(String::clone)?;
+    let ca = ca.as_ref().map_err(|e| Unservable::Unreadable(e.clone()))?;
     Ok((leaf, ca_pem, ca))
 }
 
@@ -539,6 +547,7 @@ mod tests {
             trusted,
             total,
             unreported: 0,
+            stale: 0,
             problems: Vec::new(),
         }
     }

@@ -43,12 +43,12 @@ pub struct HostPath {
 
 impl HostPath {
     /// `host` seen through `host_root`; refuses relative paths and `..`.
-    pub fn new(host: &Path, host_root: &Path, what: &str) -> Result<Self, String> {
+    pub fn new(host: &Path, host_root: &Path, what: &str) -> crate::Result<Self> {
         if !host.is_absolute() || host.components().any(|c| c == Component::ParentDir) {
-            return Err(format!(
+            return Err(crate::Error::Host(format!(
                 "the {what} {} must be an absolute path without '..'",
                 host.display()
-            ));
+            )));
         }
         let relative: PathBuf = host
             .components()
@@ -113,7 +113,7 @@ impl Installer {
 
     /// Make the bin dir hold the plugin and, if asked, the config file hold
     /// berth's provider. Errors name the host path and what to do.
-    pub fn sync(&mut self) -> Result<Installed, String> {
+    pub fn sync(&mut self) -> crate::Result<Installed> {
         let binary_written = self.sync_binary()?;
         let config_written = match &self.install.config {
             Some((path, config)) => sync_config(path, config)?,
@@ -125,13 +125,13 @@ impl Installer {
         })
     }
 
-    fn sync_binary(&mut self) -> Result<bool, String> {
+    fn sync_binary(&mut self) -> crate::Result<bool> {
         let source = &self.install.source;
         let source_meta = fs::metadata(source).map_err(|e| {
-            format!(
+            crate::Error::Host(format!(
                 "cannot read this agent's executable {}: {e}",
                 source.display()
-            )
+            ))
         })?;
         let dir = &self.install.bin_dir;
         ensure_dir(dir)?;
@@ -139,13 +139,13 @@ impl Installer {
         let shown = format!("{}/{PLUGIN_NAME}", dir.shown());
         let target_meta = match fs::symlink_metadata(&target) {
             Ok(meta) if meta.file_type().is_symlink() || !meta.is_file() => {
-                return Err(format!(
+                return Err(crate::Error::Host(format!(
                     "{shown} exists and is not a plain file; remove it so the agent can install the plugin"
-                ));
+                )));
             }
             Ok(meta) => Some(meta),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("cannot inspect {shown}: {e}")),
+            Err(e) => return Err(crate::Error::Host(format!("cannot inspect {shown}: {e}"))),
         };
         let stamps = target_meta
             .as_ref()
@@ -155,54 +155,58 @@ impl Installer {
         }
         let same = match &target_meta {
             Some(meta) if meta.len() == source_meta.len() && meta.mode() & 0o111 != 0 => {
-                same_content(source, &target).map_err(|e| format!("cannot compare {shown}: {e}"))?
+                same_content(source, &target)
+                    .map_err(|e| crate::Error::Host(format!("cannot compare {shown}: {e}")))?
             }
             _ => false,
         };
         if !same {
             let mut from = File::open(source).map_err(|e| {
-                format!(
+                crate::Error::Host(format!(
                     "cannot read this agent's executable {}: {e}",
                     source.display()
-                )
+                ))
             })?;
             replace(&dir.local, PLUGIN_NAME, 0o755, |file| {
                 io::copy(&mut from, file).map(|_| ())
             })
-            .map_err(|e| format!("cannot write {shown}: {e}"))?;
+            .map_err(|e| crate::Error::Host(format!("cannot write {shown}: {e}")))?;
         }
-        let target_meta =
-            fs::metadata(&target).map_err(|e| format!("cannot inspect {shown}: {e}"))?;
+        let target_meta = fs::metadata(&target)
+            .map_err(|e| crate::Error::Host(format!("cannot inspect {shown}: {e}")))?;
         self.checked = Some((Stamp::of(&source_meta), Stamp::of(&target_meta)));
         Ok(!same)
     }
 }
 
-fn ensure_dir(dir: &HostPath) -> Result<(), String> {
+fn ensure_dir(dir: &HostPath) -> crate::Result<()> {
     match fs::symlink_metadata(&dir.local) {
         Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(format!(
+        Ok(_) => Err(crate::Error::Host(format!(
             "{} is not a directory; point credentialProvider.binDir at the kubelet's --image-credential-provider-bin-dir",
             dir.shown()
-        )),
-        Err(e) if e.kind() == ErrorKind::NotFound => Err(format!(
+        ))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(crate::Error::Host(format!(
             "{} does not exist in the agent's view; the chart mounts credentialProvider.binDir there",
             dir.shown()
-        )),
-        Err(e) => Err(format!("cannot inspect {}: {e}", dir.shown())),
+        ))),
+        Err(e) => Err(crate::Error::Host(format!(
+            "cannot inspect {}: {e}",
+            dir.shown()
+        ))),
     }
 }
 
-fn sync_config(path: &HostPath, config: &KubeletConfig) -> Result<bool, String> {
+fn sync_config(path: &HostPath, config: &KubeletConfig) -> crate::Result<bool> {
     let mut wanted = serde_json::to_vec_pretty(&kubelet_config(config))
-        .map_err(|e| format!("rendering the kubelet config: {e}"))?;
+        .map_err(|e| crate::Error::Host(format!("rendering the kubelet config: {e}")))?;
     wanted.push(b'\n');
     let shown = path.shown();
     match fs::symlink_metadata(&path.local) {
         Ok(meta) if !meta.is_file() => {
-            return Err(format!(
+            return Err(crate::Error::Host(format!(
                 "{shown} exists and is not a plain file; left alone"
-            ));
+            )));
         }
         Ok(_) => {
             if fs::read(&path.local).is_ok_and(|have| have == wanted) {
@@ -210,14 +214,14 @@ fn sync_config(path: &HostPath, config: &KubeletConfig) -> Result<bool, String> 
             }
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot inspect {shown}: {e}")),
+        Err(e) => return Err(crate::Error::Host(format!("cannot inspect {shown}: {e}"))),
     }
     let (Some(dir), Some(name)) = (path.local.parent(), path.local.file_name()) else {
-        return Err(format!("{shown} names no file"));
+        return Err(crate::Error::Host(format!("{shown} names no file")));
     };
     let name = name.to_string_lossy().into_owned();
     replace(dir, &name, 0o644, |file| file.write_all(&wanted))
-        .map_err(|e| format!("cannot write {shown}: {e}"))?;
+        .map_err(|e| crate::Error::Host(format!("cannot write {shown}: {e}")))?;
     Ok(true)
 }
 
@@ -389,7 +393,10 @@ mod tests {
     fn a_symlink_in_place_of_the_plugin_is_refused() {
         let node = node();
         std::os::unix::fs::symlink("/bin/sh", plugin(&node)).expect("ok");
-        let error = installer(&node, false).sync().expect_err("refused");
+        let error = installer(&node, false)
+            .sync()
+            .expect_err("refused")
+            .to_string();
         assert!(
             error.contains("/usr/libexec/cp/berth-credential-provider"),
             "{error}"
@@ -404,7 +411,10 @@ mod tests {
     fn a_missing_bin_dir_says_what_to_mount() {
         let node = node();
         fs::remove_dir(node.root.join("usr/libexec/cp")).expect("ok");
-        let error = installer(&node, false).sync().expect_err("refused");
+        let error = installer(&node, false)
+            .sync()
+            .expect_err("refused")
+            .to_string();
         assert!(error.contains("credentialProvider.binDir"), "{error}");
     }
 

@@ -81,8 +81,12 @@ pub struct Plan {
 
 /// Whether `host` is a lower-case DNS name (or IPv4 address) with an
 /// optional `:port`, and so safe as one directory name.
-pub fn check_host(host: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("host name {host:?} {why}"));
+pub fn check_host(host: &str) -> crate::Result<()> {
+    let bad = |why: &str| {
+        Err(crate::Error::InvalidSpec(format!(
+            "host name {host:?} {why}"
+        )))
+    };
     if host.contains('/') || host.contains('\\') {
         return bad("contains a path separator");
     }
@@ -117,15 +121,15 @@ pub fn check_host(host: &str) -> Result<(), String> {
 }
 
 /// `https://<ip>:<port>` (IPv6 in brackets) → the same string, checked.
-pub fn check_upstream(upstream: &str) -> Result<(), String> {
+pub fn check_upstream(upstream: &str) -> crate::Result<()> {
     let addr = upstream
         .strip_prefix("https://")
         .and_then(|rest| rest.parse::<std::net::SocketAddr>().ok());
     match addr {
         Some(addr) if addr.port() != 0 => Ok(()),
-        _ => Err(format!(
+        _ => Err(crate::Error::InvalidSpec(format!(
             "upstream {upstream:?} is not https://<IP address>:<port>"
-        )),
+        ))),
     }
 }
 
@@ -133,12 +137,15 @@ pub fn check_upstream(upstream: &str) -> Result<(), String> {
 fn selects(
     selector: &BTreeMap<String, String>,
     labels: Option<&BTreeMap<String, String>>,
-) -> Result<bool, String> {
+) -> crate::Result<bool> {
     if selector.is_empty() {
         return Ok(true);
     }
-    let labels = labels
-        .ok_or("this node's labels are unknown, so nodeTrust.nodeSelector cannot be matched")?;
+    let labels = labels.ok_or_else(|| {
+        crate::Error::InvalidSpec(
+            "this node's labels are unknown, so nodeTrust.nodeSelector cannot be matched".into(),
+        )
+    })?;
     Ok(selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
@@ -184,7 +191,7 @@ pub fn plan(
                 continue;
             }
             Err(e) => {
-                rp.errors.push(e);
+                rp.errors.push(e.to_string());
                 plan.registries.push(rp);
                 continue;
             }
@@ -427,7 +434,7 @@ mod tests {
             "10.0.0.1:443",
             "a-b.c",
         ] {
-            assert_eq!(check_host(good), Ok(()), "{good}");
+            assert!(check_host(good).is_ok(), "{good}");
         }
         for bad in [
             "", "..", ".hub", "hub.", "-a.b", "a/b", "a\\b", "A.b", "h:0", "h:", "h:+5", "h:1:2",
@@ -498,8 +505,8 @@ mod tests {
 
     #[test]
     fn upstream_checks() {
-        assert_eq!(check_upstream("https://10.96.0.1:443"), Ok(()));
-        assert_eq!(check_upstream("https://[fd00::1]:5000"), Ok(()));
+        assert!(check_upstream("https://10.96.0.1:443").is_ok());
+        assert!(check_upstream("https://[fd00::1]:5000").is_ok());
         for bad in [
             "10.96.0.1:443",
             "https://hub:443",

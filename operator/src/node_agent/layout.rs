@@ -41,23 +41,23 @@ pub struct Base {
 impl Base {
     /// `host_dir` seen through `host_root` (`/` when the agent runs on the
     /// host itself).
-    pub fn new(runtime: Runtime, host_dir: &Path, host_root: &Path) -> Result<Self, String> {
+    pub fn new(runtime: Runtime, host_dir: &Path, host_root: &Path) -> crate::Result<Self> {
         if !host_dir.is_absolute() {
-            return Err(format!(
+            return Err(crate::Error::Host(format!(
                 "the {} certs directory {} is not an absolute path",
                 runtime.as_str(),
                 host_dir.display()
-            ));
+            )));
         }
         if host_dir
             .components()
             .any(|c| matches!(c, Component::ParentDir))
         {
-            return Err(format!(
+            return Err(crate::Error::Host(format!(
                 "the {} certs directory {} contains '..'",
                 runtime.as_str(),
                 host_dir.display()
-            ));
+            )));
         }
         let relative: PathBuf = host_dir
             .components()
@@ -79,7 +79,7 @@ pub struct Layout {
 
 impl Layout {
     /// From the agent's flags: an empty directory switches that runtime off.
-    pub fn new(containerd: &str, docker: &str, host_root: &Path) -> Result<Self, String> {
+    pub fn new(containerd: &str, docker: &str, host_root: &Path) -> crate::Result<Self> {
         let mut bases = Vec::new();
         for (runtime, dir) in [(Runtime::Containerd, containerd), (Runtime::Docker, docker)] {
             if !dir.is_empty() {

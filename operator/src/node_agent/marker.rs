@@ -38,23 +38,23 @@ impl Marker {
     }
 
     /// Read a marker, refusing any that names a file the agent never writes.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let marker: Self =
-            serde_json::from_str(text).map_err(|e| format!("unreadable marker: {e}"))?;
+    pub fn parse(text: &str) -> crate::Result<Self> {
+        let marker: Self = serde_json::from_str(text)
+            .map_err(|e| crate::Error::Host(format!("unreadable marker: {e}")))?;
         if marker.managed_by != MANAGED_BY {
-            return Err(format!(
+            return Err(crate::Error::Host(format!(
                 "marker says managedBy {:?}, not {MANAGED_BY}",
                 marker.managed_by
-            ));
+            )));
         }
         if let Some(stray) = marker
             .files
             .iter()
             .find(|f| !FILE_NAMES.contains(&f.as_str()))
         {
-            return Err(format!(
+            return Err(crate::Error::Host(format!(
                 "marker lists {stray:?}, which the agent never writes"
-            ));
+            )));
         }
         Ok(marker)
     }
@@ -78,14 +78,16 @@ mod tests {
         let text = marker.render();
         assert!(text.contains("\"namespace\": \"team\""), "{text}");
         assert!(text.contains("\"uid\": \"u1\""), "{text}");
-        assert_eq!(Marker::parse(&text), Ok(marker));
+        assert_eq!(Marker::parse(&text).ok(), Some(marker));
     }
 
     #[test]
     fn a_marker_naming_other_files_is_refused() {
         let mut marker = Marker::new(owner(), ["ca.crt".to_owned()]);
         marker.files.insert("../../etc/passwd".into());
-        let err = Marker::parse(&marker.render()).expect_err("refused");
+        let err = Marker::parse(&marker.render())
+            .expect_err("refused")
+            .to_string();
         assert!(err.contains("never writes"), "{err}");
         assert!(Marker::parse("{").is_err());
         let mut foreign = Marker::new(owner(), []);

@@ -43,6 +43,10 @@ use report::NodeReport;
 /// burst of changes makes one pass.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 
+/// A pass this close to the heartbeat renews the Lease, so a pass that runs
+/// a moment early does not skip a whole heartbeat.
+const HEARTBEAT_SLACK: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// This node's name (the downward API's `spec.nodeName`).
@@ -69,6 +73,9 @@ struct NodeFacts {
 struct Memory {
     /// The report last written, with the Node uid its Lease is owned by.
     reported: Option<(NodeReport, Option<String>)>,
+    /// When the report Lease was last written: it is renewed every
+    /// [`report::HEARTBEAT`] even when nothing changed.
+    reported_at: Option<std::time::Instant>,
     problems: BTreeSet<String>,
     /// Shared with the blocking task that copies files.
     installer: Option<Arc<std::sync::Mutex<Installer>>>,
@@ -79,7 +86,7 @@ pub async fn run(
     client: Client,
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let (reader, writer) = reflector::store::<Registry>();
     let changed = Arc::new(tokio::sync::Notify::new());
     let stream = reflector(
@@ -124,7 +131,7 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     tokio::select! {
-        ready = reader.wait_until_ready() => ready?,
+        ready = reader.wait_until_ready() => ready.map_err(|_| crate::Error::WatchStopped("Registries"))?,
         () = &mut shutdown => { watch.abort(); return Ok(()); }
     }
     tracing::info!(
@@ -138,7 +145,7 @@ pub async fn run(
         pass(&client, &config, registries, &mut memory).await;
         tokio::select! {
             () = changed.notified() => tokio::time::sleep(DEBOUNCE).await,
-            () = tokio::time::sleep(config.resync) => {}
+            () = tokio::time::sleep(config.resync.min(report::HEARTBEAT)) => {}
             () = &mut shutdown => break,
         }
     }
@@ -240,11 +247,15 @@ async fn pass(
     memory.problems = problems;
 
     let state = (report, facts.uid.clone());
-    if memory.reported.as_ref() == Some(&state) {
+    let unchanged = memory.reported.as_ref() == Some(&state);
+    let heartbeat_due = memory
+        .reported_at
+        .is_none_or(|at| at.elapsed() >= report::HEARTBEAT.saturating_sub(HEARTBEAT_SLACK));
+    if unchanged && !heartbeat_due {
         return;
     }
     let (report, _) = &state;
-    for (key, r) in &report.registries {
+    for (key, r) in report.registries.iter().filter(|_| !unchanged) {
         tracing::info!(registry = %key, selected = r.selected, fingerprints = ?r.fingerprints, error = r.error.as_deref().unwrap_or(""), "trust installed");
     }
     let Some(namespace) = &config.report_namespace else {
@@ -267,7 +278,10 @@ async fn pass(
         )
         .await
     {
-        Ok(_) => memory.reported = Some(state),
+        Ok(_) => {
+            memory.reported = Some(state);
+            memory.reported_at = Some(std::time::Instant::now());
+        }
         Err(e) => {
             tracing::warn!(error = %e, namespace = %namespace, "writing the report Lease failed; retrying on the next pass")
         }

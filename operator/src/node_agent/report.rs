@@ -24,6 +24,12 @@ pub const REPORT_ANNOTATION: &str = "berth.dev/node-trust";
 /// The field manager of the agent's writes.
 pub const FIELD_MANAGER: &str = "berth-node-agent";
 const LEASE_PREFIX: &str = "berth-node-";
+/// The agent renews its report Lease this often even when nothing changed,
+/// so the operator can tell a stopped agent from a quiet one.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
+/// A report not renewed for this long (three missed heartbeats) is stale:
+/// the operator stops counting that node as trusting.
+pub const LEASE_SECONDS: i32 = 90;
 
 /// One node's report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +182,7 @@ pub fn lease(
         spec: Some(LeaseSpec {
             holder_identity: Some(report.node.clone()),
             renew_time: Some(MicroTime(now)),
+            lease_duration_seconds: Some(LEASE_SECONDS),
             ..LeaseSpec::default()
         }),
     }
@@ -189,6 +196,18 @@ pub fn parse(lease: &Lease) -> Option<NodeReport> {
         .as_ref()?
         .get(REPORT_ANNOTATION)?;
     serde_json::from_str(text).ok()
+}
+
+/// When the report in `lease` goes stale unless renewed: its renewTime
+/// plus its duration. `None` for a Lease without both (an agent from before
+/// heartbeats, which is never judged stale).
+pub fn expiry(lease: &Lease) -> Option<jiff::Timestamp> {
+    let spec = lease.spec.as_ref()?;
+    let renewed = spec.renew_time.as_ref()?.0;
+    let seconds = spec.lease_duration_seconds?;
+    renewed
+        .checked_add(jiff::SignedDuration::from_secs(i64::from(seconds)))
+        .ok()
 }
 
 #[cfg(test)]
@@ -239,6 +258,20 @@ mod tests {
             text,
             r#"{"node":"berth-node","registries":{"team/hub":{"uid":"u1","selected":true,"fingerprints":["sha256:aa"]}}}"#
         );
+    }
+
+    #[test]
+    fn a_report_expires_three_heartbeats_after_its_renewal() {
+        let now: jiff::Timestamp = "2026-11-24T12:00:00Z".parse().expect("ts");
+        let mut lease = lease("berth-system", None, &report(), now);
+        assert_eq!(
+            expiry(&lease),
+            Some("2026-11-24T12:01:30Z".parse().expect("ts"))
+        );
+        assert!(i64::from(LEASE_SECONDS) >= 3 * HEARTBEAT.as_secs() as i64);
+        // Written by an agent from before heartbeats: never stale.
+        lease.spec.as_mut().expect("spec").lease_duration_seconds = None;
+        assert_eq!(expiry(&lease), None);
     }
 
     #[test]

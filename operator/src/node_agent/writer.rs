@@ -84,7 +84,7 @@ fn sync_base(base: &Base, dirs: &[&DirPlan], outcome: &mut SyncOutcome) {
                 dir: dir.clone(),
                 owner: marker.registry.clone(),
             }),
-            Err(e) => outcome.warnings.push(e),
+            Err(e) => outcome.warnings.push(e.to_string()),
         }
     }
 
@@ -92,7 +92,7 @@ fn sync_base(base: &Base, dirs: &[&DirPlan], outcome: &mut SyncOutcome) {
         let previous = managed
             .get(&plan.dir)
             .filter(|m| m.registry.uid == plan.owner.uid);
-        let error = write_dir(base, plan, previous).err();
+        let error = write_dir(base, plan, previous).err().map(|e| e.to_string());
         outcome.written.push(DirResult {
             runtime: base.runtime,
             dir: plan.dir.clone(),
@@ -107,8 +107,8 @@ fn shown(base: &Base, dir: &str) -> String {
     base.host_dir.join(dir).display().to_string()
 }
 
-fn io_error(what: &str, path: &str, e: &std::io::Error) -> String {
-    format!("{what} {path}: {e}")
+fn io_error(what: &str, path: &str, e: &std::io::Error) -> crate::Error {
+    crate::Error::Host(format!("{what} {path}: {e}"))
 }
 
 /// Every directory in `base` that carries a readable marker of the agent's.
@@ -119,11 +119,9 @@ fn scan(base: &Base) -> (BTreeMap<String, Marker>, Vec<String>) {
         Ok(entries) => entries,
         Err(e) if e.kind() == ErrorKind::NotFound => return (managed, problems),
         Err(e) => {
-            problems.push(io_error(
-                "cannot list",
-                &base.host_dir.display().to_string(),
-                &e,
-            ));
+            problems.push(
+                io_error("cannot list", &base.host_dir.display().to_string(), &e).to_string(),
+            );
             return (managed, problems);
         }
     };
@@ -140,7 +138,7 @@ fn scan(base: &Base) -> (BTreeMap<String, Marker>, Vec<String>) {
             continue;
         }
         match fs::read_to_string(&marker_path)
-            .map_err(|e| e.to_string())
+            .map_err(|e| crate::Error::Host(e.to_string()))
             .and_then(|text| Marker::parse(&text))
         {
             Ok(marker) => {
@@ -157,25 +155,25 @@ fn scan(base: &Base) -> (BTreeMap<String, Marker>, Vec<String>) {
 
 /// `dir` as one plain path component, or an error (the planner checks host
 /// names already; this is the writer refusing to trust that).
-fn component(base: &Base, dir: &str) -> Result<PathBuf, String> {
+fn component(base: &Base, dir: &str) -> crate::Result<PathBuf> {
     let mut parts = Path::new(dir).components();
     match (parts.next(), parts.next()) {
         (Some(Component::Normal(_)), None) => Ok(base.local_dir.join(dir)),
-        _ => Err(format!(
+        _ => Err(crate::Error::Host(format!(
             "{dir:?} is not a single directory name; nothing written"
-        )),
+        ))),
     }
 }
 
-fn write_dir(base: &Base, plan: &DirPlan, previous: Option<&Marker>) -> Result<(), String> {
+fn write_dir(base: &Base, plan: &DirPlan, previous: Option<&Marker>) -> crate::Result<()> {
     let path = component(base, &plan.dir)?;
     let where_ = shown(base, &plan.dir);
     match fs::symlink_metadata(&path) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
-            return Err(format!(
+            return Err(crate::Error::Host(format!(
                 "{where_} exists and is not a directory; left alone"
-            ));
+            )));
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {
             DirBuilder::new()
@@ -200,10 +198,10 @@ fn write_dir(base: &Base, plan: &DirPlan, previous: Option<&Marker>) -> Result<(
             .collect();
         taken.sort_unstable();
         if !taken.is_empty() {
-            return Err(format!(
+            return Err(crate::Error::Host(format!(
                 "{where_} already holds {} not written by berth; left alone",
                 taken.join(", ")
-            ));
+            )));
         }
     }
 
@@ -217,15 +215,16 @@ fn write_dir(base: &Base, plan: &DirPlan, previous: Option<&Marker>) -> Result<(
             MARKER,
             &Marker::new(plan.owner.clone(), union.clone()).render(),
         )
-        .map_err(|e| format!("{where_}: {e}"))?;
+        .map_err(|e| crate::Error::Host(format!("{where_}: {e}")))?;
     }
     for (name, contents) in &plan.files {
-        write_file(&path, name, contents).map_err(|e| format!("{where_}: {e}"))?;
+        write_file(&path, name, contents)
+            .map_err(|e| crate::Error::Host(format!("{where_}: {e}")))?;
     }
     let stale: Vec<&String> = previous_files.difference(&wanted).collect();
     for name in &stale {
         let _ = fs::remove_file(path.join(temp_name(name)));
-        remove_file(&path.join(name)).map_err(|e| format!("{where_}: {e}"))?;
+        remove_file(&path.join(name)).map_err(|e| crate::Error::Host(format!("{where_}: {e}")))?;
     }
     if union != wanted {
         write_file(
@@ -233,7 +232,7 @@ fn write_dir(base: &Base, plan: &DirPlan, previous: Option<&Marker>) -> Result<(
             MARKER,
             &Marker::new(plan.owner.clone(), wanted).render(),
         )
-        .map_err(|e| format!("{where_}: {e}"))?;
+        .map_err(|e| crate::Error::Host(format!("{where_}: {e}")))?;
     }
     // The marker's temp file, if a killed agent left one (write_file clears
     // those of the files it looks at).
@@ -243,7 +242,7 @@ fn write_dir(base: &Base, plan: &DirPlan, previous: Option<&Marker>) -> Result<(
 
 /// Write `contents` to `dir/name` through a temporary file and a rename,
 /// unless it already holds exactly that.
-fn write_file(dir: &Path, name: &str, contents: &str) -> Result<(), String> {
+fn write_file(dir: &Path, name: &str, contents: &str) -> crate::Result<()> {
     let target = dir.join(name);
     let tmp = dir.join(temp_name(name));
     match fs::symlink_metadata(&target) {
@@ -255,9 +254,13 @@ fn write_file(dir: &Path, name: &str, contents: &str) -> Result<(), String> {
                 return Ok(());
             }
         }
-        Ok(_) => return Err(format!("{name} is not a regular file; not replaced")),
+        Ok(_) => {
+            return Err(crate::Error::Host(format!(
+                "{name} is not a regular file; not replaced"
+            )));
+        }
         Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot inspect {name}: {e}")),
+        Err(e) => return Err(crate::Error::Host(format!("cannot inspect {name}: {e}"))),
     }
     let _ = fs::remove_file(&tmp);
     let written = OpenOptions::new()
@@ -272,7 +275,7 @@ fn write_file(dir: &Path, name: &str, contents: &str) -> Result<(), String> {
         .and_then(|()| fs::rename(&tmp, &target));
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
-        return Err(format!("cannot write {name}: {e}"));
+        return Err(crate::Error::Host(format!("cannot write {name}: {e}")));
     }
     // Make the rename itself durable.
     if let Ok(d) = fs::File::open(dir) {
@@ -285,29 +288,34 @@ fn temp_name(name: &str) -> String {
     format!(".{name}.berth-tmp")
 }
 
-fn remove_file(path: &Path) -> Result<(), String> {
+fn remove_file(path: &Path) -> crate::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => Err(format!("{} is a directory; not removed", path.display())),
-        Ok(_) => {
-            fs::remove_file(path).map_err(|e| format!("cannot remove {}: {e}", path.display()))
-        }
+        Ok(meta) if meta.is_dir() => Err(crate::Error::Host(format!(
+            "{} is a directory; not removed",
+            path.display()
+        ))),
+        Ok(_) => fs::remove_file(path)
+            .map_err(|e| crate::Error::Host(format!("cannot remove {}: {e}", path.display()))),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("cannot inspect {}: {e}", path.display())),
+        Err(e) => Err(crate::Error::Host(format!(
+            "cannot inspect {}: {e}",
+            path.display()
+        ))),
     }
 }
 
 /// Remove what `marker` lists in `base/dir`, the marker, and the directory
 /// if it is then empty.
-fn remove_dir(base: &Base, dir: &str, marker: &Marker) -> Result<(), String> {
+fn remove_dir(base: &Base, dir: &str, marker: &Marker) -> crate::Result<()> {
     let path = component(base, dir)?;
     let where_ = shown(base, dir);
     for name in &marker.files {
-        remove_file(&path.join(name)).map_err(|e| format!("{where_}: {e}"))?;
+        remove_file(&path.join(name)).map_err(|e| crate::Error::Host(format!("{where_}: {e}")))?;
     }
     for name in FILE_NAMES.iter().copied().chain([MARKER]) {
         let _ = fs::remove_file(path.join(temp_name(name)));
     }
-    remove_file(&path.join(MARKER)).map_err(|e| format!("{where_}: {e}"))?;
+    remove_file(&path.join(MARKER)).map_err(|e| crate::Error::Host(format!("{where_}: {e}")))?;
     match fs::remove_dir(&path) {
         Ok(()) => {}
         // Something else lives there: it stays, and so does the directory.
