@@ -273,6 +273,29 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         }
     }
 
+    // Likewise the mirror config.
+    match desired::mirror::mirror_config(registry) {
+        Some(config) => {
+            apply::apply(
+                client,
+                &desired::mirror::mirror_config_map(registry, &names, &config),
+            )
+            .await
+            .map_err(kube_err("applying the mirror ConfigMap"))?;
+        }
+        None => {
+            apply::delete_owned::<ConfigMap>(
+                client,
+                registry,
+                &names.namespace,
+                &names.mirror_config_map(),
+            )
+            .await
+            .map(drop)
+            .map_err(kube_err("removing the mirror ConfigMap"))?;
+        }
+    }
+
     let deployment = desired::deployment::deployment(registry, &names, &ctx.config.default_image);
     let workload = workload_state(
         &apply::apply(client, &deployment)

@@ -146,6 +146,19 @@ pub struct RegistrySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notifications: Option<Notifications>,
 
+    /// Pull-through cache: upstream registries (`docker.io`, `ghcr.io`,
+    /// ...) served under their host name as the first part of the
+    /// repository name (`docker.io/library/nginx`), fetched on a miss and
+    /// served from storage after, also when the upstream fails. With
+    /// nodeTrust, every selected node's containerd pulls those upstreams
+    /// through this registry (and falls back to them when it is down).
+    /// Mirrored repositories are pullable without logging in (nodes send
+    /// no credentials to a mirror); limit them with `repositories`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["prefix".into()]))]
+    pub mirrors: Vec<Mirror>,
+
     /// CPU and memory for the registry container. Unset: requests of
     /// 50m CPU and 64Mi memory, a 512Mi memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -282,6 +295,7 @@ impl Default for RegistrySpec {
             auth: Auth::default(),
             gc: GarbageCollection::default(),
             notifications: None,
+            mirrors: Vec::new(),
             resources: None,
             ui: UiSpec::default(),
         }
@@ -874,6 +888,51 @@ pub struct NotificationHeader {
     pub name: String,
     /// The Secret key holding its value (e.g. `Bearer <token>`).
     pub secret_key_ref: SecretKeyRef,
+}
+
+/// One upstream registry the pull-through cache serves.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Mirror {
+    /// The upstream's host name as image references spell it, and the
+    /// first part of the cached repositories' names: `docker.io`,
+    /// `ghcr.io`, `registry.k8s.io`. No port, no path.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == 'localhost' || self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+$')").message("mirrors[].prefix is a registry host name as image references spell it: lower-case DNS labels joined by dots, no port or path (docker.io, ghcr.io, registry.k8s.io)"))]
+    pub prefix: String,
+
+    /// The upstream's base URL: `https://registry-1.docker.io` for
+    /// `docker.io`, `https://ghcr.io`, ...
+    #[schemars(length(min = 8, max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^/\\\\s\"]+(/\\\\S*)?$')").message("mirrors[].url is the upstream's base URL starting with https:// (or http://), e.g. https://registry-1.docker.io"))]
+    pub url: String,
+
+    /// A Secret in the Registry's namespace with keys `username` and
+    /// `password` (or a token) for the upstream. Unset: anonymous (Docker
+    /// Hub's anonymous tokens are fetched as clients do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
+
+    /// Upstream repository globs that may be fetched, as the upstream
+    /// names them (`library/*`, `bitnami/redis`; `*` matches across `/`).
+    /// Empty: every repository.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 255)))]
+    pub repositories: Vec<String>,
+
+    /// How long a tag fetched from the upstream is served before it is
+    /// checked again (a HEAD request, which spares rate limits), e.g.
+    /// `5m`, `1h`. Unset: 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = WHOLE_DURATION), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('720h')").message("mirrors[].tagFreshness must be at most 720h (a tag moved upstream is seen only after it)"))]
+    pub tag_freshness: Option<String>,
+
+    /// PEM CA certificates the upstream's certificate chains to, for a
+    /// private upstream (added to the system's roots), from a Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
 }
 
 /// A key of a Secret in the Registry's namespace.

@@ -103,6 +103,12 @@ impl Names {
         format!("{}-notify", self.name)
     }
 
+    /// The ConfigMap holding the registry's mirror (pull-through cache)
+    /// config file.
+    pub fn mirror_config_map(&self) -> String {
+        format!("{}-mirror", self.name)
+    }
+
     /// The Secret holding the token signing key and the accepted public
     /// keys.
     pub fn token_keys_secret(&self) -> String {

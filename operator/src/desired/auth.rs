@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
 
 use crate::crd::{AccessPolicy, AuthMode, Registry, RepositoryAction};
-use crate::desired::{labels, owner};
+use crate::desired::{labels, mirror, owner};
 use crate::names::Names;
 
 /// Where the registry pod finds the auth ConfigMap, the token keys and the
@@ -120,8 +120,21 @@ pub fn auth_config(registry: &Registry, names: &Names) -> Option<AuthConfig> {
         kubernetes,
         htpasswd,
         policy,
-        anonymous_pull: auth.anonymous_pull.clone(),
+        anonymous_pull: anonymous_pull(registry),
     })
+}
+
+/// `auth.anonymousPull`, plus `<prefix>/*` for each mirror: containerd
+/// sends no credentials to a `hosts.toml` mirror, so nodes can only pull
+/// mirrored images anonymously (in either mode).
+fn anonymous_pull(registry: &Registry) -> Vec<String> {
+    let mut patterns = registry.spec.auth.anonymous_pull.clone();
+    for p in mirror::anonymous_pull_patterns(registry) {
+        if !patterns.contains(&p) {
+            patterns.push(p);
+        }
+    }
+    patterns
 }
 
 fn action(a: RepositoryAction) -> Action {
@@ -196,6 +209,39 @@ mod tests {
         assert!(k8s.same_namespace_pull);
         assert_eq!(config.htpasswd, None);
         assert_eq!(config.policy, Policy::default());
+    }
+
+    #[test]
+    fn mirror_prefixes_join_anonymous_pull_because_nodes_send_no_credentials_to_a_mirror() {
+        let mirror = |prefix: &str| crate::crd::Mirror {
+            prefix: prefix.into(),
+            url: format!("https://{prefix}"),
+            credentials_secret: None,
+            repositories: Vec::new(),
+            tag_freshness: None,
+            ca_secret: None,
+        };
+        let r = fixtures::registry_with(|s| {
+            s.auth.anonymous_pull = vec!["public/*".into(), "ghcr.io/*".into()];
+            s.mirrors = vec![mirror("docker.io"), mirror("ghcr.io")];
+        });
+        let config = auth_config(&r, &fixtures::names()).expect("config");
+        assert_eq!(
+            config.anonymous_pull,
+            ["public/*", "ghcr.io/*", "docker.io/*"],
+            "the user's patterns first, no duplicates"
+        );
+        assert!(config.anonymous_pull("docker.io/library/nginx"));
+        assert!(!config.anonymous_pull("team/app"));
+        let htpasswd = fixtures::registry_with(|s| {
+            s.auth.mode = AuthMode::Htpasswd;
+            s.auth.htpasswd = Some(SpecHtpasswd {
+                secret_name: "users".into(),
+            });
+            s.mirrors = vec![mirror("quay.io")];
+        });
+        let config = auth_config(&htpasswd, &fixtures::names()).expect("config");
+        assert_eq!(config.anonymous_pull, ["quay.io/*"]);
     }
 
     #[test]

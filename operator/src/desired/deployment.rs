@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{AuthMode, Registry};
-use crate::desired::{auth, gc, labels, notify, owner, storage};
+use crate::desired::{auth, gc, labels, mirror, notify, owner, storage};
 use crate::names::Names;
 
 /// The port the registry listens on inside the pod (unprivileged).
@@ -38,6 +38,8 @@ pub const TLS_DIR: &str = "/etc/berth/tls";
 pub const AUTH_CONFIG_HASH: &str = "berth.dev/auth-config";
 /// The pod template annotation holding the notification config's hash.
 pub const NOTIFY_CONFIG_HASH: &str = "berth.dev/notify-config";
+/// The hash of the mirror config on the pod template.
+pub const MIRROR_CONFIG_HASH: &str = "berth.dev/mirror-config";
 /// The nonroot uid/gid of distroless images.
 pub const RUN_AS: i64 = 65532;
 
@@ -65,6 +67,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
         ]
     });
     let notify_config = notify::notify_config(registry);
+    let mirror_config = mirror::mirror_config(registry);
     let storage = storage::wiring(registry, names);
     let args = ["serve", "--listen"]
         .into_iter()
@@ -76,10 +79,12 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
         .chain(tls_args)
         .chain(auth_args.into_iter().flatten())
         .chain(notify::args(notify_config.as_ref()))
+        .chain(mirror::args(mirror_config.as_ref()))
         .collect();
     let (auth_mounts, auth_volumes) = auth_volumes(registry, names, auth_config.is_some());
     let (gc_mounts, gc_volumes) = gc_volumes(registry, names);
     let (notify_mounts, notify_volumes) = notify::volumes(registry, names);
+    let (mirror_mounts, mirror_volumes) = mirror::volumes(registry, names);
     let template_annotations: BTreeMap<String, String> = auth_config
         .as_ref()
         .map(|c| (AUTH_CONFIG_HASH.to_owned(), auth::config_hash(c)))
@@ -88,6 +93,11 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
             notify_config
                 .as_ref()
                 .map(|c| (NOTIFY_CONFIG_HASH.to_owned(), notify::config_hash(c))),
+        )
+        .chain(
+            mirror_config
+                .as_ref()
+                .map(|c| (MIRROR_CONFIG_HASH.to_owned(), mirror::config_hash(c))),
         )
         .collect();
     let template_annotations = Some(template_annotations).filter(|a| !a.is_empty());
@@ -142,6 +152,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                 .chain(auth_mounts)
                 .chain(gc_mounts)
                 .chain(notify_mounts)
+                .chain(mirror_mounts)
                 .collect(),
         ),
         env: Some(storage.env).filter(|e| !e.is_empty()),
@@ -220,6 +231,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                             .chain(auth_volumes)
                             .chain(gc_volumes)
                             .chain(notify_volumes)
+                            .chain(mirror_volumes)
                             .collect(),
                     ),
                     ..PodSpec::default()
@@ -653,6 +665,56 @@ mod tests {
         let changed = fixtures::registry_with(|s| s.auth.anonymous_pull = vec!["public/*".into()]);
         assert_ne!(base, hash(&changed));
         assert_eq!(hash(&no_auth()), None);
+    }
+
+    #[test]
+    fn mirrors_add_the_config_arg_its_volumes_and_a_hash_that_rolls_the_pods() {
+        let annotation = |d: &Deployment, key: &str| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(key).cloned())
+        };
+        let plain = build(&fixtures::registry());
+        let args = container(&plain).args.clone().expect("args");
+        assert!(!args.contains(&"--mirror-config".to_owned()));
+        assert!(volume(&plain, "mirror").is_none());
+        assert_eq!(annotation(&plain, MIRROR_CONFIG_HASH), None);
+
+        let mirrored = fixtures::registry_with(|s| {
+            s.mirrors = vec![crate::crd::Mirror {
+                prefix: "docker.io".into(),
+                url: "https://registry-1.docker.io".into(),
+                credentials_secret: Some("hub-login".into()),
+                repositories: Vec::new(),
+                tag_freshness: None,
+                ca_secret: None,
+            }];
+        });
+        let d = build(&mirrored);
+        let args = container(&d).args.clone().expect("args");
+        let at = args
+            .iter()
+            .position(|a| a == "--mirror-config")
+            .expect("--mirror-config");
+        assert_eq!(args[at + 1], "/etc/berth/mirror/config.json");
+        assert_eq!(
+            mount_path(&d, "mirror").as_deref(),
+            Some("/etc/berth/mirror")
+        );
+        assert_eq!(
+            mount_path(&d, "mirror-0-credentials").as_deref(),
+            Some("/etc/berth/mirror-secrets/docker.io/credentials")
+        );
+        assert!(volume(&d, "mirror-0-credentials").is_some());
+        let hash = annotation(&d, MIRROR_CONFIG_HASH).expect("hash");
+        assert!(hash.starts_with("sha256:"), "{hash}");
+        assert_ne!(
+            annotation(&d, AUTH_CONFIG_HASH),
+            annotation(&plain, AUTH_CONFIG_HASH),
+            "the auth config gains anonymous pull of docker.io/*"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod disruption_budget;
 pub mod gc;
 pub mod ingress;
 pub mod labels;
+pub mod mirror;
 pub mod notify;
 pub mod owner;
 pub mod pull_secret;
