@@ -219,6 +219,9 @@ pub fn plan(
         rp.fingerprints = bundle.into_iter().map(|c| c.fingerprint).collect();
         let ca_pem = normalized(&published.ca_bundle);
 
+        // The CA file the mirrors' hosts.toml files name: the one written
+        // for the Registry's first host in containerd's directory.
+        let mut containerd_ca: Option<std::path::PathBuf> = None;
         let mut seen = BTreeSet::new();
         for host in &published.hosts {
             if let Err(e) = check_host(host) {
@@ -242,6 +245,7 @@ pub fn plan(
                 let ca_path = base.host_dir.join(host).join(CA_CRT);
                 let mut files = BTreeMap::from([(CA_CRT.to_owned(), ca_pem.clone())]);
                 if base.runtime == Runtime::Containerd {
+                    containerd_ca.get_or_insert_with(|| ca_path.clone());
                     files.insert(
                         HOSTS_TOML.to_owned(),
                         hosts_toml::render(host, &published.upstream, &ca_path, &owner.key()),
@@ -258,10 +262,103 @@ pub fn plan(
         if published.hosts.is_empty() {
             rp.errors.push("status.nodeTrust.hosts is empty".into());
         }
+        plan_mirrors(
+            registry,
+            &owner,
+            &published.upstream,
+            containerd_ca.as_deref(),
+            layout,
+            &mut claimed,
+            &mut plan.dirs,
+            &mut rp.errors,
+        );
         plan.registries.push(rp);
     }
     plan.registries.sort_by(|a, b| a.owner.cmp(&b.owner));
     plan
+}
+
+/// One containerd directory per mirrored upstream (`<certs.d>/docker.io/`)
+/// holding only a `hosts.toml` that sends pulls of that upstream through
+/// the Registry at `upstream`, trusting the CA at `ca_path`. Docker has no
+/// per-host mirror file, so only containerd gets one.
+#[allow(clippy::too_many_arguments)]
+fn plan_mirrors(
+    registry: &Registry,
+    owner: &Owner,
+    upstream: &str,
+    ca_path: Option<&std::path::Path>,
+    layout: &Layout,
+    claimed: &mut BTreeMap<(Runtime, String), Owner>,
+    dirs: &mut Vec<DirPlan>,
+    errors: &mut Vec<String>,
+) {
+    if registry.spec.mirrors.is_empty() || layout.base(Runtime::Containerd).is_none() {
+        return;
+    }
+    let Some(ca_path) = ca_path else {
+        errors.push(
+            "no host directory of this Registry was written for containerd, so its mirrors have no CA file to name; mirrors not written".into(),
+        );
+        return;
+    };
+    let mut seen = BTreeSet::new();
+    for mirror in &registry.spec.mirrors {
+        let prefix = &mirror.prefix;
+        if let Err(e) = check_mirror(prefix, &mirror.url) {
+            errors.push(format!("{e}; not written"));
+            continue;
+        }
+        if !seen.insert(prefix.clone()) {
+            continue;
+        }
+        let slot = (Runtime::Containerd, prefix.clone());
+        if let Some(holder) = claimed.get(&slot) {
+            errors.push(format!(
+                "mirror {prefix} is also claimed by Registry {}, which was there first; not written",
+                holder.key()
+            ));
+            continue;
+        }
+        claimed.insert(slot, owner.clone());
+        dirs.push(DirPlan {
+            runtime: Runtime::Containerd,
+            dir: prefix.clone(),
+            owner: owner.clone(),
+            files: BTreeMap::from([(
+                HOSTS_TOML.to_owned(),
+                hosts_toml::render_mirror(prefix, &mirror.url, upstream, ca_path, &owner.key()),
+            )]),
+        });
+    }
+}
+
+/// A mirror's prefix is a host name without a port (one safe directory
+/// name), its URL `http(s)://` followed by no whitespace, quote or
+/// backslash.
+pub fn check_mirror(prefix: &str, url: &str) -> crate::Result<()> {
+    check_host(prefix)?;
+    if prefix.contains(':') {
+        return Err(crate::Error::InvalidSpec(format!(
+            "mirror prefix {prefix:?} has a port; image references cannot name one in their first component"
+        )));
+    }
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let ok = rest.is_some_and(|r| {
+        !r.trim_end_matches('/').is_empty()
+            && !r.starts_with('/')
+            && !r
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\')
+    });
+    if !ok {
+        return Err(crate::Error::InvalidSpec(format!(
+            "mirror {prefix}: url {url:?} is not http(s)://<host>[/path]"
+        )));
+    }
+    Ok(())
 }
 
 /// The bundle with one trailing newline, so the same certificates always
@@ -501,6 +598,202 @@ mod tests {
         let plan = plan(&[fixtures::registry()], None, &layout());
         assert!(plan.dirs.is_empty());
         assert!(plan.registries[0].errors[0].contains("has not published status.nodeTrust"));
+    }
+
+    fn mirror(prefix: &str, url: &str) -> crate::crd::Mirror {
+        crate::crd::Mirror {
+            prefix: prefix.into(),
+            url: url.into(),
+            credentials_secret: None,
+            repositories: Vec::new(),
+            tag_freshness: None,
+            ca_secret: None,
+        }
+    }
+
+    fn mirrored(name: &str, uid: &str, host: &str, mirrors: Vec<crate::crd::Mirror>) -> Registry {
+        let mut r = registry(name, uid, published(&[host], ca()));
+        r.spec.mirrors = mirrors;
+        r
+    }
+
+    #[test]
+    fn each_mirror_gets_a_containerd_hosts_toml_naming_the_registry_ca_and_nothing_else() {
+        let hub = mirrored(
+            "hub",
+            "u1",
+            "hub.team.svc.cluster.local",
+            vec![
+                mirror("docker.io", "https://registry-1.docker.io"),
+                mirror("ghcr.io", "https://ghcr.io"),
+            ],
+        );
+        let plan = plan(&[hub], None, &layout());
+        let mirrors: Vec<(Runtime, &str, Vec<&str>)> = plan
+            .dirs
+            .iter()
+            .filter(|d| !d.files.contains_key(CA_CRT))
+            .map(|d| {
+                (
+                    d.runtime,
+                    d.dir.as_str(),
+                    d.files.keys().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            mirrors,
+            [
+                (Runtime::Containerd, "docker.io", vec!["hosts.toml"]),
+                (Runtime::Containerd, "ghcr.io", vec!["hosts.toml"]),
+            ],
+            "no ca.crt (containerd would trust the registry's CA for the upstream) and nothing for docker"
+        );
+        let toml = &plan
+            .dirs
+            .iter()
+            .find(|d| d.dir == "docker.io")
+            .expect("dir")
+            .files[HOSTS_TOML];
+        assert!(
+            toml.contains("server = \"https://registry-1.docker.io\"\n"),
+            "{toml}"
+        );
+        assert!(toml.contains("[host.\"https://10.96.0.42:443\"]"), "{toml}");
+        assert!(
+            toml.contains("ca = \"/etc/containerd/certs.d/hub.team.svc.cluster.local/ca.crt\""),
+            "{toml}"
+        );
+        assert!(plan.registries[0].errors.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn without_containerd_or_node_trust_no_mirror_is_written() {
+        let docker_only =
+            Layout::new("", "/etc/docker/certs.d", Path::new("/host")).expect("layout");
+        let hub = mirrored(
+            "hub",
+            "u1",
+            "hub.team",
+            vec![mirror("docker.io", "https://registry-1.docker.io")],
+        );
+        let plan_docker = plan(&[hub.clone()], None, &docker_only);
+        assert!(plan_docker.dirs.iter().all(|d| d.dir == "hub.team"));
+        assert!(plan_docker.registries[0].errors.is_empty());
+        let mut off = hub;
+        off.spec.node_trust.enabled = false;
+        assert!(plan(&[off], None, &layout()).dirs.is_empty());
+    }
+
+    #[test]
+    fn the_older_registry_keeps_a_contested_mirror_and_the_other_reports_it() {
+        let mut young = mirrored(
+            "a-young",
+            "u1",
+            "young.team",
+            vec![mirror("docker.io", "https://registry-1.docker.io")],
+        );
+        young.metadata.creation_timestamp = Some(Time("2026-11-24T12:00:00Z".parse().expect("ts")));
+        let mut old = mirrored(
+            "z-old",
+            "u2",
+            "old.team",
+            vec![mirror("docker.io", "https://mirror.example")],
+        );
+        old.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().expect("ts")));
+        let plan = plan(&[young, old], None, &layout());
+        let holder: Vec<&str> = plan
+            .dirs
+            .iter()
+            .filter(|d| d.dir == "docker.io")
+            .map(|d| d.owner.name.as_str())
+            .collect();
+        assert_eq!(holder, ["z-old"]);
+        let young = plan
+            .registries
+            .iter()
+            .find(|r| r.owner.name == "a-young")
+            .expect("young");
+        assert_eq!(
+            young.errors,
+            [
+                "mirror docker.io is also claimed by Registry team/z-old, which was there first; not written"
+            ]
+        );
+        assert_eq!(young.hosts, ["young.team"], "its own host is still written");
+    }
+
+    #[test]
+    fn a_bad_mirror_is_reported_and_the_rest_still_written() {
+        let hub = mirrored(
+            "hub",
+            "u1",
+            "hub.team",
+            vec![
+                mirror("../etc", "https://x.example"),
+                mirror("quay.io:443", "https://quay.io"),
+                mirror("evil.io", "https://evil.io\"\n[host.\"x\"]"),
+                mirror("ghcr.io", "https://ghcr.io"),
+            ],
+        );
+        let plan = plan(&[hub], None, &layout());
+        let mirrors: Vec<&str> = plan
+            .dirs
+            .iter()
+            .filter(|d| !d.files.contains_key(CA_CRT))
+            .map(|d| d.dir.as_str())
+            .collect();
+        assert_eq!(mirrors, ["ghcr.io"]);
+        let errors = &plan.registries[0].errors;
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("path separator"), "{errors:?}");
+        assert!(errors[1].contains("has a port"), "{errors:?}");
+        assert!(errors[2].contains("is not http(s)://"), "{errors:?}");
+    }
+
+    #[test]
+    fn mirrors_need_a_written_host_directory_for_their_ca() {
+        let mut young = mirrored(
+            "a-young",
+            "u1",
+            "shared.example",
+            vec![mirror("docker.io", "https://registry-1.docker.io")],
+        );
+        young.metadata.creation_timestamp = Some(Time("2026-11-24T12:00:00Z".parse().expect("ts")));
+        let mut old = registry("z-old", "u2", published(&["shared.example"], ca()));
+        old.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().expect("ts")));
+        let plan = plan(&[young, old], None, &layout());
+        assert!(plan.dirs.iter().all(|d| d.dir != "docker.io"));
+        let young = plan
+            .registries
+            .iter()
+            .find(|r| r.owner.name == "a-young")
+            .expect("young");
+        assert!(
+            young
+                .errors
+                .last()
+                .is_some_and(|e| e.contains("mirrors have no CA file to name")),
+            "{young:?}"
+        );
+    }
+
+    #[test]
+    fn mirror_checks() {
+        assert!(check_mirror("docker.io", "https://registry-1.docker.io").is_ok());
+        assert!(check_mirror("localhost", "http://127.0.0.1:5000/").is_ok());
+        assert!(check_mirror("r.example", "https://r.example/v2-proxy").is_ok());
+        for (prefix, url) in [
+            ("docker.io", "ftp://x"),
+            ("docker.io", "https://"),
+            ("docker.io", "https:///path"),
+            ("docker.io", "https://a b"),
+            ("docker.io", "https://a\\b"),
+            ("a.io:5000", "https://a.io"),
+            ("a/b", "https://a.io"),
+        ] {
+            assert!(check_mirror(prefix, url).is_err(), "{prefix} {url}");
+        }
     }
 
     #[test]

@@ -33,6 +33,35 @@ pub fn render(host: &str, upstream: &str, ca_path: &Path, owner: &str) -> String
     out
 }
 
+/// `hosts.toml` for a mirrored upstream `prefix` (`docker.io`): pulls of
+/// `prefix/...` try the Registry at `upstream` (its ClusterIP, trusting the
+/// CA at `ca_path`) and fall back to `server` (the upstream's URL) when it
+/// cannot answer. containerd names the upstream in a `ns=` query
+/// parameter, which is how the Registry knows which cache to serve.
+pub fn render_mirror(
+    prefix: &str,
+    server: &str,
+    upstream: &str,
+    ca_path: &Path,
+    owner: &str,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Written by the berth node agent for Registry {owner} (pull-through cache); changes are overwritten."
+    );
+    let _ = writeln!(
+        out,
+        "# Pulls of {prefix}/... go through the registry's ClusterIP, then to the upstream if it fails."
+    );
+    let _ = writeln!(out, "server = {}", quote(server.trim_end_matches('/')));
+    out.push('\n');
+    let _ = writeln!(out, "[host.{}]", quote(upstream));
+    let _ = writeln!(out, "  capabilities = [\"pull\", \"resolve\"]");
+    let _ = writeln!(out, "  ca = {}", quote(&ca_path.to_string_lossy()));
+    out
+}
+
 /// A TOML basic string. Host names and upstreams are validated before they
 /// get here, but a configured base path may hold any character.
 fn quote(s: &str) -> String {
@@ -89,6 +118,27 @@ mod tests {
         );
         assert!(text.contains("server = \"https://hub.berth.internal:5000\"\n"));
         assert!(text.contains("[host.\"https://[fd00::2a]:5000\"]\n"));
+    }
+
+    #[test]
+    fn a_mirror_file_names_the_upstream_as_server_and_the_registry_as_its_host() {
+        let text = render_mirror(
+            "docker.io",
+            "https://registry-1.docker.io/",
+            "https://10.96.0.42:443",
+            Path::new("/etc/containerd/certs.d/hub.team.svc.cluster.local/ca.crt"),
+            "team/hub",
+        );
+        assert_eq!(
+            text,
+            "# Written by the berth node agent for Registry team/hub (pull-through cache); changes are overwritten.\n\
+             # Pulls of docker.io/... go through the registry's ClusterIP, then to the upstream if it fails.\n\
+             server = \"https://registry-1.docker.io\"\n\
+             \n\
+             [host.\"https://10.96.0.42:443\"]\n  \
+             capabilities = [\"pull\", \"resolve\"]\n  \
+             ca = \"/etc/containerd/certs.d/hub.team.svc.cluster.local/ca.crt\"\n"
+        );
     }
 
     #[test]

@@ -99,7 +99,15 @@ impl NodeReport {
 fn installed(plan: &Plan, rp: &super::desired::RegistryPlan, layout: &Layout) -> Vec<String> {
     let mut common: Option<BTreeSet<String>> = None;
     let mut any = false;
-    for dir in plan.dirs.iter().filter(|d| d.owner == rp.owner) {
+    // Mirror directories hold only a hosts.toml (naming a host
+    // directory's CA), so they say nothing about installed CAs.
+    let with_ca = |d: &&super::desired::DirPlan| d.files.contains_key(super::desired::CA_CRT);
+    for dir in plan
+        .dirs
+        .iter()
+        .filter(|d| d.owner == rp.owner)
+        .filter(with_ca)
+    {
         any = true;
         let Some(base) = layout.base(dir.runtime) else {
             return Vec::new();

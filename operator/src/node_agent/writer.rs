@@ -516,6 +516,76 @@ mod tests {
     }
 
     #[test]
+    fn a_mirror_hosts_toml_is_written_beside_foreign_ones_and_removed_with_the_mirror() {
+        let tmp = Tmp::new("mirror");
+        let layout = layout(&tmp);
+        let certs = tmp.0.join("root/etc/containerd/certs.d");
+        // Someone else's mirror of quay.io: never overwritten.
+        fs::create_dir_all(certs.join("quay.io")).expect("mk");
+        fs::write(certs.join("quay.io/hosts.toml"), "server = \"x\"\n").expect("w");
+        let mirror = |prefix: &str| crate::crd::Mirror {
+            prefix: prefix.into(),
+            url: format!("https://{prefix}"),
+            credentials_secret: None,
+            repositories: Vec::new(),
+            tag_freshness: None,
+            ca_secret: None,
+        };
+        let mut hub = registry("hub", "u1", &["hub.team"], &ca("one"));
+        hub.spec.mirrors = vec![mirror("docker.io"), mirror("quay.io")];
+        let outcome = run(&layout, &[hub.clone()]);
+        let toml = fs::read_to_string(certs.join("docker.io/hosts.toml")).expect("written");
+        assert!(toml.contains("server = \"https://docker.io\""), "{toml}");
+        assert!(
+            toml.contains("ca = \"/etc/containerd/certs.d/hub.team/ca.crt\""),
+            "{toml}"
+        );
+        assert!(!certs.join("docker.io/ca.crt").exists());
+        let clash = outcome
+            .written
+            .iter()
+            .find(|r| r.dir == "quay.io")
+            .and_then(|r| r.error.clone())
+            .expect("refused");
+        assert!(
+            clash.contains(
+                "/etc/containerd/certs.d/quay.io already holds hosts.toml not written by berth"
+            ),
+            "{clash}"
+        );
+        assert_eq!(
+            fs::read_to_string(certs.join("quay.io/hosts.toml")).expect("kept"),
+            "server = \"x\"\n"
+        );
+        // The report carries the clash and still counts the CA as installed.
+        let report = super::super::report::NodeReport::build(
+            "n1",
+            &desired::plan(&[hub.clone()], None, &layout),
+            &outcome,
+            &layout,
+        );
+        let hub_report = &report.registries["team/hub"];
+        assert_eq!(hub_report.fingerprints.len(), 1, "{hub_report:?}");
+        assert!(
+            hub_report
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("quay.io already holds hosts.toml")),
+            "{hub_report:?}"
+        );
+
+        hub.spec.mirrors = vec![mirror("quay.io")];
+        let outcome = run(&layout, &[hub]);
+        assert!(!certs.join("docker.io").exists(), "removed with the mirror");
+        assert!(
+            outcome.removed.iter().any(|r| r.dir == "docker.io"),
+            "{outcome:?}"
+        );
+        assert!(certs.join("hub.team/ca.crt").exists());
+        assert!(certs.join("quay.io/hosts.toml").exists());
+    }
+
+    #[test]
     fn a_temp_file_left_by_a_killed_agent_is_cleared_even_when_nothing_changed() {
         let tmp = Tmp::new("leftover");
         let layout = layout(&tmp);
