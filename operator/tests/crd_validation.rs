@@ -383,3 +383,57 @@ fn a_retention_rule_that_keeps_nothing_or_runs_without_gc_is_refused() {
         .is_empty()
     );
 }
+
+#[test]
+fn a_mirror_prefix_must_be_a_host_name_without_port_or_path() {
+    for prefix in [
+        "team",
+        "Docker.io",
+        "docker.io:443",
+        "docker.io/library",
+        "-a.io",
+    ] {
+        assert_refused(
+            json!({"mirrors": [{"prefix": prefix, "url": "https://registry-1.docker.io"}]}),
+            "mirrors[].prefix is a registry host name",
+        );
+    }
+    assert!(
+        refusals(json!({"mirrors": [
+            {"prefix": "docker.io", "url": "https://registry-1.docker.io", "credentialsSecret": "hub-login",
+             "repositories": ["library/*"], "tagFreshness": "5m"},
+            {"prefix": "registry.corp.example", "url": "https://registry.corp.example:8443/",
+             "caSecret": {"name": "corp-ca", "key": "ca.crt"}},
+            {"prefix": "localhost", "url": "http://127.0.0.1:5000"}
+        ]}))
+        .is_empty()
+    );
+}
+
+#[test]
+fn a_mirror_url_must_be_http_or_https_and_its_freshness_bounded() {
+    for url in [
+        "ftp://x.example",
+        "registry-1.docker.io",
+        "https:///v2",
+        "https://a b",
+    ] {
+        assert_refused(
+            json!({"mirrors": [{"prefix": "docker.io", "url": url}]}),
+            "mirrors[].url is the upstream's base URL",
+        );
+    }
+    assert_refused(
+        json!({"mirrors": [{"prefix": "docker.io", "url": "https://registry-1.docker.io", "tagFreshness": "1000h"}]}),
+        "mirrors[].tagFreshness must be at most 720h",
+    );
+}
+
+#[test]
+fn mirrors_are_a_list_map_keyed_by_prefix() {
+    let schema = schema().expect("schema");
+    let mirrors = &schema["properties"]["spec"]["properties"]["mirrors"];
+    assert_eq!(mirrors["x-kubernetes-list-type"], json!("map"));
+    assert_eq!(mirrors["x-kubernetes-list-map-keys"], json!(["prefix"]));
+    assert_eq!(mirrors["items"]["required"], json!(["prefix", "url"]));
+}
