@@ -677,7 +677,7 @@ mod tests {
             "hub.team",
             vec![mirror("docker.io", "https://registry-1.docker.io")],
         );
-        let plan_docker = plan(&[hub.clone()], None, &docker_only);
+        let plan_docker = plan(std::slice::from_ref(&hub), None, &docker_only);
         assert!(plan_docker.dirs.iter().all(|d| d.dir == "hub.team"));
         assert!(plan_docker.registries[0].errors.is_empty());
         let mut off = hub;
