@@ -1,6 +1,8 @@
 //! What this node should hold, as a pure function of the Registries, the
-//! node's labels and the layout: the files of each trust directory, and
-//! per Registry whether it applies here and what is wrong with its input.
+//! node's labels and the layout: the files of each trust directory (one per
+//! host name of a Registry, and one containerd `hosts.toml` per upstream in
+//! its `spec.mirrors`), and per Registry whether it applies here and what is
+//! wrong with its input.
 //!
 //! Everything read from a Registry's status is checked here before any of
 //! it reaches a path or a file: a host name must be a DNS name with an

@@ -1,4 +1,5 @@
-//! The text of containerd's `hosts.toml` for one registry host.
+//! The text of containerd's `hosts.toml` for one registry host, or for one
+//! upstream the registry mirrors ([`render_mirror`]).
 //!
 //! containerd (1.5+, `config_path` set) reads `<config_path>/<host>/hosts.toml`
 //! on every pull, so a change needs no restart. The file written here says:
