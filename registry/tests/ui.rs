@@ -407,3 +407,35 @@ async fn ui_off_serves_no_pages() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn the_repository_list_shows_the_last_gc_run() {
+    let store = berth_registry::memory_store();
+    let app = berth_registry::router(store.clone());
+    let mut b = Browser::new(&app);
+    assert!(!text(&b.get("/ui/").await).contains("Last garbage collection"));
+    store
+        .record_gc_run(&berth_access::gc::GcRun {
+            finished: "2026-11-30T15:00:00Z".into(),
+            duration_millis: 420,
+            error: None,
+            tags_removed: 3,
+            tags_kept_in_use: 1,
+            manifests_quarantined: 2,
+            blobs_quarantined: 5,
+            bytes_quarantined: 5 << 20,
+            manifests_deleted: 4,
+            blobs_deleted: 7,
+            bytes_reclaimed: 3 << 20,
+        })
+        .await
+        .unwrap();
+    let page = text(&b.get("/ui/").await);
+    assert!(page.contains("Last garbage collection"), "{page}");
+    assert!(page.contains("2026-11-30T15:00:00Z"), "{page}");
+    assert!(page.contains("7 blobs and 4 manifests deleted"), "{page}");
+    assert!(
+        page.contains("3 tags removed by retention, 1 kept for running pods"),
+        "{page}"
+    );
+}

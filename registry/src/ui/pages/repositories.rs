@@ -55,6 +55,12 @@ pub async fn get(State(ui): State<Ui>, req: Request) -> Response {
             _ => groups.push((ns, vec![r])),
         }
     }
+    // Counts only, as /berth/v1/gc serves them: for anyone logged in.
+    let gc = if ui.app.auth.is_none() || visitor.user().is_some() {
+        ui.app.store.last_gc_run().await.ok().flatten()
+    } else {
+        None
+    };
     let link = |p: usize| {
         let mut s = form_urlencoded::Serializer::new(String::new());
         if !q.is_empty() {
@@ -109,6 +115,17 @@ pub async fn get(State(ui): State<Ui>, req: Request) -> Response {
                         }
                     }
                 }
+            }
+        }
+        @if let Some(run) = &gc {
+            p.muted #gc {
+                "Last garbage collection: " time datetime=(run.finished) { (run.finished) }
+                " (" (run.duration_millis) " ms): "
+                (run.blobs_deleted) " blobs and " (run.manifests_deleted) " manifests deleted, "
+                (layout::size(run.bytes_reclaimed)) " reclaimed; "
+                (run.blobs_quarantined) " blobs and " (run.manifests_quarantined) " manifests quarantined; "
+                (run.tags_removed) " tags removed by retention, " (run.tags_kept_in_use) " kept for running pods."
+                @if let Some(e) = &run.error { " It stopped early: " (e) }
             }
         }
         @if pages > 1 {
