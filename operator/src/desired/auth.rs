@@ -6,7 +6,6 @@
 //! The config file is the whole contract with the registry: the operator
 //! only translates `spec.auth` into it, and never restates its meaning.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use berth_access::config::{
@@ -16,10 +15,9 @@ use berth_access::{Action, Mode};
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use sha2::{Digest, Sha256};
 
 use crate::crd::{AccessPolicy, AuthMode, Registry, RepositoryAction};
-use crate::desired::{labels, mirror, owner};
+use crate::desired::{config_file, labels, mirror, owner};
 use crate::names::Names;
 
 /// Where the registry pod finds the auth ConfigMap, the token keys and the
@@ -163,32 +161,15 @@ pub fn policy_of(policy: &AccessPolicy) -> Policy {
     }
 }
 
-/// The config file's bytes: pretty JSON, so `kubectl get cm -o yaml` reads
-/// well. Serialising these plain types cannot fail; an empty object would
-/// be refused by the registry at start, loudly.
-pub fn config_json(config: &AuthConfig) -> String {
-    serde_json::to_string_pretty(config).unwrap_or_else(|_| "{}".to_owned())
-}
-
 /// The ConfigMap `<name>-auth` holding [`CONFIG_FILE`].
 pub fn auth_config_map(registry: &Registry, names: &Names, config: &AuthConfig) -> ConfigMap {
-    ConfigMap {
-        metadata: owner::child_meta(registry, names, names.auth_config_map(), true),
-        data: Some(BTreeMap::from([(
-            CONFIG_FILE.to_owned(),
-            config_json(config),
-        )])),
-        ..ConfigMap::default()
-    }
-}
-
-/// `sha256:<hex>` of the config file, put on the pod template so a changed
-/// config rolls the pods (the registry re-reads keys and htpasswd by
-/// itself, but reads its config once at start).
-pub fn config_hash(config: &AuthConfig) -> String {
-    let digest = Sha256::digest(config_json(config).as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    config_file::config_map(
+        registry,
+        names,
+        names.auth_config_map(),
+        CONFIG_FILE,
+        config,
+    )
 }
 
 #[cfg(test)]
@@ -196,6 +177,7 @@ mod tests {
     use super::*;
     use crate::crd::{AccessRule, HtpasswdAuth as SpecHtpasswd, KubernetesAuth as SpecK8s};
     use crate::fixtures;
+    use std::collections::BTreeMap;
 
     #[test]
     fn the_default_registry_runs_in_kubernetes_mode_with_the_credential_provider_audience() {
@@ -318,14 +300,14 @@ mod tests {
         let names = fixtures::names();
         let a = auth_config(&fixtures::registry(), &names).expect("a");
         let b = auth_config(&fixtures::registry(), &names).expect("b");
-        assert_eq!(config_hash(&a), config_hash(&b));
+        assert_eq!(config_file::hash(&a), config_file::hash(&b));
         let c = auth_config(
             &fixtures::registry_with(|s| s.auth.anonymous_pull = vec!["public/*".into()]),
             &names,
         )
         .expect("c");
-        assert_ne!(config_hash(&a), config_hash(&c));
-        assert!(config_hash(&a).starts_with("sha256:"));
+        assert_ne!(config_file::hash(&a), config_file::hash(&c));
+        assert!(config_file::hash(&a).starts_with("sha256:"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{AuthMode, Registry};
-use crate::desired::{auth, gc, labels, mirror, notify, owner, storage};
+use crate::desired::{auth, config_file, gc, labels, mirror, notify, owner, storage};
 use crate::names::Names;
 
 /// The port the registry listens on inside the pod (unprivileged).
@@ -87,17 +87,17 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
     let (mirror_mounts, mirror_volumes) = mirror::volumes(registry, names);
     let template_annotations: BTreeMap<String, String> = auth_config
         .as_ref()
-        .map(|c| (AUTH_CONFIG_HASH.to_owned(), auth::config_hash(c)))
+        .map(|c| (AUTH_CONFIG_HASH.to_owned(), config_file::hash(c)))
         .into_iter()
         .chain(
             notify_config
                 .as_ref()
-                .map(|c| (NOTIFY_CONFIG_HASH.to_owned(), notify::config_hash(c))),
+                .map(|c| (NOTIFY_CONFIG_HASH.to_owned(), config_file::hash(c))),
         )
         .chain(
             mirror_config
                 .as_ref()
-                .map(|c| (MIRROR_CONFIG_HASH.to_owned(), mirror::config_hash(c))),
+                .map(|c| (MIRROR_CONFIG_HASH.to_owned(), config_file::hash(c))),
         )
         .collect();
     let template_annotations = Some(template_annotations).filter(|a| !a.is_empty());

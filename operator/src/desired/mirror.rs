@@ -4,7 +4,6 @@
 //! CA Secrets as files the config names. Credentials never sit in the
 //! ConfigMap.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -12,10 +11,9 @@ use berth_access::mirror::{DEFAULT_TAG_FRESHNESS_SECONDS, MirrorConfig, Upstream
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, KeyToPath, SecretVolumeSource, Volume, VolumeMount,
 };
-use sha2::{Digest, Sha256};
 
 use crate::crd::{Mirror, Registry};
-use crate::desired::owner;
+use crate::desired::config_file;
 use crate::names::Names;
 
 /// Where the pod finds the config file.
@@ -78,30 +76,15 @@ fn secret_dir(prefix: &str, what: &str) -> PathBuf {
     PathBuf::from(format!("{SECRETS_DIR}/{prefix}/{what}"))
 }
 
-/// The config file's bytes (pretty JSON; plain types cannot fail to
-/// serialise, and an empty object would be refused loudly at start).
-pub fn config_json(config: &MirrorConfig) -> String {
-    serde_json::to_string_pretty(config).unwrap_or_else(|_| "{}".to_owned())
-}
-
 /// The ConfigMap `<name>-mirror` holding [`CONFIG_FILE`].
 pub fn mirror_config_map(registry: &Registry, names: &Names, config: &MirrorConfig) -> ConfigMap {
-    ConfigMap {
-        metadata: owner::child_meta(registry, names, names.mirror_config_map(), true),
-        data: Some(BTreeMap::from([(
-            CONFIG_FILE.to_owned(),
-            config_json(config),
-        )])),
-        ..ConfigMap::default()
-    }
-}
-
-/// `sha256:<hex>` of the config file, on the pod template: the registry
-/// reads it at start, so a changed config rolls the pods.
-pub fn config_hash(config: &MirrorConfig) -> String {
-    let digest = Sha256::digest(config_json(config).as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    config_file::config_map(
+        registry,
+        names,
+        names.mirror_config_map(),
+        CONFIG_FILE,
+        config,
+    )
 }
 
 /// `--mirror-config <file>` when there is a config.
@@ -349,8 +332,8 @@ mod tests {
         let mut fresher = hub();
         fresher.tag_freshness = Some("1m".into());
         let two = mirror_config(&with_mirrors(vec![fresher])).expect("two");
-        assert_ne!(config_hash(&one), config_hash(&two));
-        assert_eq!(config_hash(&one), config_hash(&one.clone()));
+        assert_ne!(config_file::hash(&one), config_file::hash(&two));
+        assert_eq!(config_file::hash(&one), config_file::hash(&one.clone()));
         assert_eq!(
             args(Some(&one)),
             ["--mirror-config", "/etc/berth/mirror/config.json"]

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod ca_bundle;
 pub mod certificate;
+pub mod config_file;
 pub mod deployment;
 pub mod disruption_budget;
 pub mod gc;

@@ -4,7 +4,6 @@
 //! keys (header value, CA) as files the config names. Header values never
 //! sit in the ConfigMap.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use berth_access::Action;
@@ -12,10 +11,9 @@ use berth_access::notify::{self as access_notify, Endpoint, Header, NotifyConfig
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, KeyToPath, SecretVolumeSource, Volume, VolumeMount,
 };
-use sha2::{Digest, Sha256};
 
 use crate::crd::{NotificationEndpoint, Registry, RepositoryAction, SecretKeyRef};
-use crate::desired::owner;
+use crate::desired::config_file;
 use crate::names::Names;
 
 /// Where the pod finds the config file.
@@ -73,31 +71,15 @@ fn secret_dir(endpoint: &str, what: &str) -> PathBuf {
     PathBuf::from(format!("{SECRETS_DIR}/{endpoint}-{what}"))
 }
 
-/// The config file's bytes (pretty JSON; plain types cannot fail to
-/// serialise, and an empty object would be refused loudly at start).
-pub fn config_json(config: &NotifyConfig) -> String {
-    serde_json::to_string_pretty(config).unwrap_or_else(|_| "{}".to_owned())
-}
-
 /// The ConfigMap `<name>-notify` holding [`CONFIG_FILE`].
 pub fn notify_config_map(registry: &Registry, names: &Names, config: &NotifyConfig) -> ConfigMap {
-    ConfigMap {
-        metadata: owner::child_meta(registry, names, names.notify_config_map(), true),
-        data: Some(BTreeMap::from([(
-            CONFIG_FILE.to_owned(),
-            config_json(config),
-        )])),
-        ..ConfigMap::default()
-    }
-}
-
-/// `sha256:<hex>` of the config file, on the pod template: a changed
-/// config rolls the pods (the registry reads it at start; header values
-/// it re-reads by itself).
-pub fn config_hash(config: &NotifyConfig) -> String {
-    let digest = Sha256::digest(config_json(config).as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    config_file::config_map(
+        registry,
+        names,
+        names.notify_config_map(),
+        CONFIG_FILE,
+        config,
+    )
 }
 
 /// `--notify-config <file>` when there is a config.
@@ -293,7 +275,7 @@ mod tests {
         assert!(e.events.is_empty() && e.header.is_none() && e.ca_file.is_none());
         assert_eq!(volumes(&r, &fixtures::names()).1.len(), 1);
         let other = notify_config(&with_endpoints(vec![ci()])).expect("other");
-        assert_ne!(config_hash(&config), config_hash(&other));
+        assert_ne!(config_file::hash(&config), config_file::hash(&other));
         assert_eq!(
             args(Some(&config)),
             ["--notify-config", "/etc/berth/notify/config.json"]
