@@ -489,8 +489,9 @@ async fn reconcile_gc(
         .map_err(kube_err(
             "listing pods for the images they run, which GC must keep (the operator needs `list` on pods; see the chart's RBAC)",
         ))?;
+    let workloads = list_workloads(&ctx.client).await?;
     let hosts = desired::pull_secret::registry_hosts(names, spec, cluster_ip);
-    let in_use = desired::gc::in_use(&pods.items, &hosts);
+    let in_use = desired::gc::in_use(&pods.items, &workloads.templates(), &hosts);
     let retention = desired::gc::retention_config(&spec.gc);
     apply::apply(
         &ctx.client,
@@ -533,6 +534,33 @@ async fn reconcile_gc(
     Ok(GcStatus {
         images_in_use: i64::try_from(in_use.images.len()).unwrap_or(i64::MAX),
         last_run,
+    })
+}
+
+/// Every workload in the cluster whose pod template GC must keep runnable
+/// (see [`desired::gc::Workloads`]).
+async fn list_workloads(client: &kube::Client) -> Result<desired::gc::Workloads, Error> {
+    async fn all<K>(client: &kube::Client, what: &'static str) -> Result<Vec<K>, Error>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned,
+        K::DynamicType: Default,
+    {
+        Ok(Api::<K>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err(what))?
+            .items)
+    }
+    Ok(desired::gc::Workloads {
+        deployments: all(client, "listing Deployments for the images their pods will run, which GC must keep (the operator needs `list` on deployments; see the chart's RBAC)").await?,
+        replica_sets: all(client, "listing ReplicaSets for the images a rollback would run, which GC must keep (the operator needs `list` on replicasets; see the chart's RBAC)").await?,
+        stateful_sets: all(client, "listing StatefulSets for the images their pods will run, which GC must keep (the operator needs `list` on statefulsets; see the chart's RBAC)").await?,
+        daemon_sets: all(client, "listing DaemonSets for the images their pods will run, which GC must keep (the operator needs `list` on daemonsets; see the chart's RBAC)").await?,
+        jobs: all(client, "listing Jobs for the images their pods will run, which GC must keep (the operator needs `list` on jobs; see the chart's RBAC)").await?,
+        cron_jobs: all(client, "listing CronJobs for the images their next runs need, which GC must keep (the operator needs `list` on cronjobs; see the chart's RBAC)").await?,
     })
 }
 

@@ -93,7 +93,7 @@ const QUANTITY: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
         json_path = ".status.conditions[?(@.type==\"Ready\")].message"
     )
 )]
-#[x_kube(validation = Rule::new("!has(self.storage.filesystem) || self.replicas <= 1").message("filesystem storage is one ReadWriteOnce volume that a single replica can use: set replicas to 0 or 1, or use s3 storage to run more"))]
+#[x_kube(validation = Rule::new("!has(self.storage.filesystem) || self.replicas <= 1 || (has(self.storage.filesystem.accessMode) && self.storage.filesystem.accessMode == 'ReadWriteMany')").message("filesystem storage is one ReadWriteOnce volume that a single replica can use: set replicas to 0 or 1, set storage.filesystem.accessMode to ReadWriteMany if the storage class offers it, or use s3 storage to run more"))]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySpec {
     /// How many registry pods to run. 0 stops the registry and keeps its data.
@@ -344,7 +344,7 @@ impl Default for Storage {
     }
 }
 
-/// A PersistentVolumeClaim (`<name>-data`, ReadWriteOnce) for image data.
+/// A PersistentVolumeClaim (`<name>-data`) for image data.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct FilesystemStorage {
@@ -362,6 +362,14 @@ pub struct FilesystemStorage {
     #[x_kube(validation = Rule::new("self == oldSelf").message("storage.filesystem.storageClassName cannot change once the volume exists"))]
     pub storage_class_name: Option<String>,
 
+    /// How the volume may be mounted. `ReadWriteOnce` (the default): one
+    /// replica. `ReadWriteMany` (the storage class must offer it, e.g. NFS
+    /// or CephFS): several replicas share the volume, as they share a
+    /// bucket; the registry needs no lock between them.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage.filesystem.accessMode cannot change once the volume exists"))]
+    pub access_mode: VolumeAccessMode,
+
     /// What happens to the volume when the Registry is deleted. `Retain`
     /// (the default) keeps the claim and its images; `Delete` removes them.
     #[serde(default)]
@@ -377,7 +385,30 @@ impl Default for FilesystemStorage {
         Self {
             size: default_size(),
             storage_class_name: None,
+            access_mode: VolumeAccessMode::default(),
             reclaim_policy: ReclaimPolicy::default(),
+        }
+    }
+}
+
+/// The data volume's access mode (a PersistentVolumeClaim's `accessModes`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum VolumeAccessMode {
+    #[default]
+    ReadWriteOnce,
+    ReadWriteMany,
+}
+
+impl VolumeAccessMode {
+    /// Whether several pods, on any nodes, may mount the volume at once.
+    pub fn shared(self) -> bool {
+        self == VolumeAccessMode::ReadWriteMany
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeAccessMode::ReadWriteOnce => "ReadWriteOnce",
+            VolumeAccessMode::ReadWriteMany => "ReadWriteMany",
         }
     }
 }

@@ -95,6 +95,23 @@ fn more_than_one_replica_on_a_filesystem_volume_is_refused() {
 }
 
 #[test]
+fn several_replicas_share_a_read_write_many_volume() {
+    let spec = json!({"replicas": 3, "storage": {"filesystem": {"accessMode": "ReadWriteMany"}}});
+    assert_eq!(refusals(spec), Vec::<String>::new());
+}
+
+#[test]
+fn the_volume_access_mode_cannot_change() {
+    let old = json!({"storage": {"filesystem": {"accessMode": "ReadWriteOnce"}}});
+    let new = json!({"storage": {"filesystem": {"accessMode": "ReadWriteMany"}}});
+    let got = refusals_on_update(new, Some(old));
+    assert!(
+        got.iter().any(|m| m.contains("accessMode cannot change")),
+        "{got:?}"
+    );
+}
+
+#[test]
 fn several_replicas_on_object_storage_are_accepted() {
     let spec = json!({"replicas": 3, "storage": {"s3": {"bucket": "images", "region": "us-east-1", "credentialsSecret": {"name": "s3"}}}});
     assert_eq!(refusals(spec), Vec::<String>::new());
@@ -324,7 +341,7 @@ fn crd_schema_shape() {
     );
     assert_eq!(
         spec["storage"]["default"],
-        json!({"filesystem": {"size": "20Gi", "reclaimPolicy": "Retain"}})
+        json!({"filesystem": {"size": "20Gi", "accessMode": "ReadWriteOnce", "reclaimPolicy": "Retain"}})
     );
     assert_eq!(
         spec["service"]["default"],

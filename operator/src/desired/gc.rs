@@ -7,13 +7,17 @@
 //!
 //! The in-use list comes from each pod's `image:` (repository and tag, or
 //! digest) and its container statuses' `imageID` (the digest the node
-//! pulled), for every host name a client may write for this registry.
+//! pulled), for every host name a client may write for this registry, and
+//! from the pod templates of the cluster's workloads, which may start pods
+//! again (see [`Workloads`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use berth_access::gc::{InUse, InUseImage, RetentionConfig, RetentionRule};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec};
 
 use crate::crd::{GarbageCollection, Registry};
 use crate::desired::owner;
@@ -96,33 +100,21 @@ fn parse_reference(
     Some((repository.to_owned(), tag, digest))
 }
 
-/// The images `pods` run from a registry reachable as `hosts`: each
-/// container's `image:` (its tag, or the digest it names) and the digest
-/// its status reports. Pods that have ended are left out. Sorted, each
-/// once, so the ConfigMap changes only when the set does.
-pub fn in_use(pods: &[Pod], hosts: &[String]) -> InUse {
+/// The images `pods` run, or `templates` may start again, from a registry
+/// reachable as `hosts`: each container's `image:` (its tag, or the digest
+/// it names) and the digest a pod's status reports. Pods that have ended
+/// are left out. Sorted, each once, so the ConfigMap changes only when the
+/// set does.
+pub fn in_use(pods: &[Pod], templates: &[&PodSpec], hosts: &[String]) -> InUse {
     let hosts: BTreeSet<String> = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
-    let mut images = BTreeSet::new();
+    let mut references: Vec<&str> = Vec::new();
     for pod in pods {
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         if matches!(phase, Some("Succeeded") | Some("Failed")) {
             continue;
         }
-        let mut references: Vec<&str> = Vec::new();
         if let Some(spec) = &pod.spec {
-            references.extend(spec.containers.iter().filter_map(|c| c.image.as_deref()));
-            references.extend(
-                spec.init_containers
-                    .iter()
-                    .flatten()
-                    .filter_map(|c| c.image.as_deref()),
-            );
-            references.extend(
-                spec.ephemeral_containers
-                    .iter()
-                    .flatten()
-                    .filter_map(|c| c.image.as_deref()),
-            );
+            references.extend(spec_images(spec));
         }
         if let Some(status) = &pod.status {
             for statuses in [
@@ -133,19 +125,109 @@ pub fn in_use(pods: &[Pod], hosts: &[String]) -> InUse {
                 references.extend(statuses.iter().flatten().map(|s| s.image_id.as_str()));
             }
         }
-        for r in references {
-            if let Some((repository, tag, digest)) = parse_reference(r, &hosts) {
-                images.insert(InUseImage {
-                    repository,
-                    // A reference with a digest pins it; its tag says nothing.
-                    tag: if digest.is_some() { None } else { tag },
-                    digest,
-                });
-            }
-        }
     }
+    for spec in templates {
+        references.extend(spec_images(spec));
+    }
+    let images: BTreeSet<InUseImage> = references
+        .into_iter()
+        .filter_map(|r| parse_reference(r, &hosts))
+        .map(|(repository, tag, digest)| InUseImage {
+            repository,
+            // A reference with a digest pins it; its tag says nothing.
+            tag: if digest.is_some() { None } else { tag },
+            digest,
+        })
+        .collect();
     InUse {
         images: images.into_iter().collect(),
+    }
+}
+
+/// Every `image:` of a pod spec: containers, init and ephemeral containers.
+fn spec_images(spec: &PodSpec) -> impl Iterator<Item = &str> {
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter_map(|c| c.image.as_deref());
+    let ephemeral = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .filter_map(|c| c.image.as_deref());
+    spec.containers
+        .iter()
+        .filter_map(|c| c.image.as_deref())
+        .chain(init)
+        .chain(ephemeral)
+}
+
+/// The cluster's workloads, whose pod templates GC must keep runnable: a
+/// Deployment scaled to zero, a CronJob between runs, a DaemonSet waiting
+/// for its next node, or a ReplicaSet kept for `kubectl rollout undo` starts
+/// pods that pull again, so the images they name stay even with no pod
+/// running them now.
+#[derive(Debug, Default)]
+pub struct Workloads {
+    pub deployments: Vec<Deployment>,
+    pub replica_sets: Vec<ReplicaSet>,
+    pub stateful_sets: Vec<StatefulSet>,
+    pub daemon_sets: Vec<DaemonSet>,
+    pub jobs: Vec<Job>,
+    pub cron_jobs: Vec<CronJob>,
+}
+
+impl Workloads {
+    /// The pod templates that may start pods again. A Job that finished
+    /// starts none.
+    pub fn templates(&self) -> Vec<&PodSpec> {
+        let finished = |job: &Job| {
+            job.status.as_ref().is_some_and(|s| {
+                s.completion_time.is_some()
+                    || s.conditions.iter().flatten().any(|c| {
+                        (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
+                    })
+            })
+        };
+        let mut templates: Vec<&PodSpec> = Vec::new();
+        templates.extend(
+            self.deployments
+                .iter()
+                .filter_map(|d| d.spec.as_ref()?.template.spec.as_ref()),
+        );
+        templates.extend(
+            self.replica_sets
+                .iter()
+                .filter_map(|r| r.spec.as_ref()?.template.as_ref()?.spec.as_ref()),
+        );
+        templates.extend(
+            self.stateful_sets
+                .iter()
+                .filter_map(|s| s.spec.as_ref()?.template.spec.as_ref()),
+        );
+        templates.extend(
+            self.daemon_sets
+                .iter()
+                .filter_map(|d| d.spec.as_ref()?.template.spec.as_ref()),
+        );
+        templates.extend(
+            self.jobs
+                .iter()
+                .filter(|j| !finished(j))
+                .filter_map(|j| j.spec.as_ref()?.template.spec.as_ref()),
+        );
+        templates.extend(self.cron_jobs.iter().filter_map(|c| {
+            c.spec
+                .as_ref()?
+                .job_template
+                .spec
+                .as_ref()?
+                .template
+                .spec
+                .as_ref()
+        }));
+        templates
     }
 }
 
@@ -241,7 +323,7 @@ mod tests {
                 "status": {"phase": "Succeeded"}
             })),
         ];
-        let got = in_use(&pods, &hosts());
+        let got = in_use(&pods, &[], &hosts());
         assert_eq!(
             got.images,
             vec![
@@ -262,9 +344,54 @@ mod tests {
             {"name": "b", "image": "hub.team.svc.cluster.local/a/c:1"},
             {"name": "c", "image": "hub.team.svc.cluster.local/a/c:1"},
         ]}}));
-        let once = in_use(std::slice::from_ref(&p), &hosts());
+        let once = in_use(std::slice::from_ref(&p), &[], &hosts());
         assert_eq!(once.images.len(), 2);
-        assert_eq!(once, in_use(&[p.clone(), p], &hosts()));
+        assert_eq!(once, in_use(&[p.clone(), p], &[], &hosts()));
+    }
+
+    #[test]
+    fn workload_templates_keep_images_no_pod_runs_yet_but_finished_jobs_do_not() {
+        let template =
+            |image: &str| json!({"spec": {"containers": [{"name": "c", "image": image}]}});
+        let host = "hub.team.svc.cluster.local";
+        let workloads = Workloads {
+            deployments: vec![serde_json::from_value(json!({"spec": {
+                "selector": {}, "replicas": 0, "template": template(&format!("{host}/team/scaled-to-zero:v1"))}}))
+            .unwrap()],
+            replica_sets: vec![serde_json::from_value(json!({"spec": {
+                "selector": {}, "replicas": 0, "template": template(&format!("{host}/team/app:rollback"))}}))
+            .unwrap()],
+            stateful_sets: vec![serde_json::from_value(json!({"spec": {
+                "selector": {}, "serviceName": "db", "template": template(&format!("{host}/team/db:v3"))}}))
+            .unwrap()],
+            daemon_sets: vec![serde_json::from_value(json!({"spec": {
+                "selector": {}, "template": template(&format!("{host}/ops/agent@{D1}"))}}))
+            .unwrap()],
+            jobs: vec![
+                serde_json::from_value(json!({"spec": {"template": template(&format!("{host}/team/migrate:v2"))}}))
+                    .unwrap(),
+                serde_json::from_value(json!({
+                    "spec": {"template": template(&format!("{host}/team/finished:v1"))},
+                    "status": {"conditions": [{"type": "Complete", "status": "True"}]}}))
+                .unwrap(),
+            ],
+            cron_jobs: vec![serde_json::from_value(json!({"spec": {
+                "schedule": "@daily",
+                "jobTemplate": {"spec": {"template": template(&format!("{host}/team/nightly:v5"))}}}}))
+            .unwrap()],
+        };
+        let got = in_use(&[], &workloads.templates(), &hosts());
+        assert_eq!(
+            got.images,
+            vec![
+                image("ops/agent", Some(D1), None),
+                image("team/app", None, Some("rollback")),
+                image("team/db", None, Some("v3")),
+                image("team/migrate", None, Some("v2")),
+                image("team/nightly", None, Some("v5")),
+                image("team/scaled-to-zero", None, Some("v1")),
+            ]
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The data volume (`<name>-data`, ReadWriteOnce) for filesystem storage.
+//! The data volume (`<name>-data`, ReadWriteOnce unless the Registry asks
+//! for ReadWriteMany) for filesystem storage.
 //!
 //! With `reclaimPolicy: Retain` (the default) the claim has no owner
 //! reference, so deleting the Registry leaves the images in place and a
@@ -23,7 +24,7 @@ pub fn data_claim(registry: &Registry, names: &Names) -> Option<PersistentVolume
     Some(PersistentVolumeClaim {
         metadata: owner::child_meta(registry, names, names.data_claim(), owned),
         spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            access_modes: Some(vec![fs.access_mode.as_str().to_owned()]),
             storage_class_name: fs.storage_class_name.clone(),
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
@@ -72,6 +73,21 @@ mod tests {
         assert_eq!(
             pvc.spec.and_then(|s| s.storage_class_name).as_deref(),
             Some("fast")
+        );
+    }
+
+    #[test]
+    fn a_read_write_many_registry_claims_a_read_write_many_volume() {
+        let registry = fixtures::registry_with(|s| {
+            s.replicas = 2;
+            if let Some(fs) = s.storage.filesystem.as_mut() {
+                fs.access_mode = crate::crd::VolumeAccessMode::ReadWriteMany;
+            }
+        });
+        let pvc = data_claim(&registry, &fixtures::names()).expect("claim");
+        assert_eq!(
+            pvc.spec.and_then(|s| s.access_modes),
+            Some(vec!["ReadWriteMany".to_owned()])
         );
     }
 

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
     EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource, SecretKeySelector, Volume, VolumeMount,
 };
 
-use crate::crd::{Registry, S3Storage};
+use crate::crd::{FilesystemStorage, Registry, S3Storage};
 use crate::names::Names;
 
 /// Where the filesystem backend's volume is mounted.
@@ -35,11 +35,14 @@ pub struct Wiring {
 pub fn wiring(registry: &Registry, names: &Names) -> Wiring {
     match &registry.spec.storage.s3 {
         Some(s3) => object_storage(s3),
-        None => filesystem(names),
+        None => {
+            let fs = registry.spec.storage.filesystem.clone().unwrap_or_default();
+            filesystem(&fs, names)
+        }
     }
 }
 
-fn filesystem(names: &Names) -> Wiring {
+fn filesystem(fs: &FilesystemStorage, names: &Names) -> Wiring {
     Wiring {
         args: vec!["--data".into(), DATA_DIR.into()],
         env: Vec::new(),
@@ -56,7 +59,7 @@ fn filesystem(names: &Names) -> Wiring {
             }),
             ..Volume::default()
         }],
-        shared: false,
+        shared: fs.access_mode.shared(),
     }
 }
 
@@ -120,6 +123,18 @@ mod tests {
             redirect: None,
         });
         r
+    }
+
+    #[test]
+    fn a_read_write_many_volume_is_shared_by_the_pods() {
+        let r = fixtures::registry_with(|s| {
+            if let Some(fs) = s.storage.filesystem.as_mut() {
+                fs.access_mode = crate::crd::VolumeAccessMode::ReadWriteMany;
+            }
+        });
+        let w = wiring(&r, &fixtures::names());
+        assert!(w.shared);
+        assert_eq!(w.args, ["--data", DATA_DIR]);
     }
 
     #[test]
