@@ -11,6 +11,10 @@ with a body far beyond a proxy's default limits:
   chunked     POST, then PATCH after PATCH (Content-Range, Content-Length),
               then an empty PUT ?digest=
 
+The blob is made up on the fly (no file: the machines are short of disk):
+MiB after MiB of one random MiB, each starting with its own index, so no
+two MiB are alike and no two runs give the same digest.
+
 Each prints one JSON line: pattern, digest, size, seconds, MiB/s. Login is
 the registry's token flow: the challenge of GET /v2/ names the realm, which
 is asked for a token with HTTP Basic (user, password). Host names resolve as
@@ -18,8 +22,8 @@ the system resolves them (the test maps the Ingress host in /etc/hosts); TLS
 trusts only --cacert.
 
 Usage: blobs.py --registry HOST:PORT --repo REPO --cacert FILE
-                --user U --password-file F
-                (monolithic FILE | chunked FILE --chunk-mib N [--prefix TEXT])
+                --user U --password-file F --size-mib N
+                (monolithic | chunked --chunk-mib N)
 """
 
 import argparse
@@ -27,6 +31,7 @@ import base64
 import hashlib
 import http.client
 import json
+import os
 import re
 import ssl
 import sys
@@ -85,82 +90,76 @@ def relative(location):
     return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
-def file_sha256(path):
+def pieces(base, size):
+    """The blob: `size` bytes, MiB by MiB, each MiB `base` behind its index."""
+    offset = 0
+    index = 0
+    while offset < size:
+        piece = (index.to_bytes(8, "big") + base[8:])[: size - offset]
+        yield piece
+        offset += len(piece)
+        index += 1
+
+
+def monolithic(conn, repo, auth, size):
+    base = os.urandom(BLOCK)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(BLOCK):
-            h.update(chunk)
-    return h
-
-
-def monolithic(conn, repo, auth, path):
-    import os
-
-    size = os.path.getsize(path)
-    digest = "sha256:" + file_sha256(path).hexdigest()
+    for piece in pieces(base, size):
+        h.update(piece)
+    digest = "sha256:" + h.hexdigest()
     location = start(conn, repo, auth)
     began = time.monotonic()
-    with open(path, "rb") as f:
-        resp, data = request(
-            conn,
-            "PUT",
-            relative(with_digest(location, digest)),
-            {**auth, "Content-Length": str(size), "Content-Type": "application/octet-stream"},
-            f,
-        )
+    resp, data = request(
+        conn,
+        "PUT",
+        relative(with_digest(location, digest)),
+        {**auth, "Content-Length": str(size), "Content-Type": "application/octet-stream"},
+        pieces(base, size),
+    )
     took = time.monotonic() - began
     if resp.status != 201:
         sys.exit(f"monolithic PUT answered {resp.status}: {data[:300]!r}")
     return digest, size, took
 
 
-def chunked(conn, repo, auth, path, chunk_mib, prefix):
-    import os
-
-    head = prefix.encode()
-    size = len(head) + os.path.getsize(path)
+def chunked(conn, repo, auth, size, chunk_mib):
+    stream = pieces(os.urandom(BLOCK), size)
     chunk = chunk_mib * BLOCK
     h = hashlib.sha256()
     location = start(conn, repo, auth)
     began = time.monotonic()
     offset = 0
     patches = 0
-    with open(path, "rb") as f:
-        pending = head
-        while offset < size:
-            length = min(chunk, size - offset)
+    while offset < size:
+        length = min(chunk, size - offset)
 
-            def body(length=length):
-                nonlocal pending
-                left = length
-                while left:
-                    if pending:
-                        piece, pending = pending[:left], pending[left:]
-                    else:
-                        piece = f.read(min(BLOCK, left))
-                        if not piece:
-                            raise RuntimeError("the file ended early")
-                    h.update(piece)
-                    left -= len(piece)
-                    yield piece
+        def body(length=length):
+            left = length
+            while left:
+                piece = next(stream)
+                # Chunks are whole MiB, so a piece never straddles two.
+                assert len(piece) <= left
+                h.update(piece)
+                left -= len(piece)
+                yield piece
 
-            resp, data = request(
-                conn,
-                "PATCH",
-                relative(location),
-                {
-                    **auth,
-                    "Content-Length": str(length),
-                    "Content-Range": f"{offset}-{offset + length - 1}",
-                    "Content-Type": "application/octet-stream",
-                },
-                body(),
-            )
-            if resp.status != 202:
-                sys.exit(f"PATCH {offset}-{offset + length - 1} answered {resp.status}: {data[:300]!r}")
-            location = resp.getheader("Location")
-            offset += length
-            patches += 1
+        resp, data = request(
+            conn,
+            "PATCH",
+            relative(location),
+            {
+                **auth,
+                "Content-Length": str(length),
+                "Content-Range": f"{offset}-{offset + length - 1}",
+                "Content-Type": "application/octet-stream",
+            },
+            body(),
+        )
+        if resp.status != 202:
+            sys.exit(f"PATCH {offset}-{offset + length - 1} answered {resp.status}: {data[:300]!r}")
+        location = resp.getheader("Location")
+        offset += length
+        patches += 1
     digest = "sha256:" + h.hexdigest()
     resp, data = request(conn, "PUT", relative(with_digest(location, digest)), {**auth, "Content-Length": "0"})
     took = time.monotonic() - began
@@ -177,21 +176,21 @@ def main():
     ap.add_argument("--user", default="any")
     ap.add_argument("--password-file", required=True)
     ap.add_argument("pattern", choices=["monolithic", "chunked"])
-    ap.add_argument("file")
+    ap.add_argument("--size-mib", type=int, required=True)
     ap.add_argument("--chunk-mib", type=int, default=256)
-    ap.add_argument("--prefix", default="")
     args = ap.parse_args()
 
     context = ssl.create_default_context(cafile=args.cacert)
     conn = connect(args.registry, context)
     with open(args.password_file) as f:
         password = f.read().strip()
+    size = args.size_mib * BLOCK
     auth = {"Authorization": f"Bearer {token(conn, args.registry, args.repo, args.user, password)}"}
     if args.pattern == "monolithic":
-        digest, size, took = monolithic(conn, args.repo, auth, args.file)
+        digest, size, took = monolithic(conn, args.repo, auth, size)
         extra = {}
     else:
-        digest, size, took, patches = chunked(conn, args.repo, auth, args.file, args.chunk_mib, args.prefix)
+        digest, size, took, patches = chunked(conn, args.repo, auth, size, args.chunk_mib)
         extra = {"patches": patches}
     # The registry has it, at that size.
     resp, _ = request(conn, "HEAD", f"/v2/{args.repo}/blobs/{digest}", auth)
