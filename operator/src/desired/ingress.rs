@@ -228,9 +228,13 @@ mod tests {
             s.tls.secret_name = Some("mine".into());
         });
         let a = annotations_of(&registry);
-        assert!(!a.keys().any(|k| k.starts_with(&format!("{NGINX}proxy-ssl"))));
+        assert!(
+            !a.keys()
+                .any(|k| k.starts_with(&format!("{NGINX}proxy-ssl")))
+        );
         assert_eq!(
-            a.get(&format!("{NGINX}backend-protocol")).map(String::as_str),
+            a.get(&format!("{NGINX}backend-protocol"))
+                .map(String::as_str),
             Some("HTTPS")
         );
     }
@@ -250,13 +254,17 @@ mod tests {
             let wanted = s.ingress.as_mut().expect("ingress");
             wanted.annotations = [
                 (format!("{NGINX}proxy-body-size"), "2g".to_owned()),
-                (format!("{TRAEFIK}router.entrypoints"), "websecure".to_owned()),
+                (
+                    format!("{TRAEFIK}router.entrypoints"),
+                    "websecure".to_owned(),
+                ),
             ]
             .into();
         });
         let a = annotations_of(&registry);
         assert_eq!(
-            a.get(&format!("{NGINX}proxy-body-size")).map(String::as_str),
+            a.get(&format!("{NGINX}proxy-body-size"))
+                .map(String::as_str),
             Some("2g")
         );
         assert_eq!(
@@ -265,7 +273,8 @@ mod tests {
             Some("websecure")
         );
         assert_eq!(
-            a.get(&format!("{NGINX}backend-protocol")).map(String::as_str),
+            a.get(&format!("{NGINX}backend-protocol"))
+                .map(String::as_str),
             Some("HTTPS")
         );
     }
