@@ -625,9 +625,9 @@ impl ServiceType {
 }
 
 /// An Ingress for the registry. The registry itself speaks HTTPS, so the
-/// ingress controller must proxy to an HTTPS backend (for ingress-nginx, the
-/// annotation `nginx.ingress.kubernetes.io/backend-protocol: HTTPS`) and
-/// allow large bodies for layer uploads.
+/// ingress controller must proxy to an HTTPS backend and allow large bodies
+/// for layer uploads: berth annotates the Ingress for ingress-nginx and
+/// Traefik (see the operator's README for what Traefik needs besides).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
@@ -640,7 +640,9 @@ pub struct IngressSpec {
     #[schemars(regex(pattern = DNS_SUBDOMAIN), length(min = 1, max = 253))]
     pub class_name: Option<String>,
 
-    /// Annotations for the Ingress (controller-specific settings).
+    /// Annotations for the Ingress (controller-specific settings), added to
+    /// the ones berth sets for ingress-nginx and Traefik; a key set here
+    /// overrides berth's value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
