@@ -276,12 +276,23 @@ impl Upstream {
 struct Mirror {
     app: Router,
     addr: SocketAddr,
+    store: Arc<berth_registry::storage::Store>,
+    mirror: Arc<berth_registry::mirror::Mirror>,
     _dir: tempfile::TempDir,
 }
 
 impl Mirror {
     /// `upstreams`: (prefix, freshness seconds, with reader's credentials).
     async fn start(upstream: &Upstream, upstreams: &[(&str, u64, bool)]) -> Mirror {
+        Self::start_with(upstream, upstreams, None).await
+    }
+
+    /// Likewise, each upstream with the cache cap `max_age_seconds`.
+    async fn start_with(
+        upstream: &Upstream,
+        upstreams: &[(&str, u64, bool)],
+        max_age_seconds: Option<u64>,
+    ) -> Mirror {
         let dir = tempfile::tempdir().unwrap();
         let entries: Vec<serde_json::Value> = upstreams
             .iter()
@@ -299,6 +310,9 @@ impl Mirror {
                     u["usernameFile"] = serde_json::json!(user);
                     u["passwordFile"] = serde_json::json!(pass);
                 }
+                if let Some(age) = max_age_seconds {
+                    u["maxAgeSeconds"] = serde_json::json!(age);
+                }
                 u
             })
             .collect();
@@ -311,11 +325,11 @@ impl Mirror {
         let mirror = berth_registry::mirror::Mirror::from_file(&file).unwrap();
         let store = berth_registry::filesystem_store(&dir.path().join("data")).unwrap();
         let app = berth_registry::router_features(
-            store,
+            store.clone(),
             None,
             &berth_registry::limits::Limits::default(),
             berth_registry::Features {
-                mirror: Some(mirror),
+                mirror: Some(mirror.clone()),
                 ..Default::default()
             },
         );
@@ -330,6 +344,8 @@ impl Mirror {
         Mirror {
             app,
             addr,
+            store,
+            mirror,
             _dir: dir,
         }
     }
@@ -703,4 +719,61 @@ async fn the_containerd_mirror_form_and_a_blob_head_reach_the_upstream_once() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(upstream.requests("/blobs/"), before);
+}
+
+#[tokio::test]
+async fn the_age_cap_removes_the_least_recently_pulled_cached_tags_but_never_one_in_use() {
+    use berth_access::gc::{InUse, InUseImage};
+    use berth_registry::storage::gc::GcOptions;
+    let upstream = Upstream::start().await;
+    for name in ["old", "fresh", "used"] {
+        upstream
+            .push_multi_arch(&format!("library/{name}"), "v1", name)
+            .await;
+    }
+    // Freshness 0: every pull of a tag re-checks it, which records the pull.
+    let mirror = Mirror::start_with(&upstream, &[("docker.io", 0, false)], Some(2)).await;
+    let rules = mirror.mirror.cache_rules();
+    assert_eq!(rules.len(), 1);
+    for name in ["old", "fresh", "used"] {
+        mirror
+            .pull(&format!("docker.io/library/{name}"), "v1")
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Pulled again: younger than the cap. `used` is as old as `old`, but a
+    // running pod uses it.
+    mirror.pull("docker.io/library/fresh", "v1").await;
+    let opts = GcOptions {
+        grace: Duration::ZERO,
+        cache_rules: rules,
+        in_use: InUse {
+            images: vec![InUseImage {
+                repository: "docker.io/library/used".into(),
+                digest: None,
+                tag: Some("v1".into()),
+            }],
+        },
+        ..GcOptions::default()
+    };
+    let report = mirror.store.gc(&opts).await.unwrap();
+    assert_eq!(report.tags_removed, 1, "{report:?}");
+    assert_eq!(report.tags_kept_in_use, 1, "{report:?}");
+    let tag = |name: &str| {
+        let store = mirror.store.clone();
+        let name: berth_registry::oci::Name = format!("docker.io/library/{name}").parse().unwrap();
+        async move {
+            store
+                .tag_target(&name, &"v1".parse().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    assert!(tag("old").await.is_none(), "the least recently pulled went");
+    assert!(tag("fresh").await.is_some());
+    assert!(tag("used").await.is_some());
+    // Gone from the cache only: the next pull fetches it again.
+    let manifests = upstream.requests("/manifests/");
+    mirror.pull("docker.io/library/old", "v1").await;
+    assert!(upstream.requests("/manifests/") > manifests);
 }
