@@ -45,6 +45,14 @@ pub struct Upstream {
     /// for a private upstream; added to the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// The cache cap: a cached tag no pull has asked for in this many
+    /// seconds is removed by GC (its content then goes as GC removes any
+    /// unreferenced content), unless a running pod uses it. A pull counts
+    /// when the tag is fetched or re-checked against the upstream, so at
+    /// most once per freshness window. Unset: kept until retention or a
+    /// delete removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_seconds: Option<u64>,
 }
 
 /// Five minutes: a tag moved upstream is seen within that.
@@ -67,6 +75,10 @@ pub enum MirrorConfigError {
     Url { prefix: String, url: String },
     #[error("mirror {0:?}: give both usernameFile and passwordFile, or neither")]
     HalfCredentials(String),
+    #[error(
+        "mirror {0:?}: maxAgeSeconds must be above zero (zero would drop every cached image at each GC run); leave it out to keep them"
+    )]
+    ZeroMaxAge(String),
 }
 
 impl MirrorConfig {
@@ -93,6 +105,9 @@ impl MirrorConfig {
             if u.username_file.is_some() != u.password_file.is_some() {
                 return Err(MirrorConfigError::HalfCredentials(u.prefix.clone()));
             }
+            if u.max_age_seconds == Some(0) {
+                return Err(MirrorConfigError::ZeroMaxAge(u.prefix.clone()));
+            }
         }
         Ok(())
     }
@@ -115,6 +130,16 @@ impl Upstream {
         } else {
             rest.to_owned()
         }
+    }
+
+    /// The cache cap as a retention rule over `<prefix>/*` (keep what was
+    /// pulled within `max_age_seconds`), for GC; `None` without a cap.
+    pub fn cache_rule(&self) -> Option<crate::gc::RetentionRule> {
+        self.max_age_seconds.map(|age| crate::gc::RetentionRule {
+            repositories: format!("{}/*", self.prefix),
+            keep_within_seconds: Some(age),
+            ..crate::gc::RetentionRule::default()
+        })
     }
 
     /// Whether the upstream repository `name` may be fetched.
@@ -152,6 +177,7 @@ mod tests {
             repositories: vec![],
             tag_freshness_seconds: 300,
             ca_file: None,
+            max_age_seconds: None,
         }
     }
 
@@ -212,6 +238,30 @@ mod tests {
             upstreams: vec![upstream("quay.io"), upstream("quay.io")],
         };
         assert!(c.validate().is_err());
+        let mut u = upstream("quay.io");
+        u.max_age_seconds = Some(0);
+        assert_eq!(
+            MirrorConfig { upstreams: vec![u] }.validate(),
+            Err(MirrorConfigError::ZeroMaxAge("quay.io".into()))
+        );
+    }
+
+    #[test]
+    fn a_max_age_becomes_a_keep_within_rule_over_the_prefix_only() {
+        let mut u = upstream("docker.io");
+        assert_eq!(u.cache_rule(), None);
+        u.max_age_seconds = Some(86_400);
+        let rule = u.cache_rule().unwrap();
+        assert_eq!(rule.repositories, "docker.io/*");
+        assert_eq!(rule.keep_within_seconds, Some(86_400));
+        assert_eq!(rule.keep_last, None);
+        assert!(glob_match(&rule.repositories, "docker.io/library/nginx"));
+        assert!(!glob_match(&rule.repositories, "team/docker.io"));
+        let c: MirrorConfig = serde_json::from_str(
+            r#"{"upstreams":[{"prefix":"docker.io","url":"https://h","maxAgeSeconds":60}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.upstreams[0].max_age_seconds, Some(60));
     }
 
     #[test]

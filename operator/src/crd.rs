@@ -93,6 +93,7 @@ const QUANTITY: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
         json_path = ".status.conditions[?(@.type==\"Ready\")].message"
     )
 )]
+#[x_kube(validation = Rule::new("!has(self.mirrors) || !self.mirrors.exists(m, has(m.maxAge)) || (has(self.gc) && has(self.gc.interval))").message("mirrors[].maxAge is applied by garbage collection: set gc.interval too (e.g. 6h)"))]
 #[x_kube(validation = Rule::new("!has(self.storage.filesystem) || self.replicas <= 1 || (has(self.storage.filesystem.accessMode) && self.storage.filesystem.accessMode == 'ReadWriteMany')").message("filesystem storage is one ReadWriteOnce volume that a single replica can use: set replicas to 0 or 1, set storage.filesystem.accessMode to ReadWriteMany if the storage class offers it, or use s3 storage to run more"))]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySpec {
@@ -966,6 +967,17 @@ pub struct Mirror {
     /// private upstream (added to the system's roots), from a Secret key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret: Option<SecretKeyRef>,
+
+    /// The cache cap: a cached tag no pull asked for in this long (e.g.
+    /// `168h`) is removed at the next GC run (needs `gc.interval`), least
+    /// recently pulled first; its layers go as GC removes any unreferenced
+    /// content. Never removed: what a running pod uses. A pull counts when
+    /// it re-checks the tag, so at most once per `tagFreshness`. Unset:
+    /// cached images stay until retention or a delete removes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = WHOLE_DURATION), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("mirrors[].maxAge must be at least 1m (shorter would drop images between a pull and the pod's start)"))]
+    pub max_age: Option<String>,
 }
 
 /// A key of a Secret in the Registry's namespace.

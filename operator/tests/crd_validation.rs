@@ -447,6 +447,27 @@ fn a_mirror_url_must_be_http_or_https_and_its_freshness_bounded() {
 }
 
 #[test]
+fn a_mirror_age_cap_needs_gc_and_at_least_a_minute() {
+    let capped = |max_age: &str| json!({"prefix": "docker.io", "url": "https://registry-1.docker.io", "maxAge": max_age});
+    assert_refused(
+        json!({"mirrors": [capped("168h")]}),
+        "mirrors[].maxAge is applied by garbage collection: set gc.interval",
+    );
+    assert_refused(
+        json!({"gc": {"interval": "6h"}, "mirrors": [capped("30s")]}),
+        "mirrors[].maxAge must be at least 1m",
+    );
+    assert!(refusals(json!({"gc": {"interval": "6h"}, "mirrors": [capped("168h")]})).is_empty());
+    // Without a cap, mirrors need no GC.
+    assert!(
+        refusals(
+            json!({"mirrors": [{"prefix": "docker.io", "url": "https://registry-1.docker.io"}]})
+        )
+        .is_empty()
+    );
+}
+
+#[test]
 fn mirrors_are_a_list_map_keyed_by_prefix() {
     let schema = schema().expect("schema");
     let mirrors = &schema["properties"]["spec"]["properties"]["mirrors"];

@@ -414,12 +414,20 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
                 berth_registry::storage::gc::GcOptions {
                     grace: args.gc_grace,
                     quarantine: args.gc_quarantine,
+                    cache_rules: mirror.as_ref().map(|m| m.cache_rules()).unwrap_or_default(),
                     ..Default::default()
                 },
                 sources,
             ));
         }
-        None => tracing::info!("garbage collection off (set --gc-interval to reclaim space)"),
+        None => {
+            tracing::info!("garbage collection off (set --gc-interval to reclaim space)");
+            if mirror.as_ref().is_some_and(|m| !m.cache_rules().is_empty()) {
+                tracing::warn!(
+                    "the mirror config caps cached images by age (maxAgeSeconds), but only GC applies the cap: set --gc-interval"
+                );
+            }
+        }
     }
     // Beside the images, through the same driver: on the data volume or in
     // the bucket (every replica writes its own segments).

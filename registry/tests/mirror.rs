@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +34,9 @@ struct Upstream {
     log: Arc<Mutex<Vec<String>>>,
     /// Non-zero: every `/v2/` request is answered with this status.
     fail: Arc<AtomicU16>,
+    /// Set: blob bodies are served with their last byte changed (same
+    /// length, so only the digest can tell).
+    corrupt: Arc<AtomicBool>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     dir: tempfile::TempDir,
@@ -119,11 +122,14 @@ impl Upstream {
 
         let log: Arc<Mutex<Vec<String>>> = Arc::default();
         let fail = Arc::new(AtomicU16::new(0));
-        let (l, f) = (log.clone(), fail.clone());
+        let corrupt = Arc::new(AtomicBool::new(false));
+        let (l, f, c) = (log.clone(), fail.clone(), corrupt.clone());
         let served = app.clone().layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let (l, f) = (l.clone(), f.clone());
+                let (l, f, c) = (l.clone(), f.clone(), c.clone());
                 async move {
+                    let blob_get =
+                        req.method() == Method::GET && req.uri().path().contains("/blobs/");
                     l.lock()
                         .unwrap()
                         .push(format!("{} {}", req.method(), req.uri().path()));
@@ -134,7 +140,19 @@ impl Upstream {
                             r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
                         ));
                     }
-                    next.run(req).await
+                    let resp = next.run(req).await;
+                    if !(blob_get && c.load(Ordering::SeqCst) && resp.status() == StatusCode::OK) {
+                        return resp;
+                    }
+                    let (parts, body) = resp.into_parts();
+                    let mut bytes = axum::body::to_bytes(body, usize::MAX)
+                        .await
+                        .unwrap()
+                        .to_vec();
+                    if let Some(last) = bytes.last_mut() {
+                        *last ^= 0xff;
+                    }
+                    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
                 }
             },
         ));
@@ -160,6 +178,7 @@ impl Upstream {
             ca_file,
             log,
             fail,
+            corrupt,
             stop: Some(stop),
             server: Some(server),
             dir,
@@ -276,12 +295,76 @@ impl Upstream {
 struct Mirror {
     app: Router,
     addr: SocketAddr,
+    store: Arc<berth_registry::storage::Store>,
+    mirror: Arc<berth_registry::mirror::Mirror>,
     _dir: tempfile::TempDir,
+    /// The mirror's own auth keys and users, when it has logins.
+    _keys: Option<tempfile::TempDir>,
 }
 
 impl Mirror {
     /// `upstreams`: (prefix, freshness seconds, with reader's credentials).
     async fn start(upstream: &Upstream, upstreams: &[(&str, u64, bool)]) -> Mirror {
+        Self::start_with(upstream, upstreams, None).await
+    }
+
+    /// Likewise, each upstream with the cache cap `max_age_seconds`.
+    async fn start_with(
+        upstream: &Upstream,
+        upstreams: &[(&str, u64, bool)],
+        max_age_seconds: Option<u64>,
+    ) -> Mirror {
+        Self::start_full(upstream, upstreams, max_age_seconds, None).await
+    }
+
+    /// Likewise, with logins: htpasswd users of `common::USERS`, `alice`
+    /// may pull `private.test/*`, anyone `docker.io/library/*`.
+    async fn start_secured(upstream: &Upstream, upstreams: &[(&str, u64, bool)]) -> Mirror {
+        use berth_access::config::{HtpasswdAuth, Policy, Rule};
+        use berth_access::{Action, AuthConfig, Mode};
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys).unwrap();
+        let (private, public) = berth_access::keys::generate().unwrap();
+        std::fs::write(keys.join(berth_access::keys::SIGNING_KEY_FILE), &private).unwrap();
+        std::fs::write(keys.join(berth_access::keys::VERIFY_KEYS_FILE), &public).unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        let text: String = common::USERS
+            .iter()
+            .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap()))
+            .collect();
+        std::fs::write(&htpasswd, text).unwrap();
+        let config = AuthConfig {
+            mode: Mode::Htpasswd,
+            service: "mirror.test".into(),
+            keys_dir: keys,
+            token_ttl_seconds: 300,
+            refresh_ttl_seconds: 3600,
+            kubernetes: None,
+            htpasswd: Some(HtpasswdAuth { file: htpasswd }),
+            policy: Policy {
+                groups: Default::default(),
+                rules: vec![Rule {
+                    repositories: "private.test/*".into(),
+                    users: vec!["alice".into()],
+                    groups: vec![],
+                    actions: vec![Action::Pull],
+                }],
+                authenticated: vec![],
+            },
+            anonymous_pull: vec!["docker.io/library/*".into()],
+        };
+        let mut m = Self::start_full(upstream, upstreams, None, Some(config)).await;
+        m._keys = Some(dir);
+        m
+    }
+
+    async fn start_full(
+        upstream: &Upstream,
+        upstreams: &[(&str, u64, bool)],
+        max_age_seconds: Option<u64>,
+        auth: Option<berth_access::AuthConfig>,
+    ) -> Mirror {
         let dir = tempfile::tempdir().unwrap();
         let entries: Vec<serde_json::Value> = upstreams
             .iter()
@@ -299,6 +382,9 @@ impl Mirror {
                     u["usernameFile"] = serde_json::json!(user);
                     u["passwordFile"] = serde_json::json!(pass);
                 }
+                if let Some(age) = max_age_seconds {
+                    u["maxAgeSeconds"] = serde_json::json!(age);
+                }
                 u
             })
             .collect();
@@ -310,12 +396,21 @@ impl Mirror {
         .unwrap();
         let mirror = berth_registry::mirror::Mirror::from_file(&file).unwrap();
         let store = berth_registry::filesystem_store(&dir.path().join("data")).unwrap();
+        let auth = match auth {
+            Some(config) => Some(
+                berth_registry::auth::Auth::start(config)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            ),
+            None => None,
+        };
         let app = berth_registry::router_features(
-            store,
-            None,
+            store.clone(),
+            auth,
             &berth_registry::limits::Limits::default(),
             berth_registry::Features {
-                mirror: Some(mirror),
+                mirror: Some(mirror.clone()),
                 ..Default::default()
             },
         );
@@ -330,7 +425,10 @@ impl Mirror {
         Mirror {
             app,
             addr,
+            store,
+            mirror,
             _dir: dir,
+            _keys: None,
         }
     }
 
@@ -703,4 +801,264 @@ async fn the_containerd_mirror_form_and_a_blob_head_reach_the_upstream_once() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(upstream.requests("/blobs/"), before);
+}
+
+#[tokio::test]
+async fn the_age_cap_removes_the_least_recently_pulled_cached_tags_but_never_one_in_use() {
+    use berth_access::gc::{InUse, InUseImage};
+    use berth_registry::storage::gc::GcOptions;
+    let upstream = Upstream::start().await;
+    for name in ["old", "fresh", "used"] {
+        upstream
+            .push_multi_arch(&format!("library/{name}"), "v1", name)
+            .await;
+    }
+    // Freshness 0: every pull of a tag re-checks it, which records the pull.
+    let mirror = Mirror::start_with(&upstream, &[("docker.io", 0, false)], Some(2)).await;
+    let rules = mirror.mirror.cache_rules();
+    assert_eq!(rules.len(), 1);
+    for name in ["old", "fresh", "used"] {
+        mirror
+            .pull(&format!("docker.io/library/{name}"), "v1")
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Pulled again: younger than the cap. `used` is as old as `old`, but a
+    // running pod uses it.
+    mirror.pull("docker.io/library/fresh", "v1").await;
+    let opts = GcOptions {
+        grace: Duration::ZERO,
+        cache_rules: rules,
+        in_use: InUse {
+            images: vec![InUseImage {
+                repository: "docker.io/library/used".into(),
+                digest: None,
+                tag: Some("v1".into()),
+            }],
+        },
+        ..GcOptions::default()
+    };
+    let report = mirror.store.gc(&opts).await.unwrap();
+    assert_eq!(report.tags_removed, 1, "{report:?}");
+    assert_eq!(report.tags_kept_in_use, 1, "{report:?}");
+    let tag = |name: &str| {
+        let store = mirror.store.clone();
+        let name: berth_registry::oci::Name = format!("docker.io/library/{name}").parse().unwrap();
+        async move {
+            store
+                .tag_target(&name, &"v1".parse().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    assert!(tag("old").await.is_none(), "the least recently pulled went");
+    assert!(tag("fresh").await.is_some());
+    assert!(tag("used").await.is_some());
+    // Gone from the cache only: the next pull fetches it again.
+    let manifests = upstream.requests("/manifests/");
+    mirror.pull("docker.io/library/old", "v1").await;
+    assert!(upstream.requests("/manifests/") > manifests);
+}
+
+#[tokio::test]
+async fn upstream_bytes_that_miss_their_digest_cut_the_client_off_and_are_not_kept() {
+    let upstream = Upstream::start().await;
+    upstream.push_multi_arch("library/app", "v1", "bad").await;
+    let mirror = Mirror::start(&upstream, &[("docker.io", 300, false)]).await;
+    // The manifests are fine; a layer is what the upstream gets wrong.
+    let index: serde_json::Value = serde_json::from_slice(
+        &mirror
+            .get("/v2/docker.io/library/app/manifests/v1")
+            .await
+            .body,
+    )
+    .unwrap();
+    let child = index["manifests"][0]["digest"].as_str().unwrap();
+    let m: serde_json::Value = serde_json::from_slice(
+        &mirror
+            .get(&format!("/v2/docker.io/library/app/manifests/{child}"))
+            .await
+            .body,
+    )
+    .unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let size = m["layers"][0]["size"].as_u64().unwrap();
+    upstream.corrupt.store(true, Ordering::SeqCst);
+    let url = format!(
+        "http://{}/v2/docker.io/library/app/blobs/{layer}",
+        mirror.addr
+    );
+    let client = reqwest::Client::new();
+    // The first request leads the fetch (streamed); it must not end with a
+    // whole body.
+    if let Ok(resp) = client.get(&url).send().await
+        && resp.status().is_success()
+    {
+        let body = resp.bytes().await;
+        assert!(
+            body.is_err(),
+            "{:?} bytes (of {size}) were delivered whole from bytes that do not match {layer}",
+            body.map(|b| b.len())
+        );
+    }
+    let digest: berth_registry::oci::Digest = layer.parse().unwrap();
+    let name: berth_registry::oci::Name = "docker.io/library/app".parse().unwrap();
+    assert!(
+        mirror
+            .store
+            .blob_size(&name, &digest)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing of the bad fetch is stored"
+    );
+    // Asked again while the upstream still lies: a new fetch, cut off again.
+    if let Ok(resp) = client.get(&url).send().await
+        && resp.status().is_success()
+    {
+        assert!(resp.bytes().await.is_err(), "a whole body from bad bytes");
+    }
+    assert!(
+        mirror
+            .store
+            .blob_size(&name, &digest)
+            .await
+            .unwrap()
+            .is_none(),
+        "still nothing stored"
+    );
+    // The upstream mends: the next pull fetches good bytes and keeps them.
+    upstream.corrupt.store(false, Ordering::SeqCst);
+    let body = client
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&body), layer);
+    // The fetch links the blob once its last bytes are out: a moment later.
+    let mut stored = false;
+    for _ in 0..50 {
+        stored = mirror
+            .store
+            .blob_size(&name, &digest)
+            .await
+            .unwrap()
+            .is_some();
+        if stored {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored, "the good bytes are kept");
+    let fetches = upstream.requests("/blobs/");
+    let again = client
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&again), layer);
+    assert_eq!(
+        upstream.requests("/blobs/"),
+        fetches,
+        "served from the cache"
+    );
+}
+
+#[tokio::test]
+async fn a_mirror_with_logins_serves_anonymously_only_what_it_is_told_and_never_leaks_upstream_credentials()
+ {
+    let upstream = Upstream::start().await;
+    let public = upstream.push_multi_arch("library/app", "v1", "open").await;
+    let private = upstream.push_multi_arch("team/app", "v1", "closed").await;
+    let mirror = Mirror::start_secured(
+        &upstream,
+        &[("docker.io", 300, false), ("private.test", 300, true)],
+    )
+    .await;
+    let as_user = |user: Option<&'static str>, uri: String| {
+        let app = mirror.app.clone();
+        async move {
+            send(
+                &app,
+                user.map(common::basic),
+                "127.0.0.1:3",
+                Method::GET,
+                &uri,
+                &[("accept", ACCEPT)],
+                Bytes::new(),
+            )
+            .await
+        }
+    };
+    // Anonymous pull of docker.io/library/* is configured.
+    let r = as_user(None, "/v2/docker.io/library/app/manifests/v1".into()).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.header("docker-content-digest"), public);
+    // The other prefix is not: no anonymous pull, and the upstream is not
+    // even asked (a miss must not be a way around the mirror's auth).
+    let before = upstream.requests("/manifests/");
+    let r = as_user(None, "/v2/private.test/team/app/manifests/v1".into()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = as_user(Some("bob"), "/v2/private.test/team/app/manifests/v1".into()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(upstream.requests("/manifests/"), before);
+    // A user with the right pulls it, fetched with the mirror's upstream
+    // credentials, which appear nowhere in what the client gets.
+    let r = as_user(
+        Some("alice"),
+        "/v2/private.test/team/app/manifests/v1".into(),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.header("docker-content-digest"), private);
+    assert!(upstream.requests("/manifests/") > before);
+    let index: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let child = index["manifests"][0]["digest"].as_str().unwrap();
+    let m = as_user(
+        Some("alice"),
+        format!("/v2/private.test/team/app/manifests/{child}"),
+    )
+    .await;
+    let m: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap();
+    let b = as_user(
+        Some("alice"),
+        format!("/v2/private.test/team/app/blobs/{layer}"),
+    )
+    .await;
+    assert_eq!(b.status, StatusCode::OK);
+    assert_eq!(sha256(&b.body), layer);
+    for reply in [&r, &b] {
+        let text = format!("{:?}", reply.headers);
+        assert!(
+            !text.contains(READER_PASSWORD) && !text.contains("reader"),
+            "{text}"
+        );
+    }
+    assert!(!String::from_utf8_lossy(&r.body).contains(READER_PASSWORD));
+    // An error from the mirror names no upstream secret either.
+    let r = as_user(
+        Some("alice"),
+        "/v2/private.test/team/none/manifests/v1".into(),
+    )
+    .await;
+    assert!(!r.status.is_success());
+    let text = format!("{:?}{}", r.headers, String::from_utf8_lossy(&r.body));
+    assert!(!text.contains(READER_PASSWORD), "{text}");
 }

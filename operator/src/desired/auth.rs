@@ -202,6 +202,7 @@ mod tests {
             repositories: Vec::new(),
             tag_freshness: None,
             ca_secret: None,
+            max_age: None,
         };
         let r = fixtures::registry_with(|s| {
             s.auth.anonymous_pull = vec!["public/*".into(), "ghcr.io/*".into()];

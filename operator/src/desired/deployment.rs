@@ -690,6 +690,7 @@ mod tests {
                 repositories: Vec::new(),
                 tag_freshness: None,
                 ca_secret: None,
+                max_age: None,
             }];
         });
         let d = build(&mirrored);

@@ -55,7 +55,18 @@ fn upstream(m: &Mirror) -> Upstream {
             .ca_secret
             .as_ref()
             .map(|_| secret_dir(&m.prefix, "ca").join(CA_FILE)),
+        max_age_seconds: max_age_seconds(m),
     }
+}
+
+/// Seconds in `maxAge` (at least 1: the CRD asks for 1m or more, and the
+/// registry refuses 0); `None` when unset or unreadable.
+pub fn max_age_seconds(m: &Mirror) -> Option<u64> {
+    m.max_age
+        .as_deref()
+        .and_then(|s| kube::core::Duration::from_str(s).ok())
+        .filter(|d| !d.is_negative())
+        .map(|d| std::time::Duration::from(d).as_secs().max(1))
 }
 
 /// Seconds in `tagFreshness`; the default when unset or unreadable (the
@@ -195,6 +206,7 @@ mod tests {
             repositories: vec!["library/*".into()],
             tag_freshness: Some("1h30m".into()),
             ca_secret: None,
+            max_age: Some("168h".into()),
         }
     }
 
@@ -209,6 +221,7 @@ mod tests {
                 name: "corp-ca".into(),
                 key: "root.pem".into(),
             }),
+            max_age: None,
         }
     }
 
@@ -243,7 +256,9 @@ mod tests {
         assert_eq!(u.repositories, vec!["library/*".to_owned()]);
         assert_eq!(u.tag_freshness_seconds, 5400);
         assert_eq!(u.ca_file, None);
+        assert_eq!(u.max_age_seconds, Some(168 * 3600));
         let p = &config.upstreams[1];
+        assert_eq!(p.max_age_seconds, None);
         assert_eq!(p.username_file, None);
         assert_eq!(p.password_file, None);
         assert_eq!(p.tag_freshness_seconds, DEFAULT_TAG_FRESHNESS_SECONDS);

@@ -530,6 +530,7 @@ mod tests {
             repositories: Vec::new(),
             tag_freshness: None,
             ca_secret: None,
+            max_age: None,
         };
         let mut hub = registry("hub", "u1", &["hub.team"], &ca("one"));
         hub.spec.mirrors = vec![mirror("docker.io"), mirror("quay.io")];

@@ -93,6 +93,14 @@ impl Mirror {
             .collect()
     }
 
+    /// The cache caps, as retention rules for GC (`GcOptions::cache_rules`).
+    pub fn cache_rules(&self) -> Vec<berth_access::gc::RetentionRule> {
+        self.upstreams
+            .iter()
+            .filter_map(|u| u.config.cache_rule())
+            .collect()
+    }
+
     fn upstream(&self, prefix: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| u.config.prefix == prefix)
     }
@@ -169,6 +177,11 @@ impl Mirror {
                 let failure = match head_manifest(route, tag.as_str()).await {
                     Ok(Some(d)) if Some(&d) == local.as_ref() => {
                         freshness.confirm(name.as_str(), tag.as_str());
+                        // Pulled now: the cache's age cap counts from here
+                        // (once per freshness window, not every pull).
+                        if let Err(e) = store.tag_touch(name, tag, &d).await {
+                            tracing::warn!(repository = %name, tag = tag.as_str(), error = %e, "could not record the pull of a cached tag; its age cap counts from the previous one");
+                        }
                         route.count("hit");
                         return Ok(Served::Cached);
                     }

@@ -108,10 +108,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use berth_access::config::glob_match;
 use berth_access::gc::GcRun;
 use bytes::Bytes;
 
-use super::retention::{self, InUse, InUseIndex, RetentionConfig};
+use super::retention::{self, InUse, InUseIndex, RetentionConfig, RetentionRule};
 use super::{StorageError, Store, layout};
 use crate::oci::manifest::{self, Descriptor};
 use crate::oci::{Digest, Name};
@@ -173,6 +174,10 @@ pub struct GcOptions {
     pub retention: RetentionConfig,
     /// Images running pods use: roots, and tags retention keeps.
     pub in_use: InUse,
+    /// The pull-through cache's caps, one rule per capped mirror prefix
+    /// (`Upstream::cache_rule`): applied to the repositories they match
+    /// on top of `retention`, a tag going if either removes it.
+    pub cache_rules: Vec<RetentionRule>,
 }
 
 impl Default for GcOptions {
@@ -184,6 +189,7 @@ impl Default for GcOptions {
             list: false,
             retention: RetentionConfig::default(),
             in_use: InUse::default(),
+            cache_rules: Vec::new(),
         }
     }
 }
@@ -767,16 +773,38 @@ impl Store {
     ) -> Result<HashSet<String>, StorageError> {
         let opts = run.opts;
         let mut removed = HashSet::new();
-        let Some(rule) = opts.retention.rule_for(name.as_str()) else {
-            return Ok(removed);
-        };
-        if rule.keep_last.is_none() && rule.keep_within_seconds.is_none() {
+        let rules: Vec<&RetentionRule> = opts
+            .retention
+            .rule_for(name.as_str())
+            .into_iter()
+            .chain(
+                opts.cache_rules
+                    .iter()
+                    .filter(|r| glob_match(&r.repositories, name.as_str())),
+            )
+            .filter(|r| r.keep_last.is_some() || r.keep_within_seconds.is_some())
+            .collect();
+        if rules.is_empty() {
             return Ok(removed);
         }
         let tags = self.tag_infos(name).await?;
-        let decision =
-            retention::decide(rule, name.as_str(), &tags, SystemTime::now(), &run.in_use);
-        for t in &decision.kept_in_use {
+        let now = SystemTime::now();
+        let mut remove: Vec<String> = Vec::new();
+        let mut kept_in_use: Vec<String> = Vec::new();
+        for rule in rules {
+            let decision = retention::decide(rule, name.as_str(), &tags, now, &run.in_use);
+            for t in decision.remove {
+                if !remove.contains(&t) {
+                    remove.push(t);
+                }
+            }
+            for t in decision.kept_in_use {
+                if !kept_in_use.contains(&t) {
+                    kept_in_use.push(t);
+                }
+            }
+        }
+        for t in &kept_in_use {
             run.report.tags_kept_in_use += 1;
             run.item(
                 GcAction::KeepInUse,
@@ -784,12 +812,12 @@ impl Store {
                 None,
             );
         }
-        for t in decision.remove {
+        for t in remove {
             let Some(seen) = tags.iter().find(|i| i.name == t) else {
                 continue;
             };
             if !opts.dry_run && !self.remove_tag_if_unchanged(name, seen).await? {
-                tracing::debug!(repository = %name, tag = t, "pushed again since retention looked: kept");
+                tracing::debug!(repository = %name, tag = t, "pushed (or pulled through the cache) again since retention looked: kept");
                 continue;
             }
             run.report.tags_removed += 1;

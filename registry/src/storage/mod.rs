@@ -362,6 +362,26 @@ impl Store {
         Ok(entry)
     }
 
+    /// Rewrites `tag`'s link if it still points at `digest`, so that its
+    /// modification time says "used now": the pull-through cache calls it
+    /// when a pull re-checks a cached tag, and its age cap (a retention
+    /// rule, which reads that time) then removes the least recently pulled.
+    /// Returns whether it was rewritten.
+    pub async fn tag_touch(
+        &self,
+        name: &Name,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        let _repo = self.repo_locks.lock(name).await;
+        if self.tag_target(name, tag).await?.as_ref() != Some(digest) {
+            return Ok(false);
+        }
+        self.put(&layout::tag(name, tag), Bytes::from(digest.to_string()))
+            .await?;
+        Ok(true)
+    }
+
     /// The digest a tag points at.
     pub async fn tag_target(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, StorageError> {
         let Some(raw) = self.get(&layout::tag(name, tag)).await? else {
