@@ -3,11 +3,12 @@
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
-use kube::core::GroupVersionKind;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Client, ResourceExt};
+use serde_json::Value;
 
-use crate::crd::{Registry, TlsMode};
-use crate::desired::{ca_bundle, tls};
+use crate::crd::{IssuerKind, Registry, TlsMode};
+use crate::desired::{ca_bundle, certificate, tls};
 use crate::names::Names;
 use crate::pki::{self, CertInfo, KeyedCert, PkiError};
 use crate::{Error, kube_err};
@@ -113,7 +114,123 @@ pub(crate) enum Observed {
         installed: bool,
         /// `None`: cert-manager has not written `<name>-tls` yet.
         secret: Option<ServedSecret>,
+        /// What cert-manager says about the Certificate and its issuer
+        /// (`None`: the Certificate does not exist yet).
+        cert_manager: Option<CertManagerView>,
     },
+}
+
+/// cert-manager's own account of the Certificate, read so that a Registry
+/// waiting on it says why in cert-manager's words.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct CertManagerView {
+    /// The Certificate's `Ready` condition, if cert-manager set one.
+    pub ready: Option<CertManagerCondition>,
+    /// cert-manager has seen the Certificate's current spec
+    /// (`Ready.observedGeneration` = `metadata.generation`).
+    pub current: bool,
+    /// The issuer in `tls.issuerRef`; read only while the Certificate is not
+    /// Ready.
+    pub issuer: IssuerView,
+}
+
+impl CertManagerView {
+    /// cert-manager says the Secret holds the certificate the current spec
+    /// asks for.
+    pub fn is_ready(&self) -> bool {
+        self.current && self.ready.as_ref().is_some_and(|c| c.status == "True")
+    }
+}
+
+/// A condition as cert-manager wrote it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct CertManagerCondition {
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The issuer a Certificate names, as far as the operator could tell.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) enum IssuerView {
+    /// Not read (the Certificate is Ready, or the issuer is not
+    /// cert-manager's own kind).
+    #[default]
+    Unchecked,
+    Missing,
+    Ready,
+    NotReady(CertManagerCondition),
+}
+
+impl CertManagerView {
+    /// Reads the Ready condition of a Certificate as the API returned it.
+    pub fn of(certificate: &DynamicObject) -> Self {
+        let generation = certificate.metadata.generation;
+        let ready = ready_condition(&certificate.data);
+        let observed = certificate.data["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| c["observedGeneration"].as_i64());
+        Self {
+            ready,
+            current: generation.is_some() && observed == generation,
+            issuer: IssuerView::Unchecked,
+        }
+    }
+}
+
+/// `status.conditions[type=Ready]` of a cert-manager object.
+fn ready_condition(data: &Value) -> Option<CertManagerCondition> {
+    let condition = data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    let text = |key: &str| condition[key].as_str().unwrap_or_default().to_owned();
+    Some(CertManagerCondition {
+        status: text("status"),
+        reason: text("reason"),
+        message: text("message"),
+    })
+}
+
+/// Reads the issuer `registry` names: missing, Ready or not. Any other
+/// failure (a forbidden read, an issuer of another API group) leaves it
+/// unchecked: the message then relies on the Certificate alone.
+async fn issuer_view(client: &Client, registry: &Registry, namespace: &str) -> IssuerView {
+    let Some(issuer) = registry.spec.tls.issuer_ref.as_ref() else {
+        return IssuerView::Unchecked;
+    };
+    if issuer.group != "cert-manager.io" {
+        return IssuerView::Unchecked;
+    }
+    let (kind, plural) = match issuer.kind {
+        IssuerKind::Issuer => ("Issuer", "issuers"),
+        IssuerKind::ClusterIssuer => ("ClusterIssuer", "clusterissuers"),
+    };
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cert-manager.io", "v1", kind),
+        plural,
+    );
+    let api: Api<DynamicObject> = match issuer.kind {
+        IssuerKind::Issuer => Api::namespaced_with(client.clone(), namespace, &resource),
+        IssuerKind::ClusterIssuer => Api::all_with(client.clone(), &resource),
+    };
+    match api.get_opt(&issuer.name).await {
+        Ok(None) => IssuerView::Missing,
+        Ok(Some(object)) => match ready_condition(&object.data) {
+            Some(c) if c.status == "True" => IssuerView::Ready,
+            Some(c) => IssuerView::NotReady(c),
+            None => IssuerView::NotReady(CertManagerCondition {
+                status: "Unknown".into(),
+                reason: String::new(),
+                message: "cert-manager has not checked it yet".into(),
+            }),
+        },
+        Err(error) => {
+            tracing::debug!(issuer = %issuer.name, %error, "cannot read the cert-manager issuer");
+            IssuerView::Unchecked
+        }
+    }
 }
 
 /// Read what the plan for `registry`'s `tls.mode` looks at.
@@ -161,17 +278,32 @@ pub(crate) async fn observe(
         TlsMode::CertManager => {
             let gvk = GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate");
             let installed = kube::discovery::pinned_kind(client, &gvk).await.is_ok();
-            let secret = if installed {
-                secrets
+            let (secret, cert_manager) = if installed {
+                let secret = secrets
                     .get_opt(&names.tls_secret())
                     .await
-                    .map_err(kube_err("reading the TLS Secret"))?
+                    .map_err(kube_err("reading the TLS Secret"))?;
+                let certificates: Api<DynamicObject> = Api::namespaced_with(
+                    client.clone(),
+                    &names.namespace,
+                    &certificate::api_resource(),
+                );
+                let mut view = certificates
+                    .get_opt(&names.certificate())
+                    .await
+                    .map_err(kube_err("reading the cert-manager Certificate"))?
+                    .map(|c| CertManagerView::of(&c));
+                if let Some(view) = view.as_mut().filter(|v| !v.is_ready()) {
+                    view.issuer = issuer_view(client, registry, &names.namespace).await;
+                }
+                (secret, view)
             } else {
-                None
+                (None, None)
             };
             Observed::CertManager {
                 installed,
                 secret: secret.as_ref().map(ServedSecret::of),
+                cert_manager,
             }
         }
     })
@@ -189,6 +321,39 @@ fn last_certificate(chain_pem: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn certificate(generation: i64, status: Value) -> DynamicObject {
+        let mut object = DynamicObject::new("hub", &certificate::api_resource());
+        object.metadata.generation = Some(generation);
+        object.data = serde_json::json!({ "status": status });
+        object
+    }
+
+    #[test]
+    fn a_certificate_is_ready_only_when_cert_manager_saw_its_current_spec() {
+        let ready_at = |observed: i64| {
+            serde_json::json!({"conditions": [
+                {"type": "Issuing", "status": "False"},
+                {"type": "Ready", "status": "True", "reason": "Ready",
+                 "message": "Certificate is up to date and has not expired",
+                 "observedGeneration": observed}]})
+        };
+        let view = CertManagerView::of(&certificate(2, ready_at(2)));
+        assert!(view.is_ready());
+        assert_eq!(
+            view.ready.map(|c| c.message),
+            Some("Certificate is up to date and has not expired".to_owned())
+        );
+        // A spec change cert-manager has not acted on yet is not Ready.
+        assert!(!CertManagerView::of(&certificate(3, ready_at(2))).is_ready());
+    }
+
+    #[test]
+    fn a_certificate_without_conditions_is_not_ready() {
+        let view = CertManagerView::of(&certificate(1, Value::Null));
+        assert!(!view.is_ready());
+        assert_eq!(view.ready, None);
+    }
 
     #[test]
     fn the_last_certificate_of_a_chain_is_its_top() {

@@ -20,8 +20,8 @@ use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::runtime::events::EventType;
 
-use super::observe::{Observed, Parsed, ServedSecret, StoredCa};
-use crate::crd::Registry;
+use super::observe::{CertManagerView, IssuerView, Observed, Parsed, ServedSecret, StoredCa};
+use crate::crd::{IssuerKind, Registry};
 use crate::desired::{ca_bundle, certificate, tls};
 use crate::names::Names;
 use crate::pki::{self, CertInfo, CertPolicy, KeyedCert, PkiError, Verdict};
@@ -31,6 +31,9 @@ use crate::trust::{self, Signer};
 /// Reason of the Warning published when a CA rotation stops waiting for
 /// the nodes.
 pub(crate) const ROTATION_FORCED: &str = "CARotationForced";
+
+/// How often a Registry waiting on cert-manager looks again.
+pub(crate) const CERT_MANAGER_POLL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What to do about the certificate in one reconcile.
 #[derive(Debug)]
@@ -174,21 +177,38 @@ pub(crate) fn plan(
         Observed::CertManager {
             installed: true,
             secret,
+            cert_manager,
         } => {
+            let awaiting = |why: String| {
+                let mut plan = Plan::waiting(
+                    CertState::Pending {
+                        reason: "AwaitingCertManager",
+                        message: format!(
+                            "waiting for cert-manager to issue {}/{}{why}{}",
+                            names.namespace,
+                            names.tls_secret(),
+                            cert_manager_says(registry, names, cert_manager.as_ref())
+                        ),
+                    },
+                    node_trust,
+                );
+                // cert-manager's objects are not watched: look again soon,
+                // so the message follows it and its Secret is taken up.
+                plan.wake_at = now.checked_add(CERT_MANAGER_POLL).ok();
+                plan
+            };
+            let ready = cert_manager.as_ref().is_some_and(CertManagerView::is_ready);
             let mut plan = match secret {
-                None => {
-                    let message = format!(
-                        "waiting for cert-manager to issue {}/{}",
-                        names.namespace,
-                        names.tls_secret()
-                    );
-                    Plan::waiting(
-                        CertState::Pending {
-                            reason: "AwaitingCertManager",
-                            message,
-                        },
-                        node_trust,
-                    )
+                None => awaiting(String::new()),
+                // While cert-manager works on the current spec, a Secret
+                // that cannot serve it yet (a new name, a new key) is being
+                // replaced, not broken: the registry keeps serving it.
+                Some(secret) if !ready && check_served(secret, cert_names, now).is_err() => {
+                    let why = check_served(secret, cert_names, now)
+                        .err()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default();
+                    awaiting(why)
                 }
                 Some(secret) => served(
                     secret,
@@ -203,6 +223,48 @@ pub(crate) fn plan(
             plan.certificate = certificate::certificate(registry, names, cert_names);
             Ok(plan)
         }
+    }
+}
+
+/// What cert-manager says about a Certificate that is not Ready, for a
+/// Pending message: a missing or unready issuer first (the usual mistake,
+/// which the Certificate itself does not name), else its Ready condition.
+fn cert_manager_says(registry: &Registry, names: &Names, view: Option<&CertManagerView>) -> String {
+    let Some(view) = view else {
+        return String::new();
+    };
+    let issuer = registry.spec.tls.issuer_ref.as_ref();
+    let issuer_name = || {
+        issuer.map_or_else(String::new, |i| match i.kind {
+            IssuerKind::Issuer => format!("Issuer {}/{}", names.namespace, i.name),
+            IssuerKind::ClusterIssuer => format!("ClusterIssuer {}", i.name),
+        })
+    };
+    match &view.issuer {
+        IssuerView::Missing => {
+            return format!(
+                ": {} does not exist: create it, or point tls.issuerRef at one that does",
+                issuer_name()
+            );
+        }
+        IssuerView::NotReady(c) => {
+            return format!(
+                ": {} is not Ready ({}: {})",
+                issuer_name(),
+                c.reason,
+                c.message
+            );
+        }
+        IssuerView::Unchecked | IssuerView::Ready => {}
+    }
+    match &view.ready {
+        Some(c) if !view.is_ready() => format!(
+            "; cert-manager's Certificate {}: {} ({})",
+            names.certificate(),
+            c.message,
+            c.reason
+        ),
+        _ => String::new(),
     }
 }
 
@@ -479,6 +541,7 @@ mod tests {
     use k8s_openapi::ByteString;
 
     use super::*;
+    use crate::certificates::observe::CertManagerCondition;
     use crate::crd::{IssuerKind, IssuerRef, RegistrySpec, TlsMode};
     use crate::fixtures;
 
@@ -1252,6 +1315,47 @@ mod tests {
         })
     }
 
+    fn condition(status: &str, reason: &str, message: &str) -> CertManagerCondition {
+        CertManagerCondition {
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// What cert-manager reports once the Secret matches the current spec.
+    fn ready_view() -> CertManagerView {
+        CertManagerView {
+            ready: Some(condition(
+                "True",
+                "Ready",
+                "Certificate is up to date and has not expired",
+            )),
+            current: true,
+            issuer: IssuerView::Unchecked,
+        }
+    }
+
+    /// What cert-manager reports while it issues for a new spec.
+    fn reissuing_view(issuer: IssuerView) -> CertManagerView {
+        CertManagerView {
+            ready: Some(condition(
+                "False",
+                "SecretMismatch",
+                "Existing issued Secret is not up to date for spec: [spec.dnsNames]",
+            )),
+            current: true,
+            issuer,
+        }
+    }
+
+    fn pending_message(plan: &Plan) -> &str {
+        match &plan.state {
+            CertState::Pending { message, .. } => message,
+            other => panic!("not pending: {other:?}"),
+        }
+    }
+
     fn pending_reason(plan: &Plan) -> &'static str {
         match &plan.state {
             CertState::Pending { reason, .. } => reason,
@@ -1266,6 +1370,7 @@ mod tests {
         let observed = Observed::CertManager {
             installed: false,
             secret: None,
+            cert_manager: None,
         };
         let plan = plan_served(&registry, &observed, &names);
         assert_eq!(pending_reason(&plan), "CertManagerNotInstalled");
@@ -1279,6 +1384,7 @@ mod tests {
         let observed = Observed::CertManager {
             installed: true,
             secret: None,
+            cert_manager: None,
         };
         let plan = plan_served(&registry, &observed, &names);
         assert_eq!(pending_reason(&plan), "AwaitingCertManager");
@@ -1304,6 +1410,7 @@ mod tests {
         let observed = Observed::CertManager {
             installed: true,
             secret: Some(secret),
+            cert_manager: Some(ready_view()),
         };
         let plan = plan_served(&registry, &observed, &names);
         assert_eq!(issued(&plan).2, info(&ca.cert_pem).fingerprint);
@@ -1313,16 +1420,122 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_secret_from_cert_manager_is_certificate_invalid() {
+    fn a_broken_secret_cert_manager_calls_ready_is_certificate_invalid() {
         let registry = cert_manager_registry();
         let names = cert_names(&registry.spec, CLUSTER_IP);
         let observed = Observed::CertManager {
             installed: true,
             secret: Some(user_secret(&[("tls.crt", "x"), ("tls.key", "y")])),
+            cert_manager: Some(ready_view()),
         };
         let plan = plan_served(&registry, &observed, &names);
         assert_eq!(failed(&plan).0, "CertificateInvalid");
         // The Certificate is still applied: cert-manager repairs its Secret.
         assert!(plan.certificate.is_some());
+    }
+
+    #[test]
+    fn a_secret_lacking_a_new_name_while_cert_manager_reissues_is_awaited_not_invalid() {
+        let registry = cert_manager_registry();
+        let old_names = cert_names(&registry.spec, CLUSTER_IP);
+        let ca = ca_at(ago(10));
+        let pair = leaf(&ca, &old_names, ago(1));
+        let secret = user_secret(&[
+            ("tls.crt", &pair.cert_pem),
+            ("tls.key", &pair.key_pem),
+            ("ca.crt", &ca.cert_pem),
+        ]);
+        let mut names = old_names.clone();
+        names.push("extra.example.test".into());
+        let observed = Observed::CertManager {
+            installed: true,
+            secret: Some(secret.clone()),
+            cert_manager: Some(reissuing_view(IssuerView::Ready)),
+        };
+        let plan = plan_served(&registry, &observed, &names);
+        assert_eq!(pending_reason(&plan), "AwaitingCertManager");
+        let message = pending_message(&plan);
+        assert!(
+            message.contains("does not name extra.example.test"),
+            "{message}"
+        );
+        assert!(message.contains("SecretMismatch"), "{message}");
+        assert!(plan.events.is_empty());
+        // Once cert-manager calls the same Secret Ready, it is wrong.
+        let observed = Observed::CertManager {
+            installed: true,
+            secret: Some(secret),
+            cert_manager: Some(ready_view()),
+        };
+        let plan = plan_served(&registry, &observed, &names);
+        assert_eq!(failed(&plan).0, "CertificateInvalid");
+    }
+
+    #[test]
+    fn a_missing_issuer_is_named_while_waiting() {
+        let registry = cert_manager_registry();
+        let names = cert_names(&registry.spec, CLUSTER_IP);
+        let observed = Observed::CertManager {
+            installed: true,
+            secret: None,
+            cert_manager: Some(reissuing_view(IssuerView::Missing)),
+        };
+        let plan = plan_served(&registry, &observed, &names);
+        assert_eq!(pending_reason(&plan), "AwaitingCertManager");
+        assert_eq!(
+            pending_message(&plan),
+            "waiting for cert-manager to issue team/hub-tls: Issuer team/team-ca does not exist: create it, or point tls.issuerRef at one that does"
+        );
+        // Nothing watches the issuer: the Registry looks again soon.
+        assert_eq!(
+            plan.wake_at,
+            Some(now().checked_add(CERT_MANAGER_POLL).expect("time"))
+        );
+    }
+
+    #[test]
+    fn an_issuer_that_is_not_ready_is_quoted_while_waiting() {
+        let registry = cert_manager_registry();
+        let names = cert_names(&registry.spec, CLUSTER_IP);
+        let issuer = IssuerView::NotReady(condition(
+            "False",
+            "ErrGetKeyPair",
+            "Error getting keypair for CA issuer: secrets \"ca-key-pair\" not found",
+        ));
+        let observed = Observed::CertManager {
+            installed: true,
+            secret: None,
+            cert_manager: Some(reissuing_view(issuer)),
+        };
+        let plan = plan_served(&registry, &observed, &names);
+        let message = pending_message(&plan);
+        assert!(
+            message.contains("Issuer team/team-ca is not Ready (ErrGetKeyPair: Error getting keypair for CA issuer: secrets \"ca-key-pair\" not found)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn with_a_ready_issuer_the_certificates_own_condition_is_quoted() {
+        let registry = cert_manager_registry();
+        let names = cert_names(&registry.spec, CLUSTER_IP);
+        let observed = Observed::CertManager {
+            installed: true,
+            secret: None,
+            cert_manager: Some(CertManagerView {
+                ready: Some(condition(
+                    "False",
+                    "DoesNotExist",
+                    "Issuing certificate as Secret does not exist",
+                )),
+                current: true,
+                issuer: IssuerView::Ready,
+            }),
+        };
+        let plan = plan_served(&registry, &observed, &names);
+        assert_eq!(
+            pending_message(&plan),
+            "waiting for cert-manager to issue team/hub-tls; cert-manager's Certificate hub: Issuing certificate as Secret does not exist (DoesNotExist)"
+        );
     }
 }
