@@ -783,6 +783,10 @@ mod tests {
     fn the_registry_serves_tls_on_5443_from_the_mounted_secret() {
         let d = build(&no_auth());
         let args = container(&d).args.clone().expect("args");
+        let node = fixtures::names()
+            .endpoints(&no_auth().spec)
+            .node
+            .expect("a node endpoint");
         assert_eq!(
             args,
             [
@@ -791,6 +795,10 @@ mod tests {
                 "0.0.0.0:5443",
                 "--data",
                 "/var/lib/registry",
+                "--node-endpoint",
+                &node,
+                "--ui-session-key",
+                "/etc/berth/ui-session/session.key",
                 "--tls-cert",
                 "/etc/berth/tls/tls.crt",
                 "--tls-key",
