@@ -471,12 +471,24 @@ async fn the_tag_table_shows_when_each_tag_was_last_pulled() {
 
     // A pull by tag is noted for the digest the tag points at.
     let pulled = reg
-        .send_as(Some("bob"), Method::GET, "/v2/team/app/manifests/1", &[], "")
+        .send_as(
+            Some("bob"),
+            Method::GET,
+            "/v2/team/app/manifests/1",
+            &[],
+            "",
+        )
         .await;
     assert_eq!(pulled.status, StatusCode::OK);
     // A HEAD is not a pull.
-    reg.send_as(Some("bob"), Method::HEAD, "/v2/team/app/manifests/2", &[], "")
-        .await;
+    reg.send_as(
+        Some("bob"),
+        Method::HEAD,
+        "/v2/team/app/manifests/2",
+        &[],
+        "",
+    )
+    .await;
     let name: berth_registry::oci::Name = "team/app".parse().unwrap();
     let d: berth_registry::oci::Digest = digest.parse().unwrap();
     let at = reg.store.last_pulled(&name, &d).await.unwrap();
@@ -521,9 +533,7 @@ async fn image_pages_show_the_pod_pull_reference_with_the_node_endpoint() {
         page.contains("image: hub.berth.internal:5000/team/app:1"),
         "{page}"
     );
-    assert!(page.contains(&format!(
-        "image: hub.berth.internal:5000/team/app@{digest}"
-    )));
+    assert!(page.contains(&format!("image: hub.berth.internal:5000/team/app@{digest}")));
     // Without the flag, no such section.
     let mut plain = Browser::new(&reg.app);
     plain.log_in("bob").await;
@@ -547,7 +557,10 @@ async fn namespace_usage_covers_every_repository_and_counts_shared_layers_once()
     // bob may not pull other/secret: nothing of its namespace shows.
     let all = text(&b.get("/ui/").await);
     assert!(!all.contains(r#"data-namespace="other""#), "{all}");
-    assert!(!all.contains("(no namespace)") && !all.contains("<td>other</td>"), "{all}");
+    assert!(
+        !all.contains("(no namespace)") && !all.contains("<td>other</td>"),
+        "{all}"
+    );
     // root may pull everything.
     let mut root = Browser::new(&reg.app);
     root.log_in("root").await;

@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use jiff::Timestamp;
 
-use super::{Durability, Store, StorageError, layout};
+use super::{Durability, StorageError, Store, layout};
 use crate::oci::{Digest, Name};
 
 /// How often `serve` writes noted pulls to storage.
@@ -186,9 +186,8 @@ impl Store {
         let mut stored = self.stored_pulls(repository).await?;
         merge(&mut stored, times);
         let key = key(repository);
-        let body = serde_json::to_vec(&stored).map_err(|e| {
-            StorageError::new("encode", &key, std::io::Error::other(e.to_string()))
-        })?;
+        let body = serde_json::to_vec(&stored)
+            .map_err(|e| StorageError::new("encode", &key, std::io::Error::other(e.to_string())))?;
         self.driver
             .put(&key, Bytes::from(body), Durability::Durable)
             .await

@@ -405,7 +405,10 @@ impl Inventory {
     }
 
     /// The distinct blobs of a repository's tagged images.
-    async fn repository_blobs(&self, repository: &str) -> Result<HashMap<Digest, u64>, StorageError> {
+    async fn repository_blobs(
+        &self,
+        repository: &str,
+    ) -> Result<HashMap<Digest, u64>, StorageError> {
         let mut blobs = HashMap::new();
         let Ok(name) = repository.parse::<Name>() else {
             return Ok(blobs);

@@ -492,7 +492,9 @@ pub async fn login(State(ui): State<Ui>, req: Request) -> Response {
                     &ui,
                     &visitor,
                     &next,
-                    Some("This identity carries too many groups (or a token too large) to fit in a browser session; use the API (docker login) instead."),
+                    Some(
+                        "This identity carries too many groups (or a token too large) to fit in a browser session; use the API (docker login) instead.",
+                    ),
                     StatusCode::UNPROCESSABLE_ENTITY,
                 );
             }
