@@ -112,6 +112,9 @@ def main():
             expect(page.get_by_role("heading", name="team/app")).to_be_visible()
             for tag in ("multi", "extra", "linux-amd64", "linux-arm64"):
                 expect(page.get_by_role("link", name=tag, exact=True)).to_be_visible()
+            expect(page.get_by_role("columnheader", name=re.compile("Last pulled"))).to_be_visible()
+            pulled = page.locator('tr[data-name="multi"] td[data-label="Last pulled"]')
+            expect(pulled).to_have_text(re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC$"))
             check_page(page, "repository")
 
         def index():
@@ -119,6 +122,11 @@ def main():
             expect(page.get_by_role("heading", name="Platforms")).to_be_visible()
             expect(page.get_by_role("link", name="linux/amd64")).to_be_visible()
             expect(page.get_by_role("link", name="linux/arm64")).to_be_visible()
+            node = os.environ["UI_NODE_ENDPOINT"]
+            pods = page.locator("section#pods")
+            expect(pods.get_by_role("heading", name="Pods on this cluster")).to_be_visible()
+            expect(pods).to_contain_text(f"image: {node}/team/app:multi")
+            expect(pods).to_contain_text(f"image: {node}/team/app@sha256:")
             state["index"] = page.url
             check_page(page, "index")
 

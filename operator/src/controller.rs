@@ -296,6 +296,11 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         }
     }
 
+    // The UI's session key, made once: its pods mount it.
+    if spec.ui.enabled {
+        ensure_ui_session_key(ctx, registry, &names).await?;
+    }
+
     let deployment = desired::deployment::deployment(registry, &names, &ctx.config.default_image);
     let workload = workload_state(
         &apply::apply(client, &deployment)
@@ -618,6 +623,30 @@ async fn observe_serving(
         _ => (readiness::Probe::NotTried, String::new()),
     };
     Ok(readiness::serving(&endpoints, &probe, &address))
+}
+
+/// Makes the Secret holding the UI session key unless it holds a usable
+/// one (a new key would log everyone out).
+async fn ensure_ui_session_key(
+    ctx: &Context,
+    registry: &Registry,
+    names: &Names,
+) -> Result<(), Error> {
+    use desired::ui_session;
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace);
+    let stored = secrets
+        .get_opt(&names.ui_session_secret())
+        .await
+        .map_err(kube_err("reading the UI session key Secret"))?;
+    if ui_session::usable(stored.as_ref()) {
+        return Ok(());
+    }
+    let key = ui_session::new_key()?;
+    apply::apply(&ctx.client, &ui_session::secret(registry, names, &key))
+        .await
+        .map_err(kube_err("storing the UI session key"))?;
+    tracing::info!(secret = %names.ui_session_secret(), "made the UI session key");
+    Ok(())
 }
 
 /// Object storage is usable once its credentials Secret holds both keys;

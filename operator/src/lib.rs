@@ -46,6 +46,9 @@ pub enum Error {
     Certificate(#[from] pki::PkiError),
     #[error("token signing keys: {0}")]
     TokenKeys(#[from] berth_access::keys::KeyError),
+    /// The web UI's session key could not be made (no randomness).
+    #[error("cannot make the UI session key: {0}; retrying")]
+    UiSessionKey(#[from] rustls::Error),
     /// The spec asks for something that cannot be done; the message says
     /// which field and how to fix it.
     #[error("{0}")]
@@ -76,6 +79,7 @@ impl Error {
             Self::Kube { source, .. } => kube_kind(source),
             Self::Certificate(_) => "Certificate",
             Self::TokenKeys(_) => "TokenKeys",
+            Self::UiSessionKey(_) => "UiSessionKey",
             Self::InvalidSpec(_) => "InvalidSpec",
             Self::Host(_) => "HostFiles",
             Self::Crd(_) => "CrdRender",

@@ -115,6 +115,11 @@ impl Names {
         format!("{}-token-keys", self.name)
     }
 
+    /// The Secret holding the key that signs web UI session cookies.
+    pub fn ui_session_secret(&self) -> String {
+        format!("{}-ui-session", self.name)
+    }
+
     /// The cert-manager Certificate (CertManager mode).
     pub fn certificate(&self) -> String {
         self.name.clone()

@@ -578,6 +578,14 @@ async fn a_no_change_reconcile_writes_nothing() {
                     .resource_version(),
             );
             v.insert(
+                "secret/ui-session",
+                secrets
+                    .get("hub-ui-session")
+                    .await
+                    .expect("ui session key")
+                    .resource_version(),
+            );
+            v.insert(
                 "configmap/auth",
                 config_maps
                     .get("hub-auth")

@@ -109,6 +109,11 @@ pub struct Features {
     /// Webhooks (`--notify-config`) told of manifest pushes, pulls and
     /// deletes.
     pub notify: Option<Arc<notify::Notifier>>,
+    /// The key signing UI session cookies (`--ui-session-key`); None: a
+    /// random key for this process.
+    pub ui_session_key: Option<ui::session::Key>,
+    /// The host pods use in `image:` (`--node-endpoint`), shown by the UI.
+    pub node_endpoint: Option<String>,
 }
 
 impl Default for Features {
@@ -119,6 +124,8 @@ impl Default for Features {
             ui: true,
             mirror: None,
             notify: None,
+            ui_session_key: None,
+            node_endpoint: None,
         }
     }
 }
@@ -136,6 +143,8 @@ pub fn router_features(
         ui,
         mirror,
         notify,
+        ui_session_key,
+        node_endpoint,
     } = features;
     let token_endpoint = auth.is_some();
     if let (Some(auth), Some(mirror)) = (&auth, &mirror) {
@@ -149,7 +158,15 @@ pub fn router_features(
         mirror,
         notify,
     };
-    let web = ui.then(|| ui::router(state.clone()));
+    let web = ui.then(|| {
+        ui::router(
+            state.clone(),
+            ui::Options {
+                session_key: ui_session_key,
+                node_endpoint,
+            },
+        )
+    });
     let router: Router<AppState> = Router::new();
     let router = if token_endpoint {
         router.route("/token", get(auth::token::get).post(auth::token::post))

@@ -51,6 +51,20 @@ enum Command {
     },
 }
 
+/// `host` or `host:port`, as an image reference starts.
+fn node_endpoint(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a host or host:port (e.g. registry.example:5000)"
+        ))
+    }
+}
+
 fn duration(s: &str) -> Result<std::time::Duration, String> {
     berth_registry::storage::gc::parse_duration(s)
 }
@@ -171,6 +185,17 @@ struct Serve {
     /// audit trail), same origin, TLS and login as the API: "on" or "off".
     #[arg(long, env = "BERTH_UI", default_value = "on", value_parser = ["on", "off"])]
     ui: String,
+    /// The host (and port) pods on this cluster write in `image:` for this
+    /// registry (the operator passes its `status.endpoints.node`): the UI's
+    /// image pages show a pull reference with it beside the browser's host.
+    #[arg(long, env = "BERTH_NODE_ENDPOINT", value_parser = node_endpoint)]
+    node_endpoint: Option<String>,
+    /// A file holding the key (at least 32 bytes) that signs UI session
+    /// cookies, so logins survive restarts and work on every replica that
+    /// reads the same file (the operator keeps it in a Secret). Without it,
+    /// a random key per process: a restart logs everyone out.
+    #[arg(long, env = "BERTH_UI_SESSION_KEY")]
+    ui_session_key: Option<PathBuf>,
     /// Days of audit trail kept; older days are removed (checked hourly).
     #[arg(long, env = "BERTH_AUDIT_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     audit_retention_days: u32,
@@ -456,15 +481,39 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         }
         None => None,
     };
-    tracing::info!(ui = args.ui == "on", "web UI at /ui/");
+    let ui_session_key = match &args.ui_session_key {
+        Some(path) => Some(berth_registry::ui::session::Key::from_file(path)?),
+        None => None,
+    };
+    tracing::info!(
+        ui = args.ui == "on",
+        sessions = if ui_session_key.is_some() {
+            "signed with the key file (survive restarts, shared by replicas)"
+        } else {
+            "signed with a per-process key (a restart logs everyone out)"
+        },
+        node_endpoint = args.node_endpoint.as_deref().unwrap_or(""),
+        "web UI at /ui/"
+    );
     let features = berth_registry::Features {
         audit,
         ui: args.ui == "on",
         mirror,
         notify,
+        ui_session_key,
+        node_endpoint: args.node_endpoint.clone(),
     };
-    let app = berth_registry::router_features(store, auth, &limits, features);
+    tokio::spawn(berth_registry::storage::pulls::flush_periodically(
+        store.clone(),
+        berth_registry::storage::pulls::FLUSH_EVERY,
+    ));
+    let app = berth_registry::router_features(store.clone(), auth, &limits, features);
     berth_registry::server::serve_with(listener, app, tls, &limits, shutdown_signal()).await?;
+    // Pulls noted since the last periodic flush are not lost on shutdown.
+    match store.flush_pulls().await {
+        Ok(n) => tracing::info!(repositories = n, "last-pulled times written"),
+        Err(e) => tracing::warn!(error = %e, "could not write the last-pulled times at shutdown"),
+    }
     Ok(())
 }
 

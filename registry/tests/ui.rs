@@ -439,3 +439,194 @@ async fn the_repository_list_shows_the_last_gc_run() {
         "{page}"
     );
 }
+
+/// Another router over the same store and auth: a second replica, or the
+/// registry after a restart.
+fn replica(reg: &Secured, features: berth_registry::Features) -> Router {
+    berth_registry::router_features(
+        reg.store.clone(),
+        Some(reg.auth.clone()),
+        &berth_registry::limits::Limits::default(),
+        features,
+    )
+}
+
+fn with_key(key: &[u8]) -> berth_registry::Features {
+    berth_registry::Features {
+        ui_session_key: Some(berth_registry::ui::session::Key::from_bytes(key)),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_tag_table_shows_when_each_tag_was_last_pulled() {
+    let (reg, digest) = secured_with_images().await;
+    reg.push_image("alice", "team/app", "2", r#","annotations":{"v":"2"}"#)
+        .await;
+    let mut b = Browser::new(&reg.app);
+    b.log_in("bob").await;
+    let before = text(&b.get("/ui/r/team/app").await);
+    assert!(before.contains("Last pulled"), "{before}");
+    let today = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
+
+    // A pull by tag is noted for the digest the tag points at.
+    let pulled = reg
+        .send_as(
+            Some("bob"),
+            Method::GET,
+            "/v2/team/app/manifests/1",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(pulled.status, StatusCode::OK);
+    // A HEAD is not a pull.
+    reg.send_as(
+        Some("bob"),
+        Method::HEAD,
+        "/v2/team/app/manifests/2",
+        &[],
+        "",
+    )
+    .await;
+    let name: berth_registry::oci::Name = "team/app".parse().unwrap();
+    let d: berth_registry::oci::Digest = digest.parse().unwrap();
+    let at = reg.store.last_pulled(&name, &d).await.unwrap();
+    assert!(at.is_some());
+
+    let page = text(&b.get("/ui/r/team/app?sort=pulled&dir=desc").await);
+    let row = |tag: &str| {
+        let start = page.find(&format!(r#"data-name="{tag}""#)).unwrap();
+        page[start..start + page[start..].find("</tr>").unwrap()].to_owned()
+    };
+    let last_pulled_cell = |row: &str| {
+        let label = r#"data-label="Last pulled">"#;
+        let at = row.find(label).unwrap() + label.len();
+        row[at..at + row[at..].find("</td>").unwrap()].to_owned()
+    };
+    assert!(last_pulled_cell(&row("1")).starts_with(&today), "{page}");
+    assert_eq!(last_pulled_cell(&row("2")), "—", "{page}");
+    // Sorted by last pull, newest first.
+    assert!(page.find(r#"data-name="1""#) < page.find(r#"data-name="2""#));
+
+    // Durable: flushed through the driver, read by a new process.
+    assert_eq!(reg.store.flush_pulls().await.unwrap(), 1);
+    let restarted = berth_registry::filesystem_store(&reg.dir.path().join("data")).unwrap();
+    assert_eq!(restarted.last_pulled(&name, &d).await.unwrap(), at);
+}
+
+#[tokio::test]
+async fn image_pages_show_the_pod_pull_reference_with_the_node_endpoint() {
+    let (reg, digest) = secured_with_images().await;
+    let app = replica(
+        &reg,
+        berth_registry::Features {
+            node_endpoint: Some("hub.berth.internal:5000".into()),
+            ..Default::default()
+        },
+    );
+    let mut b = Browser::new(&app);
+    b.log_in("bob").await;
+    let page = text(&b.get("/ui/r/team/app/-/m/1").await);
+    assert!(page.contains("Pods on this cluster"), "{page}");
+    assert!(
+        page.contains("image: hub.berth.internal:5000/team/app:1"),
+        "{page}"
+    );
+    assert!(page.contains(&format!("image: hub.berth.internal:5000/team/app@{digest}")));
+    // Without the flag, no such section.
+    let mut plain = Browser::new(&reg.app);
+    plain.log_in("bob").await;
+    assert!(!text(&plain.get("/ui/r/team/app/-/m/1").await).contains("Pods on this cluster"));
+}
+
+#[tokio::test]
+async fn namespace_usage_covers_every_repository_and_counts_shared_layers_once() {
+    let (reg, _) = secured_with_images().await;
+    reg.push_image("alice", "team/other", "1", "").await;
+    let mut b = Browser::new(&reg.app);
+    b.log_in("bob").await;
+    // Only team/other on this page (search), yet the namespace's total is
+    // over both repositories: config "{}" (2 B, shared) + 17 B + 19 B.
+    let page = text(&b.get("/ui/?q=other").await);
+    assert!(
+        page.contains(r#"data-namespace="team"> · 2 repositories · 38 B"#),
+        "{page}"
+    );
+    assert!(page.contains("Storage by namespace"), "{page}");
+    // bob may not pull other/secret: nothing of its namespace shows.
+    let all = text(&b.get("/ui/").await);
+    assert!(!all.contains(r#"data-namespace="other""#), "{all}");
+    assert!(
+        !all.contains("(no namespace)") && !all.contains("<td>other</td>"),
+        "{all}"
+    );
+    // root may pull everything.
+    let mut root = Browser::new(&reg.app);
+    root.log_in("root").await;
+    assert!(text(&root.get("/ui/").await).contains(r#"data-namespace="other""#));
+}
+
+#[tokio::test]
+async fn a_login_survives_a_restart_and_works_on_another_replica_with_the_key() {
+    let (reg, _) = secured_with_images().await;
+    let key = [42u8; 32];
+    let one = replica(&reg, with_key(&key));
+    let two = replica(&reg, with_key(&key));
+    let mut b = Browser::new(&one);
+    let login = b.log_in("bob").await;
+    assert_eq!(login.status, StatusCode::SEE_OTHER);
+    let cookie = b.cookie.clone();
+    assert!(text(&b.get("/ui/").await).contains("Logged in as"));
+
+    // The same cookie on another replica (or after a restart).
+    let mut elsewhere = Browser {
+        app: &two,
+        cookie: cookie.clone(),
+    };
+    let page = elsewhere.get("/ui/r/team/app").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", text(&page));
+    assert!(text(&page).contains("Logged in as"));
+
+    // A process with another key (no key file) does not accept it.
+    let mut stranger = Browser {
+        app: &reg.app,
+        cookie: cookie.clone(),
+    };
+    assert!(!text(&stranger.get("/ui/").await).contains("Logged in as"));
+
+    // Logging out ends it on the replica that was asked.
+    let list = b.get("/ui/").await;
+    let out = b.post("/ui/logout", &[("csrf", &csrf(&list))]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(b.cookie.is_none());
+    let mut replay = Browser {
+        app: &one,
+        cookie: cookie.clone(),
+    };
+    assert!(!text(&replay.get("/ui/").await).contains("Logged in as"));
+}
+
+#[tokio::test]
+async fn a_forged_session_cookie_is_ignored() {
+    let (reg, _) = secured_with_images().await;
+    let mut b = Browser::new(&reg.app);
+    b.log_in("bob").await;
+    let cookie = b.cookie.clone().unwrap();
+    // Claim to be root with bob's signature.
+    let (name, value) = cookie.split_once('=').unwrap();
+    let mut parts: Vec<&str> = value.split('.').collect();
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload = String::from_utf8(b64.decode(parts[1]).unwrap()).unwrap();
+    assert!(payload.contains(r#""name":"bob""#), "{payload}");
+    let forged = b64.encode(payload.replace(r#""name":"bob""#, r#""name":"root""#));
+    parts[1] = &forged;
+    let mut mallory = Browser {
+        app: &reg.app,
+        cookie: Some(format!("{name}={}", parts.join("."))),
+    };
+    let page = text(&mallory.get("/ui/").await);
+    assert!(!page.contains("Logged in as"), "{page}");
+    assert!(!page.contains("other/secret"));
+}

@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{AuthMode, Registry};
-use crate::desired::{auth, config_file, gc, labels, mirror, notify, owner, storage};
+use crate::desired::{auth, config_file, gc, labels, mirror, notify, owner, storage, ui_session};
 use crate::names::Names;
 
 /// The port the registry listens on inside the pod (unprivileged).
@@ -75,7 +75,8 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
         .chain([format!("0.0.0.0:{CONTAINER_PORT}")])
         .chain(storage.args)
         .chain(gc_args(registry))
-        .chain(ui_args(registry))
+        .chain(ui_args(registry, names))
+        .chain(ui_session::args(registry))
         .chain(tls_args)
         .chain(auth_args.into_iter().flatten())
         .chain(notify::args(notify_config.as_ref()))
@@ -85,6 +86,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
     let (gc_mounts, gc_volumes) = gc_volumes(registry, names);
     let (notify_mounts, notify_volumes) = notify::volumes(registry, names);
     let (mirror_mounts, mirror_volumes) = mirror::volumes(registry, names);
+    let (session_mounts, session_volumes) = ui_session::volumes(registry, names);
     let template_annotations: BTreeMap<String, String> = auth_config
         .as_ref()
         .map(|c| (AUTH_CONFIG_HASH.to_owned(), config_file::hash(c)))
@@ -153,6 +155,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                 .chain(gc_mounts)
                 .chain(notify_mounts)
                 .chain(mirror_mounts)
+                .chain(session_mounts)
                 .collect(),
         ),
         env: Some(storage.env).filter(|e| !e.is_empty()),
@@ -232,6 +235,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                             .chain(gc_volumes)
                             .chain(notify_volumes)
                             .chain(mirror_volumes)
+                            .chain(session_volumes)
                             .collect(),
                     ),
                     ..PodSpec::default()
@@ -243,13 +247,18 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
     }
 }
 
-/// `--ui off` when the Registry turns its web UI off (on is the default).
-fn ui_args(registry: &Registry) -> Vec<String> {
-    if registry.spec.ui.enabled {
-        Vec::new()
-    } else {
-        vec!["--ui".to_owned(), "off".to_owned()]
+/// `--ui off` when the Registry turns its web UI off (on is the default);
+/// with it on, `--node-endpoint` with what `status.endpoints.node` says,
+/// for the pull references the UI shows for pods.
+fn ui_args(registry: &Registry, names: &Names) -> Vec<String> {
+    if !registry.spec.ui.enabled {
+        return vec!["--ui".to_owned(), "off".to_owned()];
     }
+    names
+        .endpoints(&registry.spec)
+        .node
+        .map(|node| vec!["--node-endpoint".to_owned(), node])
+        .unwrap_or_default()
 }
 
 /// `--gc-interval` and `--gc-grace` when GC is on, and the files of the
@@ -502,6 +511,50 @@ mod tests {
     }
 
     #[test]
+    fn the_ui_is_told_the_node_endpoint_and_its_session_key_file() {
+        let args = |d: &Deployment| container(d).args.clone().unwrap_or_default();
+        let mut registry = fixtures::registry();
+        registry.spec.service.port = 5000;
+        registry.spec.node_trust.host_name = Some("hub.berth.internal".into());
+        let d = build(&registry);
+        let a = args(&d);
+        let names = fixtures::names();
+        // The same value the operator reports in status.endpoints.node.
+        assert_eq!(
+            names.endpoints(&registry.spec).node.as_deref(),
+            Some("hub.berth.internal:5000")
+        );
+        assert!(
+            a.windows(2)
+                .any(|w| w == ["--node-endpoint", "hub.berth.internal:5000"]),
+            "{a:?}"
+        );
+        assert!(
+            a.windows(2)
+                .any(|w| w == ["--ui-session-key", "/etc/berth/ui-session/session.key"]),
+            "{a:?}"
+        );
+        assert_eq!(
+            mount_path(&d, "ui-session").as_deref(),
+            Some("/etc/berth/ui-session")
+        );
+        let secret = volume(&d, "ui-session")
+            .and_then(|v| v.secret.as_ref())
+            .and_then(|s| s.secret_name.clone());
+        assert_eq!(secret, Some(names.ui_session_secret()));
+
+        registry.spec.ui.enabled = false;
+        let off = build(&registry);
+        let a = args(&off);
+        assert!(
+            !a.iter()
+                .any(|x| x == "--node-endpoint" || x == "--ui-session-key"),
+            "{a:?}"
+        );
+        assert!(volume(&off, "ui-session").is_none());
+    }
+
+    #[test]
     fn the_web_ui_is_turned_off_only_when_the_spec_says() {
         let args = |r: &Registry| {
             build(r)
@@ -731,6 +784,10 @@ mod tests {
     fn the_registry_serves_tls_on_5443_from_the_mounted_secret() {
         let d = build(&no_auth());
         let args = container(&d).args.clone().expect("args");
+        let node = fixtures::names()
+            .endpoints(&no_auth().spec)
+            .node
+            .expect("a node endpoint");
         assert_eq!(
             args,
             [
@@ -739,6 +796,10 @@ mod tests {
                 "0.0.0.0:5443",
                 "--data",
                 "/var/lib/registry",
+                "--node-endpoint",
+                &node,
+                "--ui-session-key",
+                "/etc/berth/ui-session/session.key",
                 "--tls-cert",
                 "/etc/berth/tls/tls.crt",
                 "--tls-key",

@@ -25,6 +25,7 @@ pub mod service;
 pub mod storage;
 pub mod tls;
 pub mod token_keys;
+pub mod ui_session;
 
 /// The registry image this operator was built and tested with.
 pub fn default_image() -> String {

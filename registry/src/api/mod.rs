@@ -283,6 +283,12 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         body_timeout: state.body_timeout,
         caller: caller.as_ref().ok().cloned().flatten(),
     };
+    // A manifest GET is a pull: its digest's last-pulled time is noted
+    // (in memory; see `storage::pulls`) once it is served.
+    let pulled_from = match (&endpoint, &method) {
+        (Ok(Endpoint::Manifest(name, _)), &Method::GET) => Some(name.clone()),
+        _ => None,
+    };
     let result = match (endpoint, caller) {
         (Ok(e), Ok(_)) => dispatch(&state, e, ctx, body).await,
         (Err(e), _) | (_, Err(e)) => Err(e),
@@ -300,6 +306,16 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
             e.into_response()
         }
     };
+    if let Some(name) = pulled_from
+        && resp.status().is_success()
+        && let Some(digest) = resp
+            .headers()
+            .get(DOCKER_CONTENT_DIGEST)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<crate::oci::Digest>().ok())
+    {
+        state.store.note_pull(&name, &digest);
+    }
     if let Some(seen) = seen
         && let Some(event) =
             crate::audit::observe(seen, resp.status(), resp.headers(), refused.as_ref())

@@ -13,6 +13,7 @@ pub mod fs;
 pub mod gc;
 pub mod layout;
 pub mod locks;
+pub mod pulls;
 pub mod retention;
 pub mod s3;
 pub mod upload;
@@ -81,6 +82,8 @@ pub struct Store {
     repo_locks: locks::RepoLocks,
     /// The last write probe's answer (see [`Store::probe_storage`]).
     writable: std::sync::atomic::AtomicBool,
+    /// Pulls noted since the last flush (see [`pulls`]).
+    pulls: pulls::Pulls,
 }
 
 impl Store {
@@ -91,6 +94,7 @@ impl Store {
             catalog: catalog::Catalog::default(),
             repo_locks: locks::RepoLocks::default(),
             writable: std::sync::atomic::AtomicBool::new(true),
+            pulls: pulls::Pulls::default(),
         }
     }
 

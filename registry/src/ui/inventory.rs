@@ -25,6 +25,9 @@ use crate::storage::{StorageError, layout};
 
 /// How long a repository's summary is reused.
 pub const SUMMARY_TTL: Duration = Duration::from_secs(30);
+/// How long the per-namespace usage is reused before it is recomputed in
+/// the background (the stale figures are shown meanwhile).
+pub const USAGE_TTL: Duration = Duration::from_secs(60);
 /// Cached manifests and configs at most (each kind).
 const CACHE_MAX: usize = 8192;
 /// Configs larger than this are not read (images' are a few KiB).
@@ -86,6 +89,9 @@ pub struct TagRow {
     pub platforms: Vec<String>,
     pub size: u64,
     pub pushed: Option<Timestamp>,
+    /// The last manifest GET of its digest (by this tag, another, or the
+    /// digest), if any since pulls were tracked.
+    pub pulled: Option<Timestamp>,
 }
 
 /// A repository at a glance.
@@ -95,6 +101,26 @@ pub struct Summary {
     /// Distinct blobs of its tagged images, compressed.
     pub size: u64,
     pub pushed: Option<Timestamp>,
+}
+
+/// A namespace's storage: every repository in it, whoever looks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceUsage {
+    pub repositories: usize,
+    /// Distinct blobs of its repositories' tagged images, compressed
+    /// (a layer shared by two of its repositories counts once).
+    pub size: u64,
+}
+
+/// Usage by namespace (the first path component; "" for none).
+pub type Usage = BTreeMap<String, NamespaceUsage>;
+
+/// The namespace a repository belongs to.
+pub fn namespace(repository: &str) -> &str {
+    match repository.split_once('/') {
+        Some((ns, _)) => ns,
+        None => "",
+    }
 }
 
 /// A referrer and those referring to it.
@@ -108,6 +134,9 @@ pub struct Inventory {
     images: Mutex<HashMap<Digest, Arc<Image>>>,
     configs: Mutex<HashMap<Digest, Arc<Value>>>,
     summaries: Mutex<HashMap<String, (Instant, Summary)>>,
+    usage: Mutex<Option<(Instant, Arc<Usage>)>>,
+    /// Held while usage is computed: one walk at a time.
+    usage_walk: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn cache_get<K: std::hash::Hash + Eq, V: Clone>(m: &Mutex<HashMap<K, V>>, k: &K) -> Option<V> {
@@ -130,6 +159,8 @@ impl Inventory {
             images: Mutex::default(),
             configs: Mutex::default(),
             summaries: Mutex::default(),
+            usage: Mutex::default(),
+            usage_walk: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -282,9 +313,17 @@ impl Inventory {
             .buffered(PARALLEL)
             .collect::<Vec<_>>()
             .await;
+        // One small read for the whole table; a failure only hides the column.
+        let pulled = self.store.last_pulled_all(name).await.unwrap_or_else(|e| {
+            tracing::warn!(repository = %name, error = %e, "ui: cannot read last-pulled times");
+            Default::default()
+        });
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            if let Some(r) = r? {
+            if let Some(mut r) = r? {
+                r.pulled = pulled
+                    .get(&r.digest)
+                    .and_then(|s| Timestamp::from_second(*s).ok());
                 out.push(r);
             }
         }
@@ -315,6 +354,7 @@ impl Inventory {
             platforms: self.platforms(name, &image).await,
             size: self.size(name, &image).await?,
             pushed: self.pushed(name, &t).await,
+            pulled: None,
             tag,
         }))
     }
@@ -334,9 +374,7 @@ impl Inventory {
         let mut pushed: Option<Timestamp> = None;
         for tag in &tags {
             let Ok(t) = tag.parse::<Tag>() else { continue };
-            if let Some(image) = self.image(&name, &Reference::Tag(t.clone())).await? {
-                self.blobs(&name, &image, &mut blobs).await?;
-            }
+            self.tag_blobs(&name, &t, &mut blobs).await?;
             let p = self.pushed(&name, &t).await;
             pushed = pushed.max(p);
         }
@@ -351,6 +389,111 @@ impl Inventory {
             (Instant::now(), s.clone()),
         );
         Ok(s)
+    }
+
+    /// Adds the blobs of what `tag` points at to `into`.
+    async fn tag_blobs(
+        &self,
+        name: &Name,
+        tag: &Tag,
+        into: &mut HashMap<Digest, u64>,
+    ) -> Result<(), StorageError> {
+        if let Some(image) = self.image(name, &Reference::Tag(tag.clone())).await? {
+            self.blobs(name, &image, into).await?;
+        }
+        Ok(())
+    }
+
+    /// The distinct blobs of a repository's tagged images.
+    async fn repository_blobs(
+        &self,
+        repository: &str,
+    ) -> Result<HashMap<Digest, u64>, StorageError> {
+        let mut blobs = HashMap::new();
+        let Ok(name) = repository.parse::<Name>() else {
+            return Ok(blobs);
+        };
+        for tag in self.store.tags(&name).await?.unwrap_or_default() {
+            if let Ok(t) = tag.parse::<Tag>() {
+                self.tag_blobs(&name, &t, &mut blobs).await?;
+            }
+        }
+        Ok(blobs)
+    }
+
+    /// Storage by namespace over every repository. Computed by a walk
+    /// (manifests come from the cache), reused for [`USAGE_TTL`], then
+    /// recomputed in the background while the stale figures serve; only
+    /// the very first request waits for a walk.
+    pub async fn usage(self: &Arc<Self>) -> Option<Arc<Usage>> {
+        let cached = self.usage.lock().ok().and_then(|u| u.clone());
+        match cached {
+            Some((at, usage)) if at.elapsed() < USAGE_TTL => Some(usage),
+            Some((_, stale)) => {
+                if let Ok(guard) = self.usage_walk.clone().try_lock_owned() {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _walking = guard;
+                        me.walk_usage().await;
+                    });
+                }
+                Some(stale)
+            }
+            None => {
+                let _walking = self.usage_walk.lock().await;
+                if let Some((_, usage)) = self.usage.lock().ok().and_then(|u| u.clone()) {
+                    return Some(usage);
+                }
+                self.walk_usage().await
+            }
+        }
+    }
+
+    async fn walk_usage(&self) -> Option<Arc<Usage>> {
+        let repos = match self.store.repositories().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "ui: cannot list repositories for storage usage");
+                return None;
+            }
+        };
+        let blobs = futures_util::stream::iter(repos)
+            .map(|r| async move {
+                let b = self.repository_blobs(&r).await;
+                (r, b)
+            })
+            .buffer_unordered(PARALLEL)
+            .collect::<Vec<_>>()
+            .await;
+        let mut by_ns: BTreeMap<String, (usize, HashMap<Digest, u64>)> = BTreeMap::new();
+        for (repo, b) in blobs {
+            let entry = by_ns.entry(namespace(&repo).to_owned()).or_default();
+            entry.0 += 1;
+            match b {
+                Ok(b) => entry.1.extend(b),
+                Err(e) => {
+                    tracing::warn!(repository = %repo, error = %e, "ui: cannot size a repository; its namespace's usage is low")
+                }
+            }
+        }
+        let usage: Arc<Usage> = Arc::new(
+            by_ns
+                .into_iter()
+                .map(|(ns, (repositories, blobs))| {
+                    (
+                        ns,
+                        NamespaceUsage {
+                            repositories,
+                            size: blobs.values().sum(),
+                        },
+                    )
+                })
+                .collect(),
+        );
+        if let Ok(mut u) = self.usage.lock() {
+            *u = Some((Instant::now(), usage.clone()));
+        }
+        Some(usage)
     }
 
     /// Summaries of several repositories, read in parallel.

@@ -41,13 +41,26 @@ pub struct Ui {
     pub app: AppState,
     pub sessions: Arc<session::Sessions>,
     pub inventory: Arc<inventory::Inventory>,
+    /// The host pods on this cluster use in `image:` (`--node-endpoint`).
+    pub node_endpoint: Option<Arc<str>>,
+}
+
+/// How the UI is set up, beyond the application's state.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Signs session cookies; None: a random key for this process.
+    pub session_key: Option<session::Key>,
+    /// The host pods on this cluster use in `image:`, shown in pull
+    /// commands beside the browser's host.
+    pub node_endpoint: Option<String>,
 }
 
 /// The routes under `/ui/` (and `/` sending browsers there).
-pub fn router(app: AppState) -> Router {
+pub fn router(app: AppState, options: Options) -> Router {
     let ui = Ui {
         inventory: Arc::new(inventory::Inventory::new(app.store.clone())),
-        sessions: Arc::new(session::Sessions::default()),
+        sessions: Arc::new(session::Sessions::new(options.session_key)),
+        node_endpoint: options.node_endpoint.map(Arc::from),
         app,
     };
     Router::new()
@@ -66,6 +79,10 @@ pub fn router(app: AppState) -> Router {
             "/ui/{*rest}",
             get(|| async { not_found("There is no page here.") }),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            ui.clone(),
+            session::renew,
+        ))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(ui)
 }
@@ -124,7 +141,7 @@ impl Visitor {
         authority: Option<&str>,
         conn: Option<&Connection>,
     ) -> Visitor {
-        let session = session::cookie(headers).and_then(|id| ui.sessions.get(&id));
+        let session = session::cookie(headers).and_then(|c| ui.sessions.get(&c));
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())

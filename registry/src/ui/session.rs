@@ -1,95 +1,313 @@
 //! Login, the session cookie and CSRF tokens.
 //!
-//! A session is an opaque random id (two v4 UUIDs: 244 random bits from
-//! the OS) naming an entry in memory: the identity, its CSRF token and its
-//! expiry. The cookie is `HttpOnly`, `SameSite=Strict`, `Path=/ui` and
-//! `Secure` on TLS connections. Logging in checks the credentials with the
-//! API's own code ([`crate::auth::Auth::login`]: htpasswd users, Kubernetes
-//! or robot tokens as the password, throttled per address) and starts a new
-//! session, so an id known before login is worth nothing after.
+//! A session is a signed cookie, not server state: the subject and the
+//! basis the login's rights are decided on (an htpasswd or Kubernetes
+//! user's name, uid and groups; a robot token's claims), a random session
+//! id and CSRF token, and when it was issued and expires, as JSON signed
+//! with HMAC-SHA256 (`v1.<payload>.<mac>`, base64url). Any replica that
+//! holds the same key (`--ui-session-key`, a Secret the operator makes once)
+//! accepts it, and it survives restarts; without a key file each process
+//! makes a random one (a restart logs everyone out).
+//!
+//! A login cookie expires after [`LOGIN_IDLE`] and is renewed (same
+//! session id) on a page view once half of that has passed, up to
+//! [`LOGIN_MAX`] after the login; then one logs in again. Logging out
+//! clears the cookie and puts its session id on this process's revocation
+//! list until it could no longer be renewed; another replica (or this one
+//! after a restart) still honours a copy of the cookie until it expires,
+//! at most [`LOGIN_IDLE`] later, unless renewed elsewhere: the price of
+//! sessions without shared state, kept small by the short idle expiry.
+//!
+//! The cookie is `HttpOnly`, `SameSite=Strict`, `Path=/ui` and `Secure` on
+//! TLS connections. Logging in checks the credentials with the API's own
+//! code ([`crate::auth::Auth::login`]: htpasswd users, Kubernetes or robot
+//! tokens as the password, throttled per address) and starts a new session,
+//! so a cookie known before login is worth nothing after.
 //!
 //! Every POST form carries the session's CSRF token, compared in constant
 //! time. Visitors without a login get an anonymous session when a page has
 //! a form (the login form itself, or delete with auth off).
-//!
-//! Sessions live in this process: a restart logs everyone out, and with
-//! several replicas a browser must stick to one (the Service's
-//! `sessionAffinity`) or log in again.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use aws_lc_rs::hmac;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use berth_access::Claims;
+use jiff::Timestamp;
 use maud::html;
+use serde::{Deserialize, Serialize};
 
 use super::{PageError, Ui, Visitor, form, layout, param, query};
 use crate::auth::{Identity, Refusal};
 
 pub const COOKIE: &str = "berth_session";
-/// How long a login lasts.
-const LOGIN_TTL: Duration = Duration::from_secs(8 * 3600);
+/// A login cookie lasts this long without a page view.
+pub const LOGIN_IDLE: Duration = Duration::from_secs(30 * 60);
+/// A login lasts at most this long, however active.
+pub const LOGIN_MAX: Duration = Duration::from_secs(8 * 3600);
 /// How long an anonymous session (a CSRF token) lasts.
 const ANONYMOUS_TTL: Duration = Duration::from_secs(3600);
-/// Sessions kept at most; past it, expired ones go, then the oldest.
-const CAPACITY: usize = 10_000;
+/// Browsers keep cookies up to about 4 KiB.
+const COOKIE_MAX: usize = 4000;
+/// The shortest key accepted from a file.
+const KEY_MIN: usize = 32;
+
+/// Why a session key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read the UI session key {path}: {source}; check the path and its permissions")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the UI session key {path} holds {len} bytes; it needs at least {KEY_MIN} (e.g. `head -c 32 /dev/urandom | base64 > {path}`)"
+    )]
+    TooShort { path: String, len: usize },
+}
+
+/// The key session cookies are signed with.
+#[derive(Clone)]
+pub struct Key(hmac::Key);
+
+impl Key {
+    /// The key in `path` (its bytes, surrounding whitespace trimmed).
+    pub fn from_file(path: &Path) -> Result<Key, KeyError> {
+        let raw = std::fs::read(path).map_err(|source| KeyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let trimmed = raw.trim_ascii();
+        if trimmed.len() < KEY_MIN {
+            return Err(KeyError::TooShort {
+                path: path.display().to_string(),
+                len: trimmed.len(),
+            });
+        }
+        Ok(Key::from_bytes(trimmed))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Key {
+        Key(hmac::Key::new(hmac::HMAC_SHA256, bytes))
+    }
+
+    /// A random key for this process only.
+    pub fn random() -> Key {
+        let mut bytes = [0u8; 32];
+        if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+            // The OS generator failed; UUIDs come from it too, by another path.
+            bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+            bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        }
+        Key::from_bytes(&bytes)
+    }
+}
+
+/// What a session is about, as the cookie carries it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Basis {
+    Anonymous,
+    User {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<String>,
+    },
+    Robot {
+        claims: Box<Claims>,
+    },
+}
+
+impl Basis {
+    fn of(identity: &Identity) -> Basis {
+        match identity {
+            Identity::Anonymous => Basis::Anonymous,
+            Identity::User { name, uid, groups } => Basis::User {
+                name: name.clone(),
+                uid: uid.clone(),
+                groups: groups.clone(),
+            },
+            Identity::Robot(c) => Basis::Robot { claims: c.clone() },
+        }
+    }
+
+    fn identity(self) -> Identity {
+        match self {
+            Basis::Anonymous => Identity::Anonymous,
+            Basis::User { name, uid, groups } => Identity::User { name, uid, groups },
+            Basis::Robot { claims } => Identity::Robot(claims),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    sid: String,
+    csrf: String,
+    /// Unix seconds: issued (at login), expires.
+    iat: i64,
+    exp: i64,
+    who: Basis,
+}
 
 #[derive(Clone, Debug)]
 pub struct Session {
     pub id: String,
     pub identity: Identity,
     pub csrf: String,
-    expires: Instant,
+    issued: i64,
+    expires: i64,
 }
 
-#[derive(Default)]
+impl Session {
+    fn is_login(&self) -> bool {
+        !matches!(self.identity, Identity::Anonymous)
+    }
+
+    /// The latest a session may be renewed to.
+    fn limit(&self) -> i64 {
+        let max = if self.is_login() {
+            LOGIN_MAX
+        } else {
+            ANONYMOUS_TTL
+        };
+        let mut limit = self.issued + secs(max);
+        // A robot's login is worth no more than its token.
+        if let Identity::Robot(c) = &self.identity {
+            limit = limit.min(c.exp);
+        }
+        limit
+    }
+
+    /// How long a cookie of this session lives from `now`.
+    fn next_expiry(&self, now: i64) -> i64 {
+        let idle = if self.is_login() {
+            LOGIN_IDLE
+        } else {
+            ANONYMOUS_TTL
+        };
+        (now + secs(idle)).min(self.limit())
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn now() -> i64 {
+    Timestamp::now().as_second()
+}
+
+/// Issues and checks session cookies; remembers logouts (this process).
 pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
+    key: Key,
+    /// Session id → when it could no longer be renewed anyway.
+    revoked: Mutex<HashMap<String, i64>>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions::new(None)
+    }
 }
 
 impl Sessions {
-    /// The live session `id` names.
-    pub fn get(&self, id: &str) -> Option<Session> {
-        let map = self.map.lock().ok()?;
-        map.get(id).filter(|s| s.expires > Instant::now()).cloned()
+    /// Sessions signed with `key`, or a random key for this process.
+    pub fn new(key: Option<Key>) -> Sessions {
+        Sessions {
+            key: key.unwrap_or_else(Key::random),
+            revoked: Mutex::default(),
+        }
+    }
+
+    /// The live session a cookie value carries.
+    pub fn get(&self, cookie: &str) -> Option<Session> {
+        let rest = cookie.strip_prefix("v1.")?;
+        let (payload, mac) = rest.split_once('.')?;
+        let mac = B64.decode(mac).ok()?;
+        hmac::verify(&self.key.0, payload.as_bytes(), &mac).ok()?;
+        let p: Payload = serde_json::from_slice(&B64.decode(payload).ok()?).ok()?;
+        if p.exp <= now() {
+            return None;
+        }
+        if self
+            .revoked
+            .lock()
+            .ok()
+            .is_some_and(|r| r.contains_key(&p.sid))
+        {
+            return None;
+        }
+        let session = Session {
+            id: p.sid,
+            identity: p.who.identity(),
+            csrf: p.csrf,
+            issued: p.iat,
+            expires: p.exp,
+        };
+        (p.exp <= session.limit()).then_some(session)
     }
 
     /// Starts a session for `identity`.
     pub fn start(&self, identity: Identity) -> Session {
-        let ttl = match identity {
-            Identity::Anonymous => ANONYMOUS_TTL,
-            _ => LOGIN_TTL,
-        };
-        let session = Session {
+        let now = now();
+        let mut s = Session {
             id: random(),
             identity,
             csrf: random(),
-            expires: Instant::now() + ttl,
+            issued: now,
+            expires: now,
         };
-        if let Ok(mut map) = self.map.lock() {
-            if map.len() >= CAPACITY {
-                let now = Instant::now();
-                map.retain(|_, s| s.expires > now);
-            }
-            if map.len() >= CAPACITY
-                && let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, s)| s.expires)
-                    .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
-            }
-            map.insert(session.id.clone(), session.clone());
-        }
-        session
+        s.expires = s.next_expiry(now);
+        s
     }
 
-    pub fn end(&self, id: &str) {
-        if let Ok(mut map) = self.map.lock() {
-            map.remove(id);
+    /// The cookie value of `session`.
+    pub fn seal(&self, session: &Session) -> String {
+        let payload = Payload {
+            sid: session.id.clone(),
+            csrf: session.csrf.clone(),
+            iat: session.issued,
+            exp: session.expires,
+            who: Basis::of(&session.identity),
+        };
+        let json = serde_json::to_vec(&payload).unwrap_or_default();
+        let body = B64.encode(json);
+        let mac = hmac::sign(&self.key.0, body.as_bytes());
+        format!("v1.{body}.{}", B64.encode(mac.as_ref()))
+    }
+
+    /// Ends a session on this process (see the module doc for replicas).
+    pub fn end(&self, session: &Session) {
+        if let Ok(mut r) = self.revoked.lock() {
+            let now = now();
+            r.retain(|_, until| *until > now);
+            r.insert(session.id.clone(), session.limit());
         }
+    }
+
+    /// The session renewed, when over half of its idle time has passed
+    /// and it may still be.
+    fn renewed(&self, session: &Session) -> Option<Session> {
+        let now = now();
+        let next = session.next_expiry(now);
+        let remaining = session.expires - now;
+        let lifetime = next - now;
+        (remaining * 2 < lifetime && next > session.expires).then(|| Session {
+            expires: next,
+            ..session.clone()
+        })
     }
 }
 
@@ -102,7 +320,7 @@ fn random() -> String {
     )
 }
 
-/// The session id the request's cookie names.
+/// The session cookie's value in a request.
 pub fn cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
@@ -112,27 +330,43 @@ pub fn cookie(headers: &HeaderMap) -> Option<String> {
         .filter_map(|c| c.trim().split_once('='))
         .find(|(k, _)| *k == COOKIE)
         .map(|(_, v)| v.to_owned())
-        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|v| {
+            v.len() <= COOKIE_MAX
+                && v.starts_with("v1.")
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
 }
 
 /// The `Set-Cookie` value for a session (or, with None, one that ends it).
-pub fn set_cookie(session: Option<&Session>, tls: bool) -> HeaderValue {
+pub fn set_cookie(ui: &Ui, session: Option<&Session>, tls: bool) -> HeaderValue {
     let secure = if tls { "; Secure" } else { "" };
     let value = match session {
-        Some(s) => {
-            let age = match s.identity {
-                Identity::Anonymous => ANONYMOUS_TTL,
-                _ => LOGIN_TTL,
-            };
-            format!(
-                "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-                s.id,
-                age.as_secs()
-            )
-        }
+        Some(s) => format!(
+            "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+            ui.sessions.seal(s),
+            (s.expires - now()).max(0)
+        ),
         None => format!("{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
     };
     HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Renews a session cookie past half its idle time, on any UI response
+/// that does not set the cookie itself.
+pub async fn renew(State(ui): State<Ui>, req: Request, next: Next) -> Response {
+    let renewed = cookie(req.headers())
+        .and_then(|c| ui.sessions.get(&c))
+        .and_then(|s| ui.sessions.renewed(&s));
+    let tls = super::connection(&req).is_some_and(|c| c.tls);
+    let mut resp = next.run(req).await;
+    if let Some(s) = renewed
+        && !resp.headers().contains_key(header::SET_COOKIE)
+    {
+        resp.headers_mut()
+            .append(header::SET_COOKIE, set_cookie(&ui, Some(&s), tls));
+    }
+    resp
 }
 
 /// The visitor's session, started (anonymous) if it has none: a page with
@@ -142,7 +376,7 @@ pub fn ensure(ui: &Ui, visitor: &mut Visitor) -> Option<HeaderValue> {
         return None;
     }
     let s = ui.sessions.start(Identity::Anonymous);
-    let cookie = set_cookie(Some(&s), visitor.tls);
+    let cookie = set_cookie(ui, Some(&s), visitor.tls);
     visitor.session = Some(s);
     Some(cookie)
 }
@@ -248,13 +482,25 @@ pub async fn login(State(ui): State<Ui>, req: Request) -> Response {
     match auth.login(&user, password, visitor.client).await {
         Ok(identity) => {
             if let Some(old) = &visitor.session {
-                ui.sessions.end(&old.id);
+                ui.sessions.end(old);
             }
             let session = ui.sessions.start(identity);
+            let cookie = set_cookie(&ui, Some(&session), visitor.tls);
+            if cookie.len() > COOKIE_MAX {
+                tracing::warn!(user = %session.identity.audit_name(), bytes = cookie.len(), "ui: login too large for a session cookie");
+                return render_login(
+                    &ui,
+                    &visitor,
+                    &next,
+                    Some(
+                        "This identity carries too many groups (or a token too large) to fit in a browser session; use the API (docker login) instead.",
+                    ),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                );
+            }
             tracing::info!(user = %session.identity.audit_name(), "ui: logged in");
             let mut resp = Redirect::to(&next).into_response();
-            resp.headers_mut()
-                .append(header::SET_COOKIE, set_cookie(Some(&session), visitor.tls));
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
             resp
         }
         Err(r) => {
@@ -300,11 +546,11 @@ pub async fn logout(State(ui): State<Ui>, req: Request) -> Response {
         return e.into_response();
     }
     if let Some(s) = &visitor.session {
-        ui.sessions.end(&s.id);
+        ui.sessions.end(s);
     }
     let mut resp = Redirect::to("/ui/").into_response();
     resp.headers_mut()
-        .append(header::SET_COOKIE, set_cookie(None, visitor.tls));
+        .append(header::SET_COOKIE, set_cookie(&ui, None, visitor.tls));
     resp
 }
 
@@ -324,13 +570,11 @@ mod tests {
     #[test]
     fn the_cookie_is_read_only_when_well_formed() {
         let mut h = HeaderMap::new();
-        let id = "a".repeat(64);
         h.insert(
             header::COOKIE,
-            HeaderValue::from_str(&format!("x=1; {COOKIE}={id}"))
-                .unwrap_or(HeaderValue::from_static("")),
+            HeaderValue::from_static("x=1; berth_session=v1.abc-_.def"),
         );
-        assert_eq!(cookie(&h), Some(id));
+        assert_eq!(cookie(&h).as_deref(), Some("v1.abc-_.def"));
         h.insert(
             header::COOKIE,
             HeaderValue::from_static("berth_session=short"),
@@ -338,13 +582,86 @@ mod tests {
         assert_eq!(cookie(&h), None);
     }
 
+    fn user() -> Identity {
+        Identity::User {
+            name: "alice".into(),
+            uid: Some("u-1".into()),
+            groups: vec!["devs".into()],
+        }
+    }
+
     #[test]
-    fn sessions_expire_and_end() {
+    fn a_signed_session_carries_its_basis_and_survives_a_new_process_with_the_key() {
+        let key = Key::from_bytes(&[7u8; 32]);
+        let one = Sessions::new(Some(key.clone()));
+        let s = one.start(user());
+        let sealed = one.seal(&s);
+        // Another replica (or a restart) with the same key.
+        let two = Sessions::new(Some(key));
+        let back = two.get(&sealed).expect("accepted with the same key");
+        assert_eq!(back.id, s.id);
+        assert_eq!(back.csrf, s.csrf);
+        match back.identity {
+            Identity::User { name, uid, groups } => {
+                assert_eq!(name, "alice");
+                assert_eq!(uid.as_deref(), Some("u-1"));
+                assert_eq!(groups, ["devs"]);
+            }
+            other => panic!("not the user: {other:?}"),
+        }
+        // Another key (a process without the key file) refuses it.
+        assert!(Sessions::default().get(&sealed).is_none());
+    }
+
+    #[test]
+    fn a_tampered_or_expired_cookie_is_refused() {
+        let sessions = Sessions::default();
+        let mut s = sessions.start(user());
+        let sealed = sessions.seal(&s);
+        let (head, mac) = sealed.rsplit_once('.').unwrap_or_default();
+        let forged = Sessions::new(None).seal(&Session {
+            identity: Identity::User {
+                name: "root".into(),
+                uid: None,
+                groups: vec![],
+            },
+            ..s.clone()
+        });
+        let forged_body = forged.rsplit_once('.').map(|(b, _)| b).unwrap_or_default();
+        assert!(sessions.get(&format!("{forged_body}.{mac}")).is_none());
+        assert!(sessions.get(&format!("{head}.AAAA")).is_none());
+        s.expires = now() - 1;
+        assert!(sessions.get(&sessions.seal(&s)).is_none());
+        // Past the login's maximum, even if the expiry says otherwise.
+        s.issued = now() - secs(LOGIN_MAX) - 10;
+        s.expires = now() + 60;
+        assert!(sessions.get(&sessions.seal(&s)).is_none());
+    }
+
+    #[test]
+    fn logout_revokes_the_session_on_this_process() {
         let s = Sessions::default();
         let a = s.start(Identity::Anonymous);
-        assert!(s.get(&a.id).is_some());
+        let sealed = s.seal(&a);
+        assert!(s.get(&sealed).is_some());
         assert_ne!(a.id, a.csrf);
-        s.end(&a.id);
-        assert!(s.get(&a.id).is_none());
+        s.end(&a);
+        assert!(s.get(&sealed).is_none());
+    }
+
+    #[test]
+    fn a_session_is_renewed_past_half_its_idle_time_up_to_its_maximum() {
+        let s = Sessions::default();
+        let fresh = s.start(user());
+        assert!(s.renewed(&fresh).is_none());
+        let mut old = fresh.clone();
+        old.expires = now() + 60;
+        let r = s.renewed(&old).expect("renewed");
+        assert!(r.expires > old.expires);
+        assert_eq!(r.id, old.id);
+        let mut ending = fresh;
+        ending.issued = now() - secs(LOGIN_MAX) + 30;
+        ending.expires = now() + 30;
+        assert!(s.renewed(&ending).is_none());
     }
 }

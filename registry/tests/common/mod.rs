@@ -190,6 +190,10 @@ pub struct Secured {
     pub app: Router,
     pub dir: tempfile::TempDir,
     pub audit: Option<std::sync::Arc<berth_registry::audit::Audit>>,
+    /// What `app` serves, for building more routers over it (another
+    /// replica, a restart).
+    pub store: std::sync::Arc<berth_registry::Store>,
+    pub auth: std::sync::Arc<berth_registry::auth::Auth>,
 }
 
 impl Secured {
@@ -257,6 +261,8 @@ impl Secured {
             )
         });
         Secured {
+            store: store.clone(),
+            auth: auth.clone(),
             app: berth_registry::router_features(
                 store,
                 Some(auth),

@@ -189,6 +189,18 @@ pub async fn get(
                 li { span.badge { "by digest" } " " (layout::copyable(&format!("docker pull {by_digest}"), "pull by digest command")) }
             }
         }
+        @if let Some(node) = &ui.node_endpoint {
+            section #pods aria-labelledby="pods-heading" {
+                h3 #pods-heading { "Pods on this cluster" }
+                p.hint { "Nodes reach this registry as " code { (node) } "; write that in a pod's " code { "image:" } "." }
+                ul.pull {
+                    @if let Some(t) = &tag {
+                        li { span.badge { "pod" } " " (layout::copyable(&format!("image: {node}/{name}:{t}"), "pod image reference by tag")) }
+                    }
+                    li { span.badge { "pod, pinned" } " " (layout::copyable(&format!("image: {node}/{name}@{digest}"), "pod image reference by digest")) }
+                }
+            }
+        }
         @if may_delete {
             div.actions {
                 @if let Some(t) = &tag {

@@ -2,6 +2,10 @@
 //! namespace (the first path component), with tag count, size and last
 //! push. `q` filters on the server (all repositories); the script filters
 //! the page's rows as one types.
+//!
+//! Each namespace's storage (over all its repositories, not only this
+//! page's: [`crate::ui::inventory::Inventory::usage`]) is shown to who may
+//! pull every repository in it, so sizes never reveal hidden ones.
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -13,13 +17,7 @@ use crate::ui::{Ui, Visitor, layout, param, query, visible_repositories};
 /// Repositories per page.
 pub const PAGE: usize = 100;
 
-/// The namespace a repository is grouped under.
-fn namespace(repository: &str) -> &str {
-    match repository.split_once('/') {
-        Some((ns, _)) => ns,
-        None => "",
-    }
-}
+use crate::ui::inventory::namespace;
 
 pub async fn get(State(ui): State<Ui>, req: Request) -> Response {
     let params = query(&req);
@@ -33,6 +31,20 @@ pub async fn get(State(ui): State<Ui>, req: Request) -> Response {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    // Namespaces whose every repository the visitor sees: their usage shows.
+    let mut visible_per_ns: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in &repos {
+        *visible_per_ns.entry(namespace(r).to_owned()).or_default() += 1;
+    }
+    let usage = ui.inventory.usage().await;
+    let usage_of = |ns: &str| {
+        let u = usage.as_ref()?.get(ns)?;
+        (visible_per_ns.get(ns).copied() == Some(u.repositories)).then(|| u.clone())
+    };
+    let usage_rows: Vec<(String, crate::ui::inventory::NamespaceUsage)> = visible_per_ns
+        .keys()
+        .filter_map(|ns| usage_of(ns).map(|u| (ns.clone(), u)))
+        .collect();
     let matched: Vec<String> = repos
         .into_iter()
         .filter(|r| q.is_empty() || r.contains(&q))
@@ -42,11 +54,6 @@ pub async fn get(State(ui): State<Ui>, req: Request) -> Response {
     let page = page.min(pages);
     let shown = &matched[(page - 1) * PAGE..(page * PAGE).min(total)];
     let summaries = ui.inventory.summaries(shown).await;
-    // Namespaces wholly on this page can show their total.
-    let mut per_ns: std::collections::BTreeMap<&str, usize> = Default::default();
-    for r in &matched {
-        *per_ns.entry(namespace(r)).or_default() += 1;
-    }
     let mut groups: Vec<(&str, Vec<&String>)> = Vec::new();
     for r in shown {
         let ns = namespace(r);
@@ -88,12 +95,15 @@ pub async fn get(State(ui): State<Ui>, req: Request) -> Response {
                 p { "Nothing to show. Push an image, e.g. " code { "docker push " (visitor.host) "/team/app:1" } "." }
             }
             @for (ns, list) in &groups {
-                @let whole = per_ns.get(ns).copied() == Some(list.len());
-                @let ns_size: u64 = list.iter().filter_map(|r| summaries.get(*r)).map(|s| s.size).sum();
                 section.group data-group {
                     h2 {
                         @if ns.is_empty() { "(no namespace)" } @else { (ns) }
-                        @if whole { span.muted { " · " (list.len()) " · " (layout::size(ns_size)) } }
+                        @if let Some(u) = usage_of(ns) {
+                            span.muted.usage data-namespace=(ns) {
+                                " · " (u.repositories) " repositor" (if u.repositories == 1 { "y" } else { "ies" })
+                                " · " (layout::size(u.size))
+                            }
+                        }
                     }
                     table.stack {
                         thead { tr {
@@ -115,6 +125,28 @@ pub async fn get(State(ui): State<Ui>, req: Request) -> Response {
                         }
                     }
                 }
+            }
+        }
+        @if !usage_rows.is_empty() {
+            details #usage {
+                summary { "Storage by namespace" }
+                table {
+                    thead { tr {
+                        th scope="col" { "Namespace" }
+                        th.num scope="col" { "Repositories" }
+                        th.num scope="col" { "Size" }
+                    } }
+                    tbody {
+                        @for (ns, u) in &usage_rows {
+                            tr {
+                                td { @if ns.is_empty() { "(no namespace)" } @else { (ns) } }
+                                td.num { (u.repositories) }
+                                td.num { (layout::size(u.size)) }
+                            }
+                        }
+                    }
+                }
+                p.muted { "Distinct layers of tagged images, compressed, shared layers counted once per namespace; refreshed every minute. Shown for namespaces whose every repository you may pull." }
             }
         }
         @if let Some(run) = &gc {

@@ -1,5 +1,6 @@
 //! `/ui/r/<name>?sort=tag|pushed|size&dir=asc|desc`: a repository's tags,
-//! each with its digest, platforms, compressed size and push time.
+//! each with its digest, platforms, compressed size, push time and when
+//! its manifest was last pulled (`sort=pulled`).
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +16,7 @@ use crate::ui::{PageError, Ui, Visitor, layout, param, query};
 enum Sort {
     Tag,
     Pushed,
+    Pulled,
     Size,
 }
 
@@ -22,6 +24,7 @@ impl Sort {
     fn of(s: Option<&str>) -> Sort {
         match s {
             Some("pushed") => Sort::Pushed,
+            Some("pulled") => Sort::Pulled,
             Some("size") => Sort::Size,
             _ => Sort::Tag,
         }
@@ -31,6 +34,7 @@ impl Sort {
         match self {
             Sort::Tag => "tag",
             Sort::Pushed => "pushed",
+            Sort::Pulled => "pulled",
             Sort::Size => "size",
         }
     }
@@ -40,6 +44,7 @@ fn sort(rows: &mut [TagRow], by: Sort, descending: bool) {
     match by {
         Sort::Tag => rows.sort_by(|a, b| a.tag.cmp(&b.tag)),
         Sort::Pushed => rows.sort_by(|a, b| a.pushed.cmp(&b.pushed).then(a.tag.cmp(&b.tag))),
+        Sort::Pulled => rows.sort_by(|a, b| a.pulled.cmp(&b.pulled).then(a.tag.cmp(&b.tag))),
         Sort::Size => rows.sort_by(|a, b| a.size.cmp(&b.size).then(a.tag.cmp(&b.tag))),
     }
     if descending {
@@ -102,6 +107,7 @@ pub async fn get(ui: &Ui, name: &Name, req: Request) -> Result<Response, PageErr
                 th scope="col" { "Platforms" }
                 (header(Sort::Size, "Size"))
                 (header(Sort::Pushed, "Pushed"))
+                (header(Sort::Pulled, "Last pulled"))
                 @if may_delete { th scope="col" { span.sr-only { "Actions" } } }
             } }
             tbody {
@@ -116,6 +122,7 @@ pub async fn get(ui: &Ui, name: &Name, req: Request) -> Result<Response, PageErr
                         }
                         td.num data-label="Size" { (layout::size(r.size)) }
                         td data-label="Pushed" { (layout::time(r.pushed)) }
+                        td data-label="Last pulled" { (layout::time(r.pulled)) }
                         @if may_delete {
                             td {
                                 a.button href=(format!("/ui/r/{name}/-/delete?tag={}", r.tag)) aria-label=(format!("Delete tag {}", r.tag)) { "Delete…" }
