@@ -728,6 +728,29 @@ impl berth_registry::storage::Driver for Failing {
         self.tick()?;
         self.inner.put(key, data, d).await
     }
+    async fn get_versioned(
+        &self,
+        key: &str,
+    ) -> std::io::Result<Option<(Bytes, berth_registry::storage::driver::Version)>> {
+        self.inner.get_versioned(key).await
+    }
+    async fn put_if(
+        &self,
+        key: &str,
+        data: Bytes,
+        expected: Option<&berth_registry::storage::driver::Version>,
+    ) -> std::io::Result<bool> {
+        self.tick()?;
+        self.inner.put_if(key, data, expected).await
+    }
+    async fn delete_if(
+        &self,
+        key: &str,
+        expected: &berth_registry::storage::driver::Version,
+    ) -> std::io::Result<bool> {
+        self.tick()?;
+        self.inner.delete_if(key, expected).await
+    }
     async fn size(&self, key: &str) -> std::io::Result<Option<u64>> {
         self.inner.size(key).await
     }

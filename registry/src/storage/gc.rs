@@ -118,7 +118,7 @@ use crate::oci::{Digest, Name};
 
 /// A digest compacted for the mark sets: its first 32 bytes (all of a
 /// sha256, a 256-bit prefix of a sha512: collisions stay out of reach).
-type Key = [u8; 32];
+pub(super) type Key = [u8; 32];
 
 const ALGORITHMS: [&str; 2] = ["sha256", "sha512"];
 
@@ -142,7 +142,7 @@ fn key_of_hex(hex: &str) -> Option<Key> {
     Some(k)
 }
 
-fn key(d: &Digest) -> Key {
+pub(super) fn key(d: &Digest) -> Key {
     key_of_hex(d.hex()).unwrap_or([0; 32])
 }
 
@@ -412,7 +412,7 @@ impl Store {
 
     /// Moves `key` back from the newest quarantine batch holding it; true
     /// if `key` is in place afterwards.
-    async fn restore_from(&self, batches: &[u64], key: &str) -> Result<bool, StorageError> {
+    pub(super) async fn restore_from(&self, batches: &[u64], key: &str) -> Result<bool, StorageError> {
         for &b in batches {
             let copy = layout::trash(b, key);
             if self.size(&copy).await?.is_none() {
@@ -457,27 +457,8 @@ impl Store {
         self.get(key).await
     }
 
-    /// Before a manifest is written: everything it references, transitively,
-    /// is in place (moved back from the quarantine if need be). Returns
-    /// when the check began.
-    pub(super) async fn secure_references(
-        &self,
-        name: &Name,
-        parsed: &manifest::Manifest,
-    ) -> Result<Instant, StorageError> {
-        let began = Instant::now();
-        let batches = self.trash_batches().await?;
-        // Nothing quarantined: nothing can be missing that the caller's
-        // checks did not already see.
-        if !batches.is_empty() {
-            self.closure_in_place("verify", name, parsed, &batches, 0, &mut HashSet::new())
-                .await?;
-        }
-        Ok(began)
-    }
-
     /// After a manifest is written: its closure is checked again (GC may
-    /// have quarantined part of it since [`Self::secure_references`]), and
+    /// have quarantined part of it since [`Store::check_references`]), and
     /// its own revision, bytes and referrer entry are in place.
     pub(super) async fn confirm_references(
         &self,
@@ -516,7 +497,7 @@ impl Store {
         Ok(())
     }
 
-    fn closure_in_place<'a>(
+    pub(super) fn closure_in_place<'a>(
         &'a self,
         op: &'static str,
         name: &'a Name,

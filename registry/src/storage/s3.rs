@@ -35,9 +35,12 @@ use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
 use object_store::signer::Signer;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload,
+    UpdateVersion,
+};
 
-use super::driver::{Appender, ByteStream, Driver, Durability};
+use super::driver::{Appender, ByteStream, Driver, Durability, Version};
 
 /// The most an appender holds in memory before writing a segment.
 pub const SEGMENT: usize = 8 << 20;
@@ -62,6 +65,19 @@ const MAX_PARTS: u64 = 9_000;
 const OFFSET_DIGITS: usize = 20;
 
 const SEGMENTS_SUFFIX: &str = ".segments";
+
+/// What [`Driver::delete_if`] writes over an object before deleting it:
+/// object storage has no conditional delete, but a conditional write, so
+/// the removal takes the object over first (If-Match), then deletes it.
+/// Readers of versions ([`Driver::get_versioned`]) wait for it to go.
+const TOMBSTONE: &[u8] = b"\0berth: being removed\0";
+
+/// A tombstone older than this was left by a process that died between its
+/// two steps: a reader removes it.
+const TOMBSTONE_STALE: Duration = Duration::from_secs(10);
+
+/// How long [`Driver::get_versioned`] waits for a tombstone to go.
+const TOMBSTONE_WAIT: Duration = Duration::from_secs(15);
 
 #[derive(Clone)]
 pub struct ObjectStoreDriver {
@@ -113,6 +129,26 @@ fn found<T>(r: object_store::Result<T>) -> io::Result<Option<T>> {
         Ok(v) => Ok(Some(v)),
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(io_err(e)),
+    }
+}
+
+/// Whether a conditional write lost: the object changed, appeared or went.
+fn lost_race(e: &object_store::Error) -> bool {
+    matches!(
+        e,
+        object_store::Error::Precondition { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::NotFound { .. }
+    )
+}
+
+fn put_mode(expected: Option<&Version>) -> PutMode {
+    match expected {
+        None => PutMode::Create,
+        Some(v) => PutMode::Update(UpdateVersion {
+            e_tag: v.e_tag.clone(),
+            version: v.version.clone(),
+        }),
     }
 }
 
@@ -360,6 +396,76 @@ impl Driver for ObjectStoreDriver {
             data.extend_from_slice(&c?);
         }
         Ok(Some(data.into()))
+    }
+
+    async fn get_versioned(&self, key: &str) -> io::Result<Option<(Bytes, Version)>> {
+        let path = self.path(key)?;
+        let began = std::time::Instant::now();
+        loop {
+            let Some(got) = found(self.store.get(&path).await)? else {
+                return Ok(None);
+            };
+            let meta = got.meta.clone();
+            let data = got.bytes().await.map_err(io_err)?;
+            if data.as_ref() != TOMBSTONE {
+                let version = Version {
+                    e_tag: meta.e_tag,
+                    version: meta.version,
+                };
+                return Ok(Some((data, version)));
+            }
+            let age = SystemTime::from(meta.last_modified)
+                .elapsed()
+                .unwrap_or_default();
+            if age > TOMBSTONE_STALE {
+                tracing::warn!(key, "removing a tombstone left by a removal that did not finish");
+                match self.store.delete(&path).await {
+                    Err(e) if !is_not_found(&e) => return Err(io_err(e)),
+                    _ => continue,
+                }
+            }
+            if began.elapsed() > TOMBSTONE_WAIT {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{key} is being removed by another process and is still there; retry"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        data: Bytes,
+        expected: Option<&Version>,
+    ) -> io::Result<bool> {
+        let path = self.path(key)?;
+        let opts = PutOptions {
+            mode: put_mode(expected),
+            ..PutOptions::default()
+        };
+        match self.store.put_opts(&path, PutPayload::from(data), opts).await {
+            Ok(_) => Ok(true),
+            Err(e) if lost_race(&e) => Ok(false),
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    async fn delete_if(&self, key: &str, expected: &Version) -> io::Result<bool> {
+        // Taking it over is the compare-and-swap; the delete that follows
+        // removes what no other writer can have changed (a writer reading
+        // the tombstone waits for it to go).
+        if !self
+            .put_if(key, Bytes::from_static(TOMBSTONE), Some(expected))
+            .await?
+        {
+            return Ok(false);
+        }
+        match self.store.delete(&self.path(key)?).await {
+            Err(e) if !is_not_found(&e) => Err(io_err(e)),
+            _ => Ok(true),
+        }
     }
 
     /// S3 acknowledges a put once it is stored durably: both kinds are equal.
