@@ -179,7 +179,11 @@ async fn tag_updates_racing_across_replicas_leave_a_consistent_tag(a: Registry, 
         assert_eq!(pushing.await.unwrap(), StatusCode::CREATED);
         for reader in [&a, &b] {
             let got = reader.get(&format!("/v2/race/app/manifests/{tag}")).await;
-            assert_eq!(got.status, StatusCode::OK, "round {round}: the pushed tag was lost");
+            assert_eq!(
+                got.status,
+                StatusCode::OK,
+                "round {round}: the pushed tag was lost"
+            );
             assert_eq!(got.body, new.as_bytes(), "round {round}");
         }
 
@@ -189,7 +193,10 @@ async fn tag_updates_racing_across_replicas_leave_a_consistent_tag(a: Registry, 
             a.put_manifest("race/app", &both, &old),
             b.put_manifest("race/app", &both, &new)
         );
-        assert_eq!((ra.status, rb.status), (StatusCode::CREATED, StatusCode::CREATED));
+        assert_eq!(
+            (ra.status, rb.status),
+            (StatusCode::CREATED, StatusCode::CREATED)
+        );
         let got = a.get(&format!("/v2/race/app/manifests/{both}")).await;
         assert_eq!(got.status, StatusCode::OK);
         assert!(got.body == old.as_bytes() || got.body == new.as_bytes());

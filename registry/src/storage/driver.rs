@@ -55,8 +55,7 @@ pub trait Driver: Send + Sync + 'static {
     /// `expected` (`None`: only if absent). Returns whether it was written;
     /// `false` means another writer (perhaps another process sharing the
     /// storage) changed it since it was read: read again and retry.
-    async fn put_if(&self, key: &str, data: Bytes, expected: Option<&Version>)
-    -> io::Result<bool>;
+    async fn put_if(&self, key: &str, data: Bytes, expected: Option<&Version>) -> io::Result<bool>;
 
     /// Removes an object only if it is still at `expected`. Returns whether
     /// it was removed; `false` if it changed or is gone.
@@ -101,6 +100,14 @@ pub trait Driver: Send + Sync + 'static {
     /// was not configured to, or `key` is not one whole object.
     async fn presigned_get(&self, _key: &str) -> io::Result<Option<String>> {
         Ok(None)
+    }
+
+    /// Aborts the driver's own multi-step writes (object storage's
+    /// multipart uploads) begun before `before` by a process that died
+    /// before finishing or aborting them; returns how many. `before` must
+    /// lie further back than any write still running takes.
+    async fn abort_abandoned_writes(&self, _before: std::time::SystemTime) -> io::Result<usize> {
+        Ok(0)
     }
 
     /// Removes the driver's own temporary files last written before

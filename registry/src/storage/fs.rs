@@ -158,12 +158,7 @@ impl Driver for FsDriver {
         Ok(Some((Bytes::from(data), version)))
     }
 
-    async fn put_if(
-        &self,
-        key: &str,
-        data: Bytes,
-        expected: Option<&Version>,
-    ) -> io::Result<bool> {
+    async fn put_if(&self, key: &str, data: Bytes, expected: Option<&Version>) -> io::Result<bool> {
         let path = self.path(key);
         let expected = expected.cloned();
         blocking(move || {

@@ -399,7 +399,11 @@ impl Store {
             if written {
                 return Ok(());
             }
-            tracing::debug!(key, attempt, "tag changed by another writer meanwhile: retrying");
+            tracing::debug!(
+                key,
+                attempt,
+                "tag changed by another writer meanwhile: retrying"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5 << attempt.min(6))).await;
         }
         Err(StorageError::new(

@@ -27,7 +27,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 
 use super::{StorageError, Store, layout};
 use crate::oci::manifest::{self, Descriptor};
@@ -154,57 +155,22 @@ impl Store {
             .filter(|d| distinct.insert(d.digest.clone()))
             .collect();
         let batches = &batches;
-        futures_util::stream::iter(blobs)
-            .map(|d| async move {
-                if quarantine_empty && let Some(stored) = self.known.recall(name, &d.digest) {
-                    return size_matches(d, stored);
-                }
-                let blob = layout::blob(&d.digest);
-                let (link, size) = futures_util::join!(
-                    self.size(&layout::layer_link(name, &d.digest)),
-                    self.size(&blob)
-                );
-                let unknown = || ReferenceError::BlobUnknown {
-                    name: name.to_string(),
-                    digest: d.digest.clone(),
-                };
-                if link?.is_none() {
-                    return Err(unknown());
-                }
-                let stored = match size? {
-                    Some(n) => n,
-                    // Linked but quarantined by GC: the link says it is wanted.
-                    None if !batches.is_empty() && self.restore_from(batches, &blob).await? => {
-                        self.size(&blob).await?.ok_or_else(unknown)?
-                    }
-                    None => return Err(unknown()),
-                };
-                self.known.remember(name, &d.digest, stored);
-                size_matches(d, stored)
-            })
+        // Named, boxed futures: closures over borrowed data in a stream
+        // trip the compiler's `Send` inference in the router.
+        let checks: Vec<BoxFuture<'_, Result<(), ReferenceError>>> = blobs
+            .into_iter()
+            .map(|d| self.check_blob(name, d, batches, quarantine_empty).boxed())
+            .collect();
+        futures_util::stream::iter(checks)
             .buffer_unordered(PARALLEL)
             .try_collect::<Vec<()>>()
             .await?;
-        let children: Vec<&Descriptor> = parsed
+        let children: Vec<BoxFuture<'_, Result<(), ReferenceError>>> = parsed
             .required_manifests()
             .filter(|d| distinct.insert(d.digest.clone()))
+            .map(|d| self.check_child(name, d, batches).boxed())
             .collect();
         futures_util::stream::iter(children)
-            .map(|d| async move {
-                let rev = layout::manifest_revision(name, &d.digest);
-                let there = match self.size(&rev).await? {
-                    Some(_) => true,
-                    None => !batches.is_empty() && self.restore_from(batches, &rev).await?,
-                };
-                if there {
-                    Ok(())
-                } else {
-                    Err(ReferenceError::ManifestUnknown {
-                        name: name.to_string(),
-                        digest: d.digest.clone(),
-                    })
-                }
-            })
             .buffer_unordered(PARALLEL)
             .try_collect::<Vec<()>>()
             .await?;
@@ -219,6 +185,61 @@ impl Store {
                 .await?;
         }
         Ok(Checked { began })
+    }
+}
+
+impl Store {
+    /// One blob of [`Store::check_references`].
+    async fn check_blob(
+        &self,
+        name: &Name,
+        d: &Descriptor,
+        batches: &[u64],
+        quarantine_empty: bool,
+    ) -> Result<(), ReferenceError> {
+        if quarantine_empty && let Some(stored) = self.known.recall(name, &d.digest) {
+            return size_matches(d, stored);
+        }
+        let blob = layout::blob(&d.digest);
+        let link = layout::layer_link(name, &d.digest);
+        let (link, size) = futures_util::join!(self.size(&link), self.size(&blob));
+        let unknown = || ReferenceError::BlobUnknown {
+            name: name.to_string(),
+            digest: d.digest.clone(),
+        };
+        if link?.is_none() {
+            return Err(unknown());
+        }
+        let mut stored = size?;
+        // Linked but quarantined by GC: the link says it is wanted.
+        if stored.is_none() && !batches.is_empty() && self.restore_from(batches, &blob).await? {
+            stored = self.size(&blob).await?;
+        }
+        let stored = stored.ok_or_else(unknown)?;
+        self.known.remember(name, &d.digest, stored);
+        size_matches(d, stored)
+    }
+
+    /// One child manifest of [`Store::check_references`].
+    async fn check_child(
+        &self,
+        name: &Name,
+        d: &Descriptor,
+        batches: &[u64],
+    ) -> Result<(), ReferenceError> {
+        let rev = layout::manifest_revision(name, &d.digest);
+        let there = match self.size(&rev).await? {
+            Some(_) => true,
+            None => !batches.is_empty() && self.restore_from(batches, &rev).await?,
+        };
+        if there {
+            Ok(())
+        } else {
+            Err(ReferenceError::ManifestUnknown {
+                name: name.to_string(),
+                digest: d.digest.clone(),
+            })
+        }
     }
 }
 
