@@ -412,6 +412,10 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         store.clone(),
         std::time::Duration::from_secs(args.storage_probe_secs),
     ));
+    // A manifest PUT trusts blobs seen a moment ago for a quarter of the
+    // quarantine at most (storage/references.rs): every replica, and any
+    // `berth-registry gc` run while serving, uses the same --gc-quarantine.
+    store.remember_blobs_for(args.gc_quarantine / 4);
     match args.gc_interval.filter(|i| !i.is_zero()) {
         Some(interval) => {
             anyhow::ensure!(

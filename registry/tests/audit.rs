@@ -332,6 +332,27 @@ impl Driver for Stalled {
     async fn put(&self, key: &str, data: Bytes, d: Durability) -> io::Result<()> {
         self.0.put(key, data, d).await
     }
+    async fn get_versioned(
+        &self,
+        key: &str,
+    ) -> io::Result<Option<(Bytes, berth_registry::storage::driver::Version)>> {
+        self.0.get_versioned(key).await
+    }
+    async fn put_if(
+        &self,
+        key: &str,
+        data: Bytes,
+        expected: Option<&berth_registry::storage::driver::Version>,
+    ) -> io::Result<bool> {
+        self.0.put_if(key, data, expected).await
+    }
+    async fn delete_if(
+        &self,
+        key: &str,
+        expected: &berth_registry::storage::driver::Version,
+    ) -> io::Result<bool> {
+        self.0.delete_if(key, expected).await
+    }
     async fn size(&self, key: &str) -> io::Result<Option<u64>> {
         self.0.size(key).await
     }

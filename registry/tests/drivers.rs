@@ -114,6 +114,9 @@ every_backend!(
     delete_of_an_appended_object_removes_it_whole,
     appends_alternating_between_two_drivers_continue_one_object,
     a_dropped_appender_leaves_a_correct_prefix,
+    conditional_writes_compare_and_swap,
+    conditional_delete_removes_only_the_version_read,
+    racing_conditional_writers_on_two_drivers_lose_no_update,
 );
 
 /// Deterministic bytes that differ at every offset a bug could confuse.
@@ -559,5 +562,221 @@ mod s3_redirect {
         // redirect to nothing.
         let other = r.get(&format!("/v2/team/other/blobs/{digest}")).await;
         assert_eq!(other.status, StatusCode::NOT_FOUND);
+    }
+}
+
+async fn conditional_writes_compare_and_swap(d: Arc<dyn Driver>, twin: Arc<dyn Driver>) {
+    let key = "cas/tags/latest";
+    assert!(d.get_versioned(key).await.unwrap().is_none());
+    // Create-only: the first wins, the second is told it lost.
+    assert!(
+        d.put_if(key, Bytes::from_static(b"one"), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !twin
+            .put_if(key, Bytes::from_static(b"two"), None)
+            .await
+            .unwrap()
+    );
+    let (data, v1) = d.get_versioned(key).await.unwrap().unwrap();
+    assert_eq!(&data[..], b"one");
+    // The twin (another process) reads the same version.
+    assert_eq!(twin.get_versioned(key).await.unwrap().unwrap().1, v1);
+    assert!(
+        twin.put_if(key, Bytes::from_static(b"two"), Some(&v1))
+            .await
+            .unwrap()
+    );
+    // A writer still holding the old version loses, and changes nothing.
+    assert!(
+        !d.put_if(key, Bytes::from_static(b"three"), Some(&v1))
+            .await
+            .unwrap()
+    );
+    let (data, v2) = d.get_versioned(key).await.unwrap().unwrap();
+    assert_eq!(&data[..], b"two");
+    assert_ne!(v1, v2);
+    assert_eq!(&d.get(key).await.unwrap().unwrap()[..], b"two");
+    assert!(
+        d.put_if(key, Bytes::from_static(b"three"), Some(&v2))
+            .await
+            .unwrap()
+    );
+    assert_eq!(&twin.get(key).await.unwrap().unwrap()[..], b"three");
+}
+
+async fn conditional_delete_removes_only_the_version_read(
+    d: Arc<dyn Driver>,
+    twin: Arc<dyn Driver>,
+) {
+    let key = "cas/tags/v1";
+    d.put(key, Bytes::from_static(b"old"), Durability::Durable)
+        .await
+        .unwrap();
+    let (_, old) = d.get_versioned(key).await.unwrap().unwrap();
+    // Another process moves it: the removal that read the old one loses.
+    let (_, seen) = twin.get_versioned(key).await.unwrap().unwrap();
+    assert!(
+        twin.put_if(key, Bytes::from_static(b"new"), Some(&seen))
+            .await
+            .unwrap()
+    );
+    assert!(!d.delete_if(key, &old).await.unwrap());
+    assert_eq!(&d.get(key).await.unwrap().unwrap()[..], b"new");
+    let (_, now) = d.get_versioned(key).await.unwrap().unwrap();
+    assert!(d.delete_if(key, &now).await.unwrap());
+    assert!(twin.get_versioned(key).await.unwrap().is_none());
+    assert!(d.get(key).await.unwrap().is_none());
+    // Gone: a create-only write succeeds again, a removal finds nothing.
+    assert!(!d.delete_if(key, &now).await.unwrap());
+    assert!(
+        twin.put_if(key, Bytes::from_static(b"again"), None)
+            .await
+            .unwrap()
+    );
+}
+
+/// Counters incremented by read-modify-write through two drivers (two
+/// processes) at once: with compare-and-swap and retry, no increment is lost.
+async fn racing_conditional_writers_on_two_drivers_lose_no_update(
+    d: Arc<dyn Driver>,
+    twin: Arc<dyn Driver>,
+) {
+    const EACH: usize = 15;
+    let key = "cas/counter";
+    let bump = |drv: Arc<dyn Driver>| async move {
+        for _ in 0..EACH {
+            loop {
+                let current = drv.get_versioned(key).await.unwrap();
+                let n: usize = current
+                    .as_ref()
+                    .map(|(b, _)| std::str::from_utf8(b).unwrap().parse().unwrap())
+                    .unwrap_or(0);
+                let next = Bytes::from((n + 1).to_string());
+                if drv
+                    .put_if(key, next, current.as_ref().map(|(_, v)| v))
+                    .await
+                    .unwrap()
+                {
+                    break;
+                }
+            }
+        }
+    };
+    let tasks: Vec<_> = [d.clone(), twin.clone(), d.clone(), twin]
+        .into_iter()
+        .map(|drv| tokio::spawn(bump(drv)))
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = d.get(key).await.unwrap().unwrap();
+    assert_eq!(std::str::from_utf8(&total).unwrap(), (4 * EACH).to_string());
+}
+
+/// Multipart uploads a killed commit left behind: the commit (assembling a
+/// segmented object of several parts) is cut off mid-copy, leaving an
+/// upload nobody completes; GC's sweep aborts it (once old enough) and
+/// removes its record.
+mod abandoned_multipart {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use berth_registry::storage::driver::Driver;
+    use berth_registry::storage::s3::{MULTIPART_RECORDS, ObjectStoreDriver};
+    use object_store::multipart::MultipartStore;
+    use object_store::path::Path;
+
+    async fn abandoned_uploads_are_aborted<S>(store: Arc<S>, prefix: &str)
+    where
+        S: object_store::ObjectStore + MultipartStore,
+    {
+        let driver = ObjectStoreDriver::new(store.clone(), prefix).with_multipart(store.clone());
+        let d: Arc<dyn Driver> = Arc::new(driver.clone());
+        let mut cut = None;
+        for attempt in 0..20 {
+            let (from, to) = (format!("up/{attempt}/data"), format!("blobs/{attempt}"));
+            let mut a = d.appender(&from).await.unwrap();
+            a.write(&super::pattern(20 * super::MIB + 7, attempt as u8))
+                .await
+                .unwrap();
+            a.finish().await.unwrap();
+            let committing = {
+                let d = d.clone();
+                tokio::spawn(async move { d.commit(&from, &to).await })
+            };
+            // Cut off (a killed process) once its upload is recorded.
+            loop {
+                if !d.list(MULTIPART_RECORDS).await.unwrap().is_empty() {
+                    committing.abort();
+                    cut = Some(attempt);
+                    break;
+                }
+                if committing.is_finished() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            if cut.is_some() {
+                break;
+            }
+        }
+        assert!(
+            cut.is_some(),
+            "every commit finished before it could be cut off"
+        );
+        let records = d.list(MULTIPART_RECORDS).await.unwrap();
+        assert_eq!(records.len(), 1);
+        let raw = d
+            .get(&format!("{MULTIPART_RECORDS}/{}", records[0]))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(raw.to_vec()).unwrap();
+        let (to, id) = text.split_once('\n').unwrap();
+        // Young: a commit that may still be running elsewhere is left alone.
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        assert_eq!(d.abort_abandoned_writes(hour_ago).await.unwrap(), 0);
+        let later = SystemTime::now() + Duration::from_secs(5);
+        assert_eq!(d.abort_abandoned_writes(later).await.unwrap(), 1);
+        assert!(d.list(MULTIPART_RECORDS).await.unwrap().is_empty());
+        // The upload is gone: no part can be added to it.
+        let part = store
+            .put_part(
+                &Path::from(to),
+                &id.to_owned(),
+                9,
+                bytes::Bytes::from_static(b"x").into(),
+            )
+            .await;
+        assert!(part.is_err(), "the abandoned upload is still open");
+        assert_eq!(d.abort_abandoned_writes(later).await.unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory() {
+        abandoned_uploads_are_aborted(Arc::new(object_store::memory::InMemory::new()), "").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn s3() {
+        let Some(config) = super::s3_config() else {
+            return;
+        };
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(&config.bucket)
+            .with_endpoint(config.endpoint.clone().unwrap())
+            .with_allow_http(true)
+            .with_region(
+                config
+                    .region
+                    .clone()
+                    .unwrap_or_else(|| "us-east-1".to_owned()),
+            )
+            .build()
+            .unwrap();
+        abandoned_uploads_are_aborted(Arc::new(store), &config.prefix).await;
     }
 }

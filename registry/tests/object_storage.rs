@@ -124,3 +124,99 @@ async fn a_session_cancelled_on_one_replica_is_gone_on_the_other() {
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(b.get(&location).await.status, StatusCode::NOT_FOUND);
 }
+
+/// Two registries over one filesystem directory (a ReadWriteMany volume).
+fn fs_replicas() -> (Registry, Registry) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Registry {
+        app: berth_registry::router(berth_registry::filesystem_store(dir.path()).unwrap()),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let b = Registry {
+        app: berth_registry::router(berth_registry::filesystem_store(dir.path()).unwrap()),
+        dir,
+    };
+    (a, b)
+}
+
+/// One replica deletes the manifest a tag points at while the other moves
+/// the tag to a new manifest: the DELETE read the old target, and must not
+/// remove the tag the other push (201) just wrote. Two pushes of one tag
+/// at once leave it pointing at one of them, both pullable by digest.
+async fn tag_updates_racing_across_replicas_leave_a_consistent_tag(a: Registry, b: Registry) {
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    for round in 0..40 {
+        let old = a
+            .image_manifest("race/app", format!("old {round}").as_bytes(), "")
+            .await;
+        let new = b
+            .image_manifest("race/app", format!("new {round}").as_bytes(), "")
+            .await;
+        let tag = format!("t{round}");
+        assert_eq!(
+            a.put_manifest("race/app", &tag, &old).await.status,
+            StatusCode::CREATED
+        );
+        let old_digest = sha256(old.as_bytes());
+        let deleting = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.send(
+                    Method::DELETE,
+                    &format!("/v2/race/app/manifests/{old_digest}"),
+                    &[],
+                    Bytes::new(),
+                )
+                .await
+                .status
+            })
+        };
+        let pushing = {
+            let (b, tag, new) = (b.clone(), tag.clone(), new.clone());
+            tokio::spawn(async move { b.put_manifest("race/app", &tag, &new).await.status })
+        };
+        assert_eq!(deleting.await.unwrap(), StatusCode::ACCEPTED);
+        assert_eq!(pushing.await.unwrap(), StatusCode::CREATED);
+        for reader in [&a, &b] {
+            let got = reader.get(&format!("/v2/race/app/manifests/{tag}")).await;
+            assert_eq!(
+                got.status,
+                StatusCode::OK,
+                "round {round}: the pushed tag was lost"
+            );
+            assert_eq!(got.body, new.as_bytes(), "round {round}");
+        }
+
+        // Both replicas push the same new tag at once.
+        let both = format!("both{round}");
+        let (ra, rb) = tokio::join!(
+            a.put_manifest("race/app", &both, &old),
+            b.put_manifest("race/app", &both, &new)
+        );
+        assert_eq!(
+            (ra.status, rb.status),
+            (StatusCode::CREATED, StatusCode::CREATED)
+        );
+        let got = a.get(&format!("/v2/race/app/manifests/{both}")).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert!(got.body == old.as_bytes() || got.body == new.as_bytes());
+        for m in [&old, &new] {
+            let by_digest = b
+                .get(&format!("/v2/race/app/manifests/{}", sha256(m.as_bytes())))
+                .await;
+            assert_eq!(by_digest.status, StatusCode::OK);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tag_updates_racing_across_replicas_on_one_bucket_leave_a_consistent_tag() {
+    let (a, b) = replicas();
+    tag_updates_racing_across_replicas_leave_a_consistent_tag(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tag_updates_racing_across_replicas_on_one_volume_leave_a_consistent_tag() {
+    let (a, b) = fs_replicas();
+    tag_updates_racing_across_replicas_leave_a_consistent_tag(a, b).await;
+}

@@ -10,7 +10,8 @@ use super::{Ctx, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, OCI_TAG, empty};
 use crate::error::{Code, Error, Result};
 use crate::oci::manifest::{self, MAX_MANIFEST_BYTES};
 use crate::oci::{Algorithm, Name, Reference, Tag};
-use crate::storage::{Store, StoredManifest};
+use crate::storage::references::ReferenceError;
+use crate::storage::{StorageError, Store, StoredManifest};
 
 pub async fn get(store: &Store, name: &Name, reference: &str, ctx: &Ctx) -> Result<Response> {
     let reference: Reference = reference.parse()?;
@@ -125,61 +126,27 @@ pub async fn put(
             Algorithm::Sha256.digest(&body)
         }
     };
-    for d in parsed.required_blobs() {
-        match store.blob_size(name, &d.digest).await? {
-            None => {
-                return Err(Error::new(
-                    Code::ManifestBlobUnknown,
-                    format!(
-                        "blob {} is not in repository {name}; push it before the manifest",
-                        d.digest
-                    ),
-                ));
+    // Everything it references is in this repository and in place (not
+    // in GC's quarantine), checked concurrently (storage/references.rs).
+    let checked = store
+        .check_references(name, &parsed)
+        .await
+        .map_err(|e| match e {
+            ReferenceError::BlobUnknown { .. } | ReferenceError::ManifestUnknown { .. } => {
+                Error::new(Code::ManifestBlobUnknown, e.to_string())
             }
-            // A client trusting the descriptor would read past the blob's end
-            // or stop short of it.
-            Some(stored) if stored != d.size => {
-                return Err(Error::new(
-                    Code::ManifestInvalid,
-                    format!(
-                        "descriptor for blob {} says {} bytes but the stored blob has {stored}; fix the size in the manifest",
-                        d.digest, d.size
-                    ),
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    for d in parsed.required_manifests() {
-        if !store.manifest_exists(name, &d.digest).await? {
-            return Err(Error::new(
-                Code::ManifestBlobUnknown,
-                format!(
-                    "manifest {} is not in repository {name}; push it before the index",
-                    d.digest
-                ),
-            ));
-        }
-    }
+            ReferenceError::SizeMismatch { .. } => Error::new(Code::ManifestInvalid, e.to_string()),
+            ReferenceError::Storage(e) => reference_gone_or(e),
+        })?;
     let stored = StoredManifest {
         digest: digest.clone(),
         media_type: parsed.media_type.clone(),
         body: body.into(),
     };
     store
-        .manifest_put(name, &stored, &parsed, &tags)
+        .manifest_put(name, &stored, &parsed, &tags, checked)
         .await
-        .map_err(|e| {
-            if e.is_reference_gone() {
-                tracing::info!(error = %e, "manifest refused: what it references was garbage-collected meanwhile");
-                Error::new(
-                    Code::ManifestBlobUnknown,
-                    "a blob or manifest it references was garbage-collected while this push was checked; push it again, then the manifest",
-                )
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(reference_gone_or)?;
 
     let mut headers = vec![
         (header::LOCATION, format!("/v2/{name}/manifests/{digest}")),
@@ -195,6 +162,20 @@ pub async fn put(
         }
     }
     Ok(resp)
+}
+
+/// A storage error of a manifest PUT: what it references was deleted by
+/// GC meanwhile (the client's to fix), or a storage failure.
+fn reference_gone_or(e: StorageError) -> Error {
+    if e.is_reference_gone() {
+        tracing::info!(error = %e, "manifest refused: what it references was garbage-collected meanwhile");
+        Error::new(
+            Code::ManifestBlobUnknown,
+            "a blob or manifest it references was garbage-collected while this push was checked; push it again, then the manifest",
+        )
+    } else {
+        e.into()
+    }
 }
 
 pub async fn delete(store: &Store, name: &Name, reference: &str) -> Result<Response> {

@@ -29,6 +29,16 @@ pub enum Durability {
     Scratch,
 }
 
+/// Which write of an object a reader saw, for compare-and-swap
+/// ([`Driver::put_if`], [`Driver::delete_if`]): opaque, compared whole.
+/// Object storage's ETag (and version id); on the filesystem, the file's
+/// identity and modification time (every write renames a new file in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub e_tag: Option<String>,
+    pub version: Option<String>,
+}
+
 #[async_trait]
 pub trait Driver: Send + Sync + 'static {
     /// Reads a small object whole (links, tags, manifests); `None` if absent.
@@ -37,6 +47,19 @@ pub trait Driver: Send + Sync + 'static {
     /// Writes a small object atomically: a reader sees the old value or the
     /// new one, never a part; with [`Durability::Durable`], even across a crash.
     async fn put(&self, key: &str, data: Bytes, durability: Durability) -> io::Result<()>;
+
+    /// Reads a small object whole with the version read; `None` if absent.
+    async fn get_versioned(&self, key: &str) -> io::Result<Option<(Bytes, Version)>>;
+
+    /// Writes a small object (durably, atomically) only if it is still at
+    /// `expected` (`None`: only if absent). Returns whether it was written;
+    /// `false` means another writer (perhaps another process sharing the
+    /// storage) changed it since it was read: read again and retry.
+    async fn put_if(&self, key: &str, data: Bytes, expected: Option<&Version>) -> io::Result<bool>;
+
+    /// Removes an object only if it is still at `expected`. Returns whether
+    /// it was removed; `false` if it changed or is gone.
+    async fn delete_if(&self, key: &str, expected: &Version) -> io::Result<bool>;
 
     /// The object's size in bytes; `None` if absent.
     async fn size(&self, key: &str) -> io::Result<Option<u64>>;
@@ -77,6 +100,14 @@ pub trait Driver: Send + Sync + 'static {
     /// was not configured to, or `key` is not one whole object.
     async fn presigned_get(&self, _key: &str) -> io::Result<Option<String>> {
         Ok(None)
+    }
+
+    /// Aborts the driver's own multi-step writes (object storage's
+    /// multipart uploads) begun before `before` by a process that died
+    /// before finishing or aborting them; returns how many. `before` must
+    /// lie further back than any write still running takes.
+    async fn abort_abandoned_writes(&self, _before: std::time::SystemTime) -> io::Result<usize> {
+        Ok(0)
     }
 
     /// Removes the driver's own temporary files last written before

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::driver::{Appender, ByteStream, Driver, Durability};
+use super::driver::{Appender, ByteStream, Driver, Durability, Version};
 use super::file_chunks::{CHUNK, FileChunks};
 use crate::page_cache;
 
@@ -84,6 +84,43 @@ fn write_atomic(path: &Path, data: &[u8], durability: Durability) -> io::Result<
     result
 }
 
+/// A file's version: its inode (every write renames a new file in), size
+/// and modification time.
+fn version_of(meta: &fs::Metadata) -> Version {
+    use std::os::unix::fs::MetadataExt as _;
+    Version {
+        e_tag: Some(format!(
+            "{}-{}-{}.{}",
+            meta.ino(),
+            meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        )),
+        version: None,
+    }
+}
+
+/// Holds an exclusive `flock` on a directory: compare-and-swap of the
+/// objects in it, between tasks and between processes sharing the volume.
+/// Released when dropped (the descriptor closes).
+struct DirLock(#[allow(dead_code)] fs::File);
+
+impl DirLock {
+    fn take(dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let f = fs::File::open(dir)?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(DirLock(f))
+    }
+}
+
+/// The version of the object at `path` now; `None` if absent.
+fn current_version(path: &Path) -> io::Result<Option<Version>> {
+    Ok(not_found_is_none(fs::metadata(path))?
+        .filter(|m| m.is_file())
+        .map(|m| version_of(&m)))
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
@@ -107,6 +144,58 @@ impl Driver for FsDriver {
     async fn put(&self, key: &str, data: Bytes, durability: Durability) -> io::Result<()> {
         let path = self.path(key);
         blocking(move || write_atomic(&path, &data, durability)).await
+    }
+
+    async fn get_versioned(&self, key: &str) -> io::Result<Option<(Bytes, Version)>> {
+        use std::io::Read as _;
+        let Some(mut f) = not_found_is_none(fs::File::open(self.path(key)))? else {
+            return Ok(None);
+        };
+        // The version of the very file read: a write renames a new one in.
+        let version = version_of(&f.metadata()?);
+        let mut data = Vec::new();
+        f.read_to_end(&mut data)?;
+        Ok(Some((Bytes::from(data), version)))
+    }
+
+    async fn put_if(&self, key: &str, data: Bytes, expected: Option<&Version>) -> io::Result<bool> {
+        let path = self.path(key);
+        let expected = expected.cloned();
+        blocking(move || {
+            let _lock = DirLock::take(parent(&path))?;
+            if current_version(&path)? != expected {
+                return Ok(false);
+            }
+            if data.is_empty() {
+                // `write_atomic` truncates in place for empty data: same
+                // inode, so remove first for a new version.
+                let _ = fs::remove_file(&path);
+            }
+            write_atomic(&path, &data, Durability::Durable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn delete_if(&self, key: &str, expected: &Version) -> io::Result<bool> {
+        let path = self.path(key);
+        let expected = expected.clone();
+        blocking(move || {
+            let dir = parent(&path);
+            if !dir.exists() {
+                return Ok(false);
+            }
+            let _lock = DirLock::take(dir)?;
+            if current_version(&path)?.as_ref() != Some(&expected) {
+                return Ok(false);
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     async fn size(&self, key: &str) -> io::Result<Option<u64>> {

@@ -47,9 +47,11 @@
 //! the blob is in quarantine. Every reader that follows a link and finds
 //! the object gone looks in the quarantine and moves it back (blob
 //! HEAD/GET, mount, manifest GET, the checks of a manifest PUT). A manifest
-//! PUT of `M` checks (`t_c`), before it writes anything, that everything
-//! `M` references transitively (blobs, child manifests, their blobs) is in
-//! place, moving back what is quarantined; writes `M` (`t_w`); then checks
+//! PUT of `M` checks (`t_c`, `references.rs`), before it writes anything,
+//! that everything `M` references transitively (blobs, child manifests,
+//! their blobs) is in place, moving back what is quarantined (a blob seen in
+//! place a moment before counts only while nothing is quarantined: see
+//! `references.rs` for why that is the same); writes `M` (`t_w`); then checks
 //! the same closure again, moving back what was quarantined meanwhile, and
 //! only then answers 201 (`t_r`). Moves are atomic (a rename; a copy then a
 //! delete on object storage): a move back and a final delete of one
@@ -119,7 +121,7 @@ use crate::oci::{Digest, Name};
 
 /// A digest compacted for the mark sets: its first 32 bytes (all of a
 /// sha256, a 256-bit prefix of a sha512: collisions stay out of reach).
-type Key = [u8; 32];
+pub(super) type Key = [u8; 32];
 
 const ALGORITHMS: [&str; 2] = ["sha256", "sha512"];
 
@@ -143,7 +145,7 @@ fn key_of_hex(hex: &str) -> Option<Key> {
     Some(k)
 }
 
-fn key(d: &Digest) -> Key {
+pub(super) fn key(d: &Digest) -> Key {
     key_of_hex(d.hex()).unwrap_or([0; 32])
 }
 
@@ -194,6 +196,10 @@ impl Default for GcOptions {
     }
 }
 
+/// A multipart upload (a blob's commit on object storage) begun longer
+/// ago than this (or than the grace, if longer) was abandoned.
+pub const ABANDONED_WRITES_AFTER: Duration = Duration::from_secs(3600);
+
 /// The default quarantine: far above any manifest PUT's time.
 pub const DEFAULT_QUARANTINE: Duration = Duration::from_secs(600);
 
@@ -202,6 +208,8 @@ pub const DEFAULT_QUARANTINE: Duration = Duration::from_secs(600);
 pub struct GcReport {
     pub dry_run: bool,
     pub repositories: usize,
+    /// Multipart uploads aborted: left by a process killed mid-commit.
+    pub uploads_aborted: usize,
     /// Manifests found reachable.
     pub manifests_kept: usize,
     /// Blobs referenced by reachable manifests (manifest bytes included).
@@ -395,6 +403,20 @@ impl Store {
             self.remove_dangling_links(&mut run, name).await?;
         }
         if !opts.dry_run {
+            // Multipart uploads a killed process left (s3.rs): none is this
+            // old while running.
+            let before = SystemTime::now() - opts.grace.max(ABANDONED_WRITES_AFTER);
+            run.report.uploads_aborted = self
+                .driver
+                .abort_abandoned_writes(before)
+                .await
+                .map_err(|e| StorageError::new("abort", "abandoned multipart uploads", e))?;
+            if run.report.uploads_aborted > 0 {
+                tracing::info!(
+                    count = run.report.uploads_aborted,
+                    "aborted multipart uploads left by a killed process"
+                );
+            }
             // Every copy in a settled batch was moved back or deleted above.
             for &b in run.batches.iter().filter(|&&b| run.settled(b)) {
                 self.delete(&layout::trash_batch(b)).await?;
@@ -418,7 +440,11 @@ impl Store {
 
     /// Moves `key` back from the newest quarantine batch holding it; true
     /// if `key` is in place afterwards.
-    async fn restore_from(&self, batches: &[u64], key: &str) -> Result<bool, StorageError> {
+    pub(super) async fn restore_from(
+        &self,
+        batches: &[u64],
+        key: &str,
+    ) -> Result<bool, StorageError> {
         for &b in batches {
             let copy = layout::trash(b, key);
             if self.size(&copy).await?.is_none() {
@@ -463,27 +489,8 @@ impl Store {
         self.get(key).await
     }
 
-    /// Before a manifest is written: everything it references, transitively,
-    /// is in place (moved back from the quarantine if need be). Returns
-    /// when the check began.
-    pub(super) async fn secure_references(
-        &self,
-        name: &Name,
-        parsed: &manifest::Manifest,
-    ) -> Result<Instant, StorageError> {
-        let began = Instant::now();
-        let batches = self.trash_batches().await?;
-        // Nothing quarantined: nothing can be missing that the caller's
-        // checks did not already see.
-        if !batches.is_empty() {
-            self.closure_in_place("verify", name, parsed, &batches, 0, &mut HashSet::new())
-                .await?;
-        }
-        Ok(began)
-    }
-
     /// After a manifest is written: its closure is checked again (GC may
-    /// have quarantined part of it since [`Self::secure_references`]), and
+    /// have quarantined part of it since [`Store::check_references`]), and
     /// its own revision, bytes and referrer entry are in place.
     pub(super) async fn confirm_references(
         &self,
@@ -522,7 +529,7 @@ impl Store {
         Ok(())
     }
 
-    fn closure_in_place<'a>(
+    pub(super) fn closure_in_place<'a>(
         &'a self,
         op: &'static str,
         name: &'a Name,

@@ -14,6 +14,7 @@ pub mod gc;
 pub mod layout;
 pub mod locks;
 pub mod pulls;
+pub mod references;
 pub mod retention;
 pub mod s3;
 pub mod upload;
@@ -67,6 +68,16 @@ pub fn is_storage_full(e: &io::Error) -> bool {
         || e.kind() == io::ErrorKind::QuotaExceeded
 }
 
+/// How often a tag write is tried against concurrent writers.
+const TAG_WRITE_ATTEMPTS: u32 = 16;
+
+/// A tag object's target; `None` if unreadable (or a removal's tombstone).
+fn parse_tag_target(raw: &[u8]) -> Option<Digest> {
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
 /// A manifest as stored: its digest, media type and exact bytes.
 #[derive(Debug, Clone)]
 pub struct StoredManifest {
@@ -80,6 +91,8 @@ pub struct Store {
     sessions: upload::Sessions,
     catalog: catalog::Catalog,
     repo_locks: locks::RepoLocks,
+    /// Blobs seen in place a moment ago (see `references.rs`).
+    known: references::KnownBlobs,
     /// The last write probe's answer (see [`Store::probe_storage`]).
     writable: std::sync::atomic::AtomicBool,
     /// Pulls noted since the last flush (see [`pulls`]).
@@ -93,6 +106,7 @@ impl Store {
             sessions: upload::Sessions::default(),
             catalog: catalog::Catalog::default(),
             repo_locks: locks::RepoLocks::default(),
+            known: references::KnownBlobs::default(),
             writable: std::sync::atomic::AtomicBool::new(true),
             pulls: pulls::Pulls::default(),
         }
@@ -206,7 +220,11 @@ impl Store {
             return Ok(None);
         }
         // Linked but quarantined by GC: the link says it is wanted.
-        self.size_or_restore(&layout::blob(digest)).await
+        let size = self.size_or_restore(&layout::blob(digest)).await?;
+        if let Some(n) = size {
+            self.known.remember(name, digest, n);
+        }
+        Ok(size)
     }
 
     /// Streams bytes `range` of a blob; `None` if it vanished since it was sized.
@@ -255,8 +273,9 @@ impl Store {
             Some(source) => self.blob_size(source, digest).await?,
             None => self.size(&layout::blob(digest)).await?,
         };
-        if size.is_some() {
+        if let Some(n) = size {
             self.link_blob(name, digest).await?;
+            self.known.remember(name, digest, n);
         }
         Ok(size)
     }
@@ -265,6 +284,7 @@ impl Store {
     /// unreferenced. Returns whether it was linked.
     pub async fn blob_unlink(&self, name: &Name, digest: &Digest) -> Result<bool, StorageError> {
         let link = layout::layer_link(name, digest);
+        self.known.forget(name, digest);
         let existed = self.size(&link).await?.is_some();
         self.delete(&link).await?;
         Ok(existed)
@@ -284,17 +304,17 @@ impl Store {
             .is_some())
     }
 
-    /// Stores a verified manifest, then makes it visible: referrer entry,
-    /// revision link, and last the tags.
+    /// Stores a verified manifest whose references were checked (and put
+    /// in place, out of GC's quarantine: [`Self::check_references`]), then
+    /// makes it visible: referrer entry, revision link, and last the tags.
     pub async fn manifest_put(
         &self,
         name: &Name,
         m: &StoredManifest,
         parsed: &manifest::Manifest,
         tags: &[Tag],
+        checked: references::Checked,
     ) -> Result<(), StorageError> {
-        // What it references is in place, not in GC's quarantine (gc.rs).
-        let checked = self.secure_references(name, parsed).await?;
         let entry = self.manifest_write(name, m, parsed, tags).await?;
         // GC may have quarantined part of it since the check: put it back.
         self.confirm_references(
@@ -302,7 +322,7 @@ impl Store {
             &m.digest,
             parsed,
             entry.as_ref().map(|(k, j)| (k.as_str(), j.clone())),
-            checked,
+            checked.began,
         )
         .await
     }
@@ -360,30 +380,107 @@ impl Store {
         .await?;
         self.catalog.insert(name).await;
         for tag in tags {
-            self.put(&layout::tag(name, tag), Bytes::from(m.digest.to_string()))
-                .await?;
+            self.set_tag(name, tag, &m.digest).await?;
         }
         Ok(entry)
+    }
+
+    /// Points `tag` at `digest` by compare-and-swap: another process
+    /// sharing the storage may be moving or removing the same tag (a
+    /// DELETE of the manifest it pointed at, retention), and a removal
+    /// that read the old target must not remove this new one. The last
+    /// writer wins; the tag is never lost or half-changed.
+    async fn set_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<(), StorageError> {
+        let key = layout::tag(name, tag);
+        let value = Bytes::from(digest.to_string());
+        for attempt in 0..TAG_WRITE_ATTEMPTS {
+            let current = self.get_versioned(&key).await?.map(|(_, v)| v);
+            let written = self
+                .driver
+                .put_if(&key, value.clone(), current.as_ref())
+                .await
+                .map_err(|e| StorageError::new("put", &key, e))?;
+            if written {
+                return Ok(());
+            }
+            tracing::debug!(
+                key,
+                attempt,
+                "tag changed by another writer meanwhile: retrying"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5 << attempt.min(6))).await;
+        }
+        Err(StorageError::new(
+            "put",
+            &key,
+            io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "the tag kept changing under concurrent writers; push the manifest again",
+            ),
+        ))
+    }
+
+    /// Removes `tag` if it still points at `digest` (compare-and-swap, see
+    /// [`Self::set_tag`]). Returns whether it was removed.
+    async fn remove_tag_if_target(
+        &self,
+        name: &Name,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        let key = layout::tag(name, tag);
+        for _ in 0..TAG_WRITE_ATTEMPTS {
+            let Some((raw, version)) = self.get_versioned(&key).await? else {
+                return Ok(false);
+            };
+            if parse_tag_target(&raw).as_ref() != Some(digest) {
+                return Ok(false);
+            }
+            if self
+                .driver
+                .delete_if(&key, &version)
+                .await
+                .map_err(|e| StorageError::new("delete", &key, e))?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn get_versioned(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Bytes, driver::Version)>, StorageError> {
+        self.driver
+            .get_versioned(key)
+            .await
+            .map_err(|e| StorageError::new("get", key, e))
     }
 
     /// Rewrites `tag`'s link if it still points at `digest`, so that its
     /// modification time says "used now": the pull-through cache calls it
     /// when a pull re-checks a cached tag, and its age cap (a retention
     /// rule, which reads that time) then removes the least recently pulled.
-    /// Returns whether it was rewritten.
+    /// Compare-and-swap like [`Self::set_tag`]: a tag moved meanwhile is
+    /// left as it is. Returns whether it was rewritten.
     pub async fn tag_touch(
         &self,
         name: &Name,
         tag: &Tag,
         digest: &Digest,
     ) -> Result<bool, StorageError> {
-        let _repo = self.repo_locks.lock(name).await;
-        if self.tag_target(name, tag).await?.as_ref() != Some(digest) {
+        let key = layout::tag(name, tag);
+        let Some((raw, version)) = self.get_versioned(&key).await? else {
+            return Ok(false);
+        };
+        if parse_tag_target(&raw).as_ref() != Some(digest) {
             return Ok(false);
         }
-        self.put(&layout::tag(name, tag), Bytes::from(digest.to_string()))
-            .await?;
-        Ok(true)
+        self.driver
+            .put_if(&key, Bytes::from(digest.to_string()), Some(&version))
+            .await
+            .map_err(|e| StorageError::new("put", &key, e))
     }
 
     /// The digest a tag points at.
@@ -391,9 +488,7 @@ impl Store {
         let Some(raw) = self.get(&layout::tag(name, tag)).await? else {
             return Ok(None);
         };
-        Ok(std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.trim().parse().ok()))
+        Ok(parse_tag_target(&raw))
     }
 
     /// Looks a manifest up by tag or digest.
@@ -445,9 +540,9 @@ impl Store {
             let Ok(tag) = tag.parse::<Tag>() else {
                 continue;
             };
-            if self.tag_target(name, &tag).await?.as_ref() == Some(digest) {
-                self.delete(&layout::tag(name, &tag)).await?;
-            }
+            // Only while it still points here: a push moving the tag
+            // meanwhile (through another process) keeps its tag.
+            self.remove_tag_if_target(name, &tag, digest).await?;
         }
         self.delete(&layout::manifest_revision(name, digest))
             .await?;

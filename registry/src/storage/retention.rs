@@ -167,10 +167,14 @@ impl Store {
         };
         let key = layout::tag(name, &tag);
         // The lock keeps this process's own pushes of the tag out; pushes
-        // through other replicas are caught by the push time (which they
-        // rewrite) up to the moment of the delete.
+        // through other replicas are caught by the version (which every
+        // write of the tag changes, or, on object storage, every write of
+        // another target) and the push time.
         let _repo = self.repo_locks.lock(name).await;
-        let target = self.tag_target(name, &tag).await?.map(|d| d.to_string());
+        let Some((raw, version)) = self.get_versioned(&key).await? else {
+            return Ok(false);
+        };
+        let target = super::parse_tag_target(&raw).map(|d| d.to_string());
         let pushed = self
             .driver
             .modified(&key)
@@ -179,8 +183,12 @@ impl Store {
         if target != seen.digest || pushed != seen.pushed {
             return Ok(false);
         }
-        self.delete(&key).await?;
-        Ok(true)
+        // Compare-and-swap: a push of the tag through another process
+        // after the read above keeps its tag.
+        self.driver
+            .delete_if(&key, &version)
+            .await
+            .map_err(|e| StorageError::new("delete", &key, e))
     }
 }
 

@@ -33,11 +33,16 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
+use object_store::MultipartId;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::signer::Signer;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload,
+    UpdateVersion,
+};
 
-use super::driver::{Appender, ByteStream, Driver, Durability};
+use super::driver::{Appender, ByteStream, Driver, Durability, Version};
 
 /// The most an appender holds in memory before writing a segment.
 pub const SEGMENT: usize = 8 << 20;
@@ -63,6 +68,23 @@ const OFFSET_DIGITS: usize = 20;
 
 const SEGMENTS_SUFFIX: &str = ".segments";
 
+/// Where multipart uploads in progress are recorded (see
+/// [`ObjectStoreDriver::assemble_recorded`]).
+pub const MULTIPART_RECORDS: &str = "_multipart";
+
+/// What [`Driver::delete_if`] writes over an object before deleting it:
+/// object storage has no conditional delete, but a conditional write, so
+/// the removal takes the object over first (If-Match), then deletes it.
+/// Readers of versions ([`Driver::get_versioned`]) wait for it to go.
+const TOMBSTONE: &[u8] = b"\0berth: being removed\0";
+
+/// A tombstone older than this was left by a process that died between its
+/// two steps: a reader removes it.
+const TOMBSTONE_STALE: Duration = Duration::from_secs(10);
+
+/// How long [`Driver::get_versioned`] waits for a tombstone to go.
+const TOMBSTONE_WAIT: Duration = Duration::from_secs(15);
+
 #[derive(Clone)]
 pub struct ObjectStoreDriver {
     store: Arc<dyn ObjectStore>,
@@ -72,6 +94,9 @@ pub struct ObjectStoreDriver {
     /// (opt-in: the bucket must be reachable from every client), and how
     /// long a signed URL stays valid.
     redirects: Option<(Arc<dyn Signer>, Duration)>,
+    /// The same store's multipart API, when it has one: assembling a blob
+    /// then records the upload's id so an abandoned one can be aborted.
+    multipart: Option<Arc<dyn MultipartStore>>,
 }
 
 /// One segment of a segmented object.
@@ -116,6 +141,26 @@ fn found<T>(r: object_store::Result<T>) -> io::Result<Option<T>> {
     }
 }
 
+/// Whether a conditional write lost: the object changed, appeared or went.
+fn lost_race(e: &object_store::Error) -> bool {
+    matches!(
+        e,
+        object_store::Error::Precondition { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::NotFound { .. }
+    )
+}
+
+fn put_mode(expected: Option<&Version>) -> PutMode {
+    match expected {
+        None => PutMode::Create,
+        Some(v) => PutMode::Update(UpdateVersion {
+            e_tag: v.e_tag.clone(),
+            version: v.version.clone(),
+        }),
+    }
+}
+
 fn range_opts(range: Range<u64>) -> GetOptions {
     GetOptions {
         range: Some(GetRange::Bounded(range)),
@@ -131,7 +176,15 @@ impl ObjectStoreDriver {
             store,
             prefix: prefix.trim_matches('/').to_owned(),
             redirects: None,
+            multipart: None,
         }
+    }
+
+    /// Assembles blobs through `multipart` (the same store as the driver's),
+    /// recording each upload: see [`Driver::abort_abandoned_writes`].
+    pub fn with_multipart(mut self, multipart: Arc<dyn MultipartStore>) -> Self {
+        self.multipart = Some(multipart);
+        self
     }
 
     /// Hands out signed URLs, valid for `valid`, from
@@ -144,7 +197,8 @@ impl ObjectStoreDriver {
 
     /// A driver over a fresh in-memory store: for tests.
     pub fn in_memory() -> Self {
-        Self::new(Arc::new(object_store::memory::InMemory::new()), "")
+        let store = Arc::new(object_store::memory::InMemory::new());
+        Self::new(store.clone(), "").with_multipart(store)
     }
 
     fn path(&self, key: &str) -> io::Result<Path> {
@@ -297,6 +351,11 @@ impl ObjectStoreDriver {
         let part = (total.div_ceil(MAX_PARTS))
             .max(MIN_PART)
             .max(SEGMENT as u64);
+        if let Some(multipart) = &self.multipart {
+            return self
+                .assemble_recorded(multipart, segments, to, total, part as usize)
+                .await;
+        }
         let upload = self.store.put_multipart(to).await.map_err(io_err)?;
         let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, part as usize);
         let mut chunks = self.stream_segments(segments, 0..total);
@@ -322,8 +381,146 @@ impl ObjectStoreDriver {
     }
 }
 
+impl ObjectStoreDriver {
+    /// [`Self::assemble`] as a multipart upload whose id is recorded in the
+    /// bucket (`_multipart/<uuid>`) while it runs: a process killed
+    /// mid-copy leaves a record, and [`Driver::abort_abandoned_writes`]
+    /// aborts the upload it names (S3 keeps, and bills, the parts of an
+    /// upload nobody completes or aborts).
+    async fn assemble_recorded(
+        &self,
+        multipart: &Arc<dyn MultipartStore>,
+        segments: Vec<Segment>,
+        to: &Path,
+        total: u64,
+        part: usize,
+    ) -> io::Result<()> {
+        let id = multipart.create_multipart(to).await.map_err(io_err)?;
+        let record = self.path(&format!(
+            "{MULTIPART_RECORDS}/{}",
+            uuid::Uuid::new_v4().simple()
+        ))?;
+        let recorded = self
+            .store
+            .put(&record, PutPayload::from(format!("{to}\n{id}")))
+            .await;
+        let copied = match recorded {
+            Ok(_) => {
+                self.copy_parts(multipart, segments, to, &id, total, part)
+                    .await
+            }
+            Err(e) => Err(io_err(e)),
+        };
+        if copied.is_err()
+            && let Err(undo) = multipart.abort_multipart(to, &id).await
+        {
+            tracing::warn!(error = %undo, "could not abort a multipart upload; GC aborts it later");
+        }
+        if let Err(e) = self.store.delete(&record).await
+            && !is_not_found(&e)
+        {
+            tracing::warn!(error = %e, "could not remove a multipart upload's record");
+        }
+        copied
+    }
+
+    /// Streams the segments into parts of `part` bytes (two in flight at
+    /// most) and completes the upload.
+    async fn copy_parts(
+        &self,
+        multipart: &Arc<dyn MultipartStore>,
+        segments: Vec<Segment>,
+        to: &Path,
+        id: &MultipartId,
+        total: u64,
+        part: usize,
+    ) -> io::Result<()> {
+        let mut chunks = self.stream_segments(segments, 0..total);
+        let mut in_flight = futures_util::stream::FuturesOrdered::new();
+        let mut parts: Vec<PartId> = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(part);
+        let mut next = 0usize;
+        let mut done = false;
+        while !done {
+            match chunks.next().await {
+                Some(c) => buf.extend_from_slice(&c?),
+                None => done = true,
+            }
+            while buf.len() >= part || (done && (!buf.is_empty() || next == 0)) {
+                let rest = if buf.len() > part {
+                    buf.split_off(part)
+                } else {
+                    Vec::new()
+                };
+                let full = std::mem::replace(&mut buf, rest);
+                in_flight.push_back(multipart.put_part(to, id, next, PutPayload::from(full)));
+                next += 1;
+                if in_flight.len() >= 2
+                    && let Some(r) = in_flight.next().await
+                {
+                    parts.push(r.map_err(io_err)?);
+                }
+                if done && buf.is_empty() {
+                    break;
+                }
+            }
+        }
+        while let Some(r) = in_flight.next().await {
+            parts.push(r.map_err(io_err)?);
+        }
+        multipart
+            .complete_multipart(to, id, parts)
+            .await
+            .map(drop)
+            .map_err(io_err)
+    }
+}
+
 #[async_trait]
 impl Driver for ObjectStoreDriver {
+    async fn abort_abandoned_writes(&self, before: SystemTime) -> io::Result<usize> {
+        let Some(multipart) = &self.multipart else {
+            return Ok(0);
+        };
+        let dir = self.path(MULTIPART_RECORDS)?;
+        let records: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(io_err)?;
+        let mut aborted = 0;
+        for meta in records {
+            if SystemTime::from(meta.last_modified) >= before {
+                continue;
+            }
+            let Some(raw) = found(self.store.get(&meta.location).await)? else {
+                continue;
+            };
+            let raw = raw.bytes().await.map_err(io_err)?;
+            let text = String::from_utf8_lossy(&raw);
+            if let Some((to, id)) = text.split_once('\n') {
+                match multipart
+                    .abort_multipart(&Path::from(to), &id.to_owned())
+                    .await
+                {
+                    Ok(()) => aborted += 1,
+                    // Completed or aborted already: only the record was left.
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, upload = to, "could not abort an abandoned multipart upload");
+                        continue;
+                    }
+                }
+            }
+            match self.store.delete(&meta.location).await {
+                Err(e) if !is_not_found(&e) => return Err(io_err(e)),
+                _ => {}
+            }
+        }
+        Ok(aborted)
+    }
+
     async fn presigned_get(&self, key: &str) -> io::Result<Option<String>> {
         let Some((signer, valid)) = &self.redirects else {
             return Ok(None);
@@ -360,6 +557,78 @@ impl Driver for ObjectStoreDriver {
             data.extend_from_slice(&c?);
         }
         Ok(Some(data.into()))
+    }
+
+    async fn get_versioned(&self, key: &str) -> io::Result<Option<(Bytes, Version)>> {
+        let path = self.path(key)?;
+        let began = std::time::Instant::now();
+        loop {
+            let Some(got) = found(self.store.get(&path).await)? else {
+                return Ok(None);
+            };
+            let meta = got.meta.clone();
+            let data = got.bytes().await.map_err(io_err)?;
+            if data.as_ref() != TOMBSTONE {
+                let version = Version {
+                    e_tag: meta.e_tag,
+                    version: meta.version,
+                };
+                return Ok(Some((data, version)));
+            }
+            let age = SystemTime::from(meta.last_modified)
+                .elapsed()
+                .unwrap_or_default();
+            if age > TOMBSTONE_STALE {
+                tracing::warn!(
+                    key,
+                    "removing a tombstone left by a removal that did not finish"
+                );
+                match self.store.delete(&path).await {
+                    Err(e) if !is_not_found(&e) => return Err(io_err(e)),
+                    _ => continue,
+                }
+            }
+            if began.elapsed() > TOMBSTONE_WAIT {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{key} is being removed by another process and is still there; retry"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn put_if(&self, key: &str, data: Bytes, expected: Option<&Version>) -> io::Result<bool> {
+        let path = self.path(key)?;
+        let opts = PutOptions {
+            mode: put_mode(expected),
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(data), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if lost_race(&e) => Ok(false),
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    async fn delete_if(&self, key: &str, expected: &Version) -> io::Result<bool> {
+        // Taking it over is the compare-and-swap; the delete that follows
+        // removes what no other writer can have changed (a writer reading
+        // the tombstone waits for it to go).
+        if !self
+            .put_if(key, Bytes::from_static(TOMBSTONE), Some(expected))
+            .await?
+        {
+            return Ok(false);
+        }
+        match self.store.delete(&self.path(key)?).await {
+            Err(e) if !is_not_found(&e) => Err(io_err(e)),
+            _ => Ok(true),
+        }
     }
 
     /// S3 acknowledges a put once it is stored durably: both kinds are equal.
@@ -728,7 +997,7 @@ impl ObjectStoreDriver {
             builder = builder.with_region(region);
         }
         let store = Arc::new(builder.build().map_err(ConnectError::Config)?);
-        let driver = Self::new(store.clone(), &config.prefix);
+        let driver = Self::new(store.clone(), &config.prefix).with_multipart(store.clone());
         Ok(match config.redirect {
             Some(valid) => driver.with_redirects(store, valid),
             None => driver,

@@ -302,6 +302,7 @@ impl Store {
             self.commit(&data, &blob).await?;
         }
         self.link_blob(name, expected).await?;
+        self.known.remember(name, expected, size);
         self.upload_cancel_locked(name, id).await?;
         Ok(size)
     }
