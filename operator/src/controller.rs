@@ -904,18 +904,26 @@ fn referencing_registries(
         .collect()
 }
 
-/// The Registries a node's report Lease speaks about: a changed report
-/// brings each of them back to be counted.
-fn reported_registries(lease: Lease) -> Vec<ObjectRef<Registry>> {
-    report::parse(&lease)
-        .map(|r| {
-            r.registries
-                .keys()
-                .filter_map(|key| key.split_once('/'))
-                .map(|(namespace, name)| ObjectRef::new(name).within(namespace))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The Registries whose entry differs between a node's previous and
+/// current report (added, changed or dropped): each comes back to be counted.
+fn changed_registries(
+    previous: Option<&report::NodeReport>,
+    current: Option<&report::NodeReport>,
+) -> Vec<ObjectRef<Registry>> {
+    let empty = std::collections::BTreeMap::new();
+    let before = previous.map_or(&empty, |r| &r.registries);
+    let after = current.map_or(&empty, |r| &r.registries);
+    let mut keys: Vec<&String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|key| before.get(*key) != after.get(*key))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|key| key.split_once('/'))
+        .map(|(namespace, name)| ObjectRef::new(name).within(namespace))
+        .collect()
 }
 
 /// Run the controller until `shutdown` resolves.
@@ -977,24 +985,24 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         },
     );
     if let Some(agent) = &ctx.config.node_agent {
-        // A heartbeat renews a Lease without changing its report: only a
-        // changed report brings its Registries back.
-        let seen = Arc::new(Mutex::new(HashMap::<String, String>::new()));
+        // A heartbeat renews a Lease without changing its report, and a
+        // node that installs one more Registry changes only that entry: only
+        // the Registries whose entry changed come back (with a hundred
+        // Registries, bringing back every one named on each change made
+        // thousands of reconciles while they were being created).
+        let seen = Arc::new(Mutex::new(HashMap::<String, report::NodeReport>::new()));
         controller = controller
             .watches(
                 Api::<Lease>::namespaced(client.clone(), &agent.namespace),
                 watcher::Config::default().labels(&format!("{}=true", report::REPORT_LABEL)),
                 move |lease: Lease| {
-                    let text = lease
-                        .annotations()
-                        .get(report::REPORT_ANNOTATION)
-                        .cloned()
-                        .unwrap_or_default();
+                    let current = report::parse(&lease);
                     let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                    if seen.insert(lease.name_any(), text.clone()).as_ref() == Some(&text) {
-                        return Vec::new();
-                    }
-                    reported_registries(lease)
+                    let previous = match &current {
+                        Some(report) => seen.insert(lease.name_any(), report.clone()),
+                        None => seen.remove(&lease.name_any()),
+                    };
+                    changed_registries(previous.as_ref(), current.as_ref())
                 },
             )
             .reconcile_all_on(stale_changes(client.clone(), agent.namespace.clone()));
@@ -1142,24 +1150,40 @@ mod tests {
     }
 
     #[test]
-    fn a_report_lease_maps_to_the_registries_it_names() {
-        let now = "2026-11-24T12:00:00Z".parse().expect("ts");
-        let node_report = report::NodeReport {
-            node: "n1".into(),
-            registries: [
-                ("team/hub".to_owned(), report::RegistryReport::default()),
-                ("ops/cache".to_owned(), report::RegistryReport::default()),
-            ]
-            .into(),
+    fn only_registries_whose_report_entry_changed_come_back() {
+        let entry = |fingerprint: &str| report::RegistryReport {
+            fingerprints: vec![fingerprint.into()],
+            ..report::RegistryReport::default()
         };
-        let lease = report::lease("berth-system", None, &node_report, now);
+        let node_report = |entries: Vec<(&str, report::RegistryReport)>| report::NodeReport {
+            node: "n1".into(),
+            registries: entries
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        };
+        let before = node_report(vec![
+            ("team/hub", entry("sha256:a")),
+            ("ops/cache", entry("sha256:b")),
+            ("ops/gone", entry("sha256:c")),
+        ]);
+        let after = node_report(vec![
+            ("team/hub", entry("sha256:a")),
+            ("ops/cache", entry("sha256:new")),
+            ("dev/added", entry("sha256:d")),
+        ]);
         assert_eq!(
-            reported_registries(lease),
+            changed_registries(Some(&before), Some(&after)),
             [
+                ObjectRef::new("added").within("dev"),
                 ObjectRef::new("cache").within("ops"),
-                ObjectRef::new("hub").within("team")
+                ObjectRef::new("gone").within("ops"),
             ]
         );
-        assert!(reported_registries(Lease::default()).is_empty());
+        // A heartbeat (the same report) brings nothing back.
+        assert!(changed_registries(Some(&after), Some(&after)).is_empty());
+        // The first report seen names everything in it; a deleted one too.
+        assert_eq!(changed_registries(None, Some(&before)).len(), 3);
+        assert_eq!(changed_registries(Some(&before), None).len(), 3);
     }
 }

@@ -5,6 +5,7 @@
 //! and the status computation) are kept apart from the parts that talk to the
 //! cluster, so most behaviour is tested without one.
 
+pub mod api_requests;
 pub(crate) mod apply;
 pub mod auth;
 pub(crate) mod certificates;

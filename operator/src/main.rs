@@ -274,7 +274,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let server = tokio::spawn(axum::serve(listener, http::router(health.clone())).into_future());
 
-    let client = Client::try_default()
+    let client = berth_operator::api_requests::counted_client(health.metrics.clone())
         .await
         .context("connecting to the Kubernetes API")?;
     let (stop_tx, stop_rx) = watch::channel(false);

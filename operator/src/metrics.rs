@@ -18,8 +18,16 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// One series per (verb, resource) the operator sends to the apiserver.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub verb: String,
+    pub resource: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    api_requests: Family<RequestLabels, Counter>,
     reconciles: Counter,
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
@@ -33,6 +41,12 @@ impl Default for Metrics {
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let leader = Gauge::default();
+        let api_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "apiserver_requests",
+            "Requests sent to the apiserver, by verb (get, list, watch, create, update, patch, delete) and resource",
+            api_requests.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles of Registry objects",
@@ -55,6 +69,7 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            api_requests,
             reconciles,
             failures,
             duration,
@@ -73,6 +88,15 @@ impl Metrics {
         self.failures
             .get_or_create(&ErrorLabels {
                 error: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn api_request(&self, kind: &crate::api_requests::RequestKind) {
+        self.api_requests
+            .get_or_create(&RequestLabels {
+                verb: kind.verb.to_owned(),
+                resource: kind.resource.clone(),
             })
             .inc();
     }
@@ -99,6 +123,10 @@ mod tests {
         metrics.reconciled(Duration::from_millis(30));
         metrics.failed("Kube");
         metrics.set_leader(true);
+        metrics.api_request(&crate::api_requests::RequestKind {
+            verb: "patch",
+            resource: "deployments".into(),
+        });
         let text = metrics.encode().expect("encode");
         assert!(text.contains("berth_operator_reconciles_total 1"), "{text}");
         assert!(
@@ -106,6 +134,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("berth_operator_leader 1"), "{text}");
+        assert!(
+            text.contains(
+                "berth_operator_apiserver_requests_total{verb=\"patch\",resource=\"deployments\"} 1"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("berth_operator_reconcile_duration_seconds_count 1"),
             "{text}"
