@@ -101,7 +101,9 @@ pub fn up_to_date(live: &ObjectMeta, hash: &str) -> bool {
         manager != FIELD_MANAGER
             && !CLUSTER_MANAGERS.contains(&manager)
             && f.subresource.as_deref() != Some("status")
-            && f.time.as_ref().is_some_and(|t| t.0 > ours)
+            // managedFields times have whole seconds: an edit in the same
+            // second as berth's apply may be after it, so it counts.
+            && f.time.as_ref().is_some_and(|t| t.0 >= ours)
     })
 }
 
@@ -189,8 +191,13 @@ where
         + Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
+    // Under berth's own manager, so the repair is not taken for a hand
+    // edit by `up_to_date`.
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch(name, &params, &Patch::Merge(patch)).await
 }
 
 /// Server-side apply a dynamic object (a kind the operator has no Rust type
@@ -334,6 +341,15 @@ mod tests {
         let (meta, hash) = live(
             &config_map("one"),
             vec![entry("kubectl-edit", None, "2026-11-30T12:05:00Z")],
+        );
+        assert!(!up_to_date(&meta, &hash));
+    }
+
+    #[test]
+    fn a_hand_edit_in_the_same_second_as_berths_apply_is_repaired() {
+        let (meta, hash) = live(
+            &config_map("one"),
+            vec![entry("kubectl-edit", None, "2026-11-30T12:00:00Z")],
         );
         assert!(!up_to_date(&meta, &hash));
     }
