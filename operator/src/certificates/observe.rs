@@ -132,6 +132,10 @@ pub(crate) struct CertManagerView {
     /// The issuer in `tls.issuerRef`; read only while the Certificate is not
     /// Ready.
     pub issuer: IssuerView,
+    /// The names the Certificate asks for (`dnsNames` then `ipAddresses`),
+    /// as last applied: when the Registry wants others, cert-manager has
+    /// not been asked for them yet, whatever its Ready says.
+    pub requested: Vec<String>,
 }
 
 impl CertManagerView {
@@ -175,8 +179,19 @@ impl CertManagerView {
             ready,
             current: generation.is_some() && observed == generation,
             issuer: IssuerView::Unchecked,
+            requested: requested_names(&certificate.data),
         }
     }
+}
+
+/// `spec.dnsNames` then `spec.ipAddresses` of a Certificate (or of the one
+/// the operator is about to apply).
+pub(crate) fn requested_names(data: &Value) -> Vec<String> {
+    ["dnsNames", "ipAddresses"]
+        .iter()
+        .flat_map(|k| data["spec"][*k].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// `status.conditions[type=Ready]` of a cert-manager object.

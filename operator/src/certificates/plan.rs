@@ -197,7 +197,17 @@ pub(crate) fn plan(
                 plan.wake_at = now.checked_add(CERT_MANAGER_POLL).ok();
                 plan
             };
-            let ready = cert_manager.as_ref().is_some_and(CertManagerView::is_ready);
+            let desired = certificate::certificate(registry, names, cert_names);
+            // Ready counts only for the names the Registry wants now: right
+            // after a name is added, the Certificate read before this
+            // reconcile applies the new one is still Ready for the old names.
+            let asked = desired
+                .as_ref()
+                .map(|d| super::observe::requested_names(&d.data))
+                .unwrap_or_default();
+            let ready = cert_manager
+                .as_ref()
+                .is_some_and(|v| v.is_ready() && v.requested == asked);
             let mut plan = match secret {
                 None => awaiting(String::new()),
                 // While cert-manager works on the current spec, a Secret
@@ -220,7 +230,7 @@ pub(crate) fn plan(
                     now,
                 ),
             };
-            plan.certificate = certificate::certificate(registry, names, cert_names);
+            plan.certificate = desired;
             Ok(plan)
         }
     }
@@ -1323,9 +1333,13 @@ mod tests {
         }
     }
 
-    /// What cert-manager reports once the Secret matches the current spec.
-    fn ready_view() -> CertManagerView {
+    /// What cert-manager reports once the Secret matches the current spec
+    /// of `registry`'s Certificate (with `names`).
+    fn ready_view(registry: &Registry, names: &[String]) -> CertManagerView {
+        let desired =
+            certificate::certificate(registry, &fixtures::names(), names).expect("a Certificate");
         CertManagerView {
+            requested: crate::certificates::observe::requested_names(&desired.data),
             ready: Some(condition(
                 "True",
                 "Ready",
@@ -1346,6 +1360,7 @@ mod tests {
             )),
             current: true,
             issuer,
+            requested: Vec::new(),
         }
     }
 
@@ -1410,7 +1425,7 @@ mod tests {
         let observed = Observed::CertManager {
             installed: true,
             secret: Some(secret),
-            cert_manager: Some(ready_view()),
+            cert_manager: Some(ready_view(&registry, &names)),
         };
         let plan = plan_served(&registry, &observed, &names);
         assert_eq!(issued(&plan).2, info(&ca.cert_pem).fingerprint);
@@ -1426,7 +1441,7 @@ mod tests {
         let observed = Observed::CertManager {
             installed: true,
             secret: Some(user_secret(&[("tls.crt", "x"), ("tls.key", "y")])),
-            cert_manager: Some(ready_view()),
+            cert_manager: Some(ready_view(&registry, &names)),
         };
         let plan = plan_served(&registry, &observed, &names);
         assert_eq!(failed(&plan).0, "CertificateInvalid");
@@ -1465,10 +1480,37 @@ mod tests {
         let observed = Observed::CertManager {
             installed: true,
             secret: Some(secret),
-            cert_manager: Some(ready_view()),
+            cert_manager: Some(ready_view(&registry, &names)),
         };
         let plan = plan_served(&registry, &observed, &names);
         assert_eq!(failed(&plan).0, "CertificateInvalid");
+    }
+
+    #[test]
+    fn a_name_added_is_awaited_even_while_the_old_certificate_is_still_ready() {
+        // The Certificate was read before this reconcile applies the new
+        // names: cert-manager still calls it Ready, for the old ones.
+        let before = cert_manager_registry();
+        let old_names = cert_names(&before.spec, CLUSTER_IP);
+        let ca = ca_at(ago(10));
+        let pair = leaf(&ca, &old_names, ago(10));
+        let mut secret = user_secret(&[
+            ("tls.crt", &pair.cert_pem),
+            ("tls.key", &pair.key_pem),
+            ("ca.crt", &ca.cert_pem),
+        ]);
+        secret.name = "hub-tls".into();
+        let mut registry = before.clone();
+        registry.spec.tls.extra_names = vec!["extra.example.test".into()];
+        let names = cert_names(&registry.spec, CLUSTER_IP);
+        let observed = Observed::CertManager {
+            installed: true,
+            secret: Some(secret),
+            cert_manager: Some(ready_view(&before, &old_names)),
+        };
+        let plan = plan_served(&registry, &observed, &names);
+        assert_eq!(pending_reason(&plan), "AwaitingCertManager");
+        assert!(plan.certificate.is_some());
     }
 
     #[test]
@@ -1530,6 +1572,7 @@ mod tests {
                 )),
                 current: true,
                 issuer: IssuerView::Ready,
+                requested: Vec::new(),
             }),
         };
         let plan = plan_served(&registry, &observed, &names);
