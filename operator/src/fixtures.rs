@@ -2,7 +2,7 @@
 //! them (uid, generation, namespace set), so builders and status logic are
 //! tested on realistic input.
 
-use crate::crd::{Registry, RegistrySpec};
+use crate::crd::{Mirror, Registry, RegistrySpec};
 use crate::names::Names;
 
 pub const NAME: &str = "hub";
@@ -28,4 +28,17 @@ pub fn registry_with(edit: impl FnOnce(&mut RegistrySpec)) -> Registry {
 
 pub fn names() -> Names {
     Names::new(NAME, NAMESPACE, CLUSTER_DOMAIN)
+}
+
+/// A mirror of `prefix` at `url` with every option unset.
+pub fn mirror(prefix: &str, url: &str) -> Mirror {
+    Mirror {
+        prefix: prefix.into(),
+        url: url.into(),
+        credentials_secret: None,
+        repositories: Vec::new(),
+        tag_freshness: None,
+        ca_secret: None,
+        max_age: None,
+    }
 }

@@ -195,15 +195,7 @@ mod tests {
 
     #[test]
     fn mirror_prefixes_join_anonymous_pull_because_nodes_send_no_credentials_to_a_mirror() {
-        let mirror = |prefix: &str| crate::crd::Mirror {
-            prefix: prefix.into(),
-            url: format!("https://{prefix}"),
-            credentials_secret: None,
-            repositories: Vec::new(),
-            tag_freshness: None,
-            ca_secret: None,
-            max_age: None,
-        };
+        let mirror = |prefix: &str| fixtures::mirror(prefix, &format!("https://{prefix}"));
         let r = fixtures::registry_with(|s| {
             s.auth.anonymous_pull = vec!["public/*".into(), "ghcr.io/*".into()];
             s.mirrors = vec![mirror("docker.io"), mirror("ghcr.io")];

@@ -602,18 +602,6 @@ mod tests {
         assert!(plan.registries[0].errors[0].contains("has not published status.nodeTrust"));
     }
 
-    fn mirror(prefix: &str, url: &str) -> crate::crd::Mirror {
-        crate::crd::Mirror {
-            prefix: prefix.into(),
-            url: url.into(),
-            credentials_secret: None,
-            repositories: Vec::new(),
-            tag_freshness: None,
-            ca_secret: None,
-            max_age: None,
-        }
-    }
-
     fn mirrored(name: &str, uid: &str, host: &str, mirrors: Vec<crate::crd::Mirror>) -> Registry {
         let mut r = registry(name, uid, published(&[host], ca()));
         r.spec.mirrors = mirrors;
@@ -627,8 +615,8 @@ mod tests {
             "u1",
             "hub.team.svc.cluster.local",
             vec![
-                mirror("docker.io", "https://registry-1.docker.io"),
-                mirror("ghcr.io", "https://ghcr.io"),
+                fixtures::mirror("docker.io", "https://registry-1.docker.io"),
+                fixtures::mirror("ghcr.io", "https://ghcr.io"),
             ],
         );
         let plan = plan(&[hub], None, &layout());
@@ -678,7 +666,10 @@ mod tests {
             "hub",
             "u1",
             "hub.team",
-            vec![mirror("docker.io", "https://registry-1.docker.io")],
+            vec![fixtures::mirror(
+                "docker.io",
+                "https://registry-1.docker.io",
+            )],
         );
         let plan_docker = plan(std::slice::from_ref(&hub), None, &docker_only);
         assert!(plan_docker.dirs.iter().all(|d| d.dir == "hub.team"));
@@ -694,14 +685,17 @@ mod tests {
             "a-young",
             "u1",
             "young.team",
-            vec![mirror("docker.io", "https://registry-1.docker.io")],
+            vec![fixtures::mirror(
+                "docker.io",
+                "https://registry-1.docker.io",
+            )],
         );
         young.metadata.creation_timestamp = Some(Time("2026-11-24T12:00:00Z".parse().expect("ts")));
         let mut old = mirrored(
             "z-old",
             "u2",
             "old.team",
-            vec![mirror("docker.io", "https://mirror.example")],
+            vec![fixtures::mirror("docker.io", "https://mirror.example")],
         );
         old.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().expect("ts")));
         let plan = plan(&[young, old], None, &layout());
@@ -733,10 +727,10 @@ mod tests {
             "u1",
             "hub.team",
             vec![
-                mirror("../etc", "https://x.example"),
-                mirror("quay.io:443", "https://quay.io"),
-                mirror("evil.io", "https://evil.io\"\n[host.\"x\"]"),
-                mirror("ghcr.io", "https://ghcr.io"),
+                fixtures::mirror("../etc", "https://x.example"),
+                fixtures::mirror("quay.io:443", "https://quay.io"),
+                fixtures::mirror("evil.io", "https://evil.io\"\n[host.\"x\"]"),
+                fixtures::mirror("ghcr.io", "https://ghcr.io"),
             ],
         );
         let plan = plan(&[hub], None, &layout());
@@ -760,7 +754,10 @@ mod tests {
             "a-young",
             "u1",
             "shared.example",
-            vec![mirror("docker.io", "https://registry-1.docker.io")],
+            vec![fixtures::mirror(
+                "docker.io",
+                "https://registry-1.docker.io",
+            )],
         );
         young.metadata.creation_timestamp = Some(Time("2026-11-24T12:00:00Z".parse().expect("ts")));
         let mut old = registry("z-old", "u2", published(&["shared.example"], ca()));

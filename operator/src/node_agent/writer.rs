@@ -523,15 +523,7 @@ mod tests {
         // Someone else's mirror of quay.io: never overwritten.
         fs::create_dir_all(certs.join("quay.io")).expect("mk");
         fs::write(certs.join("quay.io/hosts.toml"), "server = \"x\"\n").expect("w");
-        let mirror = |prefix: &str| crate::crd::Mirror {
-            prefix: prefix.into(),
-            url: format!("https://{prefix}"),
-            credentials_secret: None,
-            repositories: Vec::new(),
-            tag_freshness: None,
-            ca_secret: None,
-            max_age: None,
-        };
+        let mirror = |prefix: &str| fixtures::mirror(prefix, &format!("https://{prefix}"));
         let mut hub = registry("hub", "u1", &["hub.team"], &ca("one"));
         hub.spec.mirrors = vec![mirror("docker.io"), mirror("quay.io")];
         let outcome = run(&layout, &[hub.clone()]);
