@@ -70,6 +70,7 @@ fn sync_base(base: &Base, dirs: &[&DirPlan], outcome: &mut SyncOutcome) {
     let wanted: BTreeMap<&str, &DirPlan> = dirs.iter().map(|d| (d.dir.as_str(), *d)).collect();
     let (managed, problems) = scan(base);
     outcome.warnings.extend(problems);
+    clear_staging(base, outcome);
 
     for (dir, marker) in &managed {
         let keep = wanted
@@ -129,6 +130,9 @@ fn scan(base: &Base) -> (BTreeMap<String, Marker>, Vec<String>) {
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
+        if is_staging_name(&name) {
+            continue;
+        }
         // file_type() does not follow symlinks.
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
@@ -153,6 +157,21 @@ fn scan(base: &Base) -> (BTreeMap<String, Marker>, Vec<String>) {
     (managed, problems)
 }
 
+/// Staging directories a killed agent left in `base`.
+fn clear_staging(base: &Base, outcome: &mut SyncOutcome) {
+    let Ok(entries) = fs::read_dir(&base.local_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_staging = entry.file_name().to_str().is_some_and(is_staging_name);
+        if is_staging && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Err(e) = remove_staging(&entry.path()) {
+                outcome.warnings.push(e.to_string());
+            }
+        }
+    }
+}
+
 /// `dir` as one plain path component, or an error (the planner checks host
 /// names already; this is the writer refusing to trust that).
 fn component(base: &Base, dir: &str) -> crate::Result<PathBuf> {
@@ -175,13 +194,7 @@ fn write_dir(base: &Base, plan: &DirPlan, previous: Option<&Marker>) -> crate::R
                 "{where_} exists and is not a directory; left alone"
             )));
         }
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&path)
-                .map_err(|e| io_error("cannot create", &where_, &e))?;
-        }
+        Err(e) if e.kind() == ErrorKind::NotFound => return create_dir(base, plan, &path),
         Err(e) => return Err(io_error("cannot inspect", &where_, &e)),
     }
 
@@ -238,6 +251,78 @@ fn write_dir(base: &Base, plan: &DirPlan, previous: Option<&Marker>) -> crate::R
     // those of the files it looks at).
     let _ = fs::remove_file(path.join(temp_name(MARKER)));
     Ok(())
+}
+
+/// A new directory is filled under a staging name and renamed into place
+/// whole, so an agent killed half way never leaves a directory without its
+/// marker (one it would no longer recognise as its own, and never remove).
+fn create_dir(base: &Base, plan: &DirPlan, path: &Path) -> crate::Result<()> {
+    let where_ = shown(base, &plan.dir);
+    let staging = base.local_dir.join(staging_name(&plan.dir));
+    remove_staging(&staging)?;
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&staging)
+        .map_err(|e| io_error("cannot create", &where_, &e))?;
+    let filled = write_file(
+        &staging,
+        MARKER,
+        &Marker::new(plan.owner.clone(), plan.files.keys().cloned()).render(),
+    )
+    .and_then(|()| {
+        plan.files
+            .iter()
+            .try_for_each(|(name, contents)| write_file(&staging, name, contents))
+    })
+    .and_then(|()| fs::rename(&staging, path).map_err(|e| io_error("cannot create", &where_, &e)));
+    if let Err(e) = filled {
+        let _ = remove_staging(&staging);
+        return Err(crate::Error::Host(format!("{where_}: {e}")));
+    }
+    if let Ok(d) = fs::File::open(&base.local_dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The name a new directory is filled under. Host names never start with
+/// a dot, so it cannot be a planned directory.
+fn staging_name(dir: &str) -> String {
+    format!(".{dir}.berth-tmp")
+}
+
+fn is_staging_name(name: &str) -> bool {
+    name.len() > ".berth-tmp".len() && name.starts_with('.') && name.ends_with(".berth-tmp")
+}
+
+/// Remove a staging directory a killed agent left: only the agent's own
+/// file names (and their temp files) in it, then the directory itself.
+/// Anything else in it keeps it, untouched.
+fn remove_staging(staging: &Path) -> crate::Result<()> {
+    match fs::symlink_metadata(staging) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(crate::Error::Host(format!(
+                "{} is not a directory; left alone",
+                staging.display()
+            )));
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(io_error(
+                "cannot inspect",
+                &staging.display().to_string(),
+                &e,
+            ));
+        }
+    }
+    for name in FILE_NAMES.iter().copied().chain([MARKER]) {
+        remove_file(&staging.join(name))?;
+        let _ = fs::remove_file(staging.join(temp_name(name)));
+    }
+    fs::remove_dir(staging)
+        .map_err(|e| io_error("cannot remove", &staging.display().to_string(), &e))
 }
 
 /// Write `contents` to `dir/name` through a temporary file and a rename,
@@ -593,6 +678,49 @@ mod tests {
         let outcome = run(&layout, &hub);
         assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
         assert_eq!(listing(&tmp.0), installed);
+    }
+
+    #[test]
+    fn a_new_directory_left_half_made_by_a_killed_agent_is_cleared() {
+        let tmp = Tmp::new("staging");
+        let layout = layout(&tmp);
+        let certs = tmp.0.join("root/etc/containerd/certs.d");
+        let bundle = ca("one");
+        let before = listing(&tmp.0.join("root/etc/containerd"));
+        // An agent killed while filling a new directory for an old host
+        // name: its staging directory holds a marker and half a ca.crt.
+        let staging = certs.join(staging_name("old.team"));
+        fs::create_dir_all(&staging).expect("mk");
+        fs::write(staging.join(MARKER), "{").expect("w");
+        fs::write(staging.join(temp_name(CA_CRT)), "half").expect("w");
+        // The host name changed while it was down.
+        let hub = [registry("hub", "u1", &["new.team"], &bundle)];
+        let outcome = run(&layout, &hub);
+        assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
+        assert!(!staging.exists(), "staging directory cleared");
+        assert!(!certs.join("old.team").exists());
+        assert!(certs.join("new.team/hosts.toml").is_file());
+        assert!(certs.join("new.team").join(MARKER).is_file());
+        run(&layout, &[]);
+        assert_eq!(listing(&tmp.0.join("root/etc/containerd")), before);
+    }
+
+    #[test]
+    fn a_staging_directory_holding_someone_elses_file_is_left_with_a_warning() {
+        let tmp = Tmp::new("staging-foreign");
+        let layout = layout(&tmp);
+        let staging = tmp
+            .0
+            .join("root/etc/containerd/certs.d")
+            .join(staging_name("x.team"));
+        fs::create_dir_all(&staging).expect("mk");
+        fs::write(staging.join("notes"), "mine").expect("w");
+        let outcome = run(&layout, &[]);
+        assert_eq!(outcome.warnings.len(), 1, "{outcome:?}");
+        assert_eq!(
+            fs::read_to_string(staging.join("notes")).expect("kept"),
+            "mine"
+        );
     }
 
     #[test]
