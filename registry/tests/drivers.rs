@@ -698,11 +698,14 @@ mod abandoned_multipart {
         let mut cut = None;
         for attempt in 0..20 {
             let (from, to) = (format!("up/{attempt}/data"), format!("blobs/{attempt}"));
-            let mut a = d.appender(&from).await.unwrap();
-            a.write(&super::pattern(20 * super::MIB + 7, attempt as u8))
-                .await
-                .unwrap();
-            a.finish().await.unwrap();
+            // Two requests' worth: two segments, assembled by a multipart
+            // upload (a lone segment would be copied server-side).
+            let data = super::pattern(20 * super::MIB + 7, attempt as u8);
+            for half in data.chunks(10 * super::MIB) {
+                let mut a = d.appender(&from).await.unwrap();
+                a.write(half).await.unwrap();
+                a.finish().await.unwrap();
+            }
             let committing = {
                 let d = d.clone();
                 tokio::spawn(async move { d.commit(&from, &to).await })
@@ -753,6 +756,143 @@ mod abandoned_multipart {
             .await;
         assert!(part.is_err(), "the abandoned upload is still open");
         assert_eq!(d.abort_abandoned_writes(later).await.unwrap(), 0);
+    }
+
+    /// A request's bytes stream into a multipart upload that becomes one
+    /// segment when the request ends. A process killed mid-request (no
+    /// drop, no finish) leaves parts nobody completes: nothing of them is
+    /// visible, and GC aborts the upload through its record.
+    async fn a_killed_streaming_append_is_invisible_and_aborted<S>(store: Arc<S>, prefix: &str)
+    where
+        S: object_store::ObjectStore + MultipartStore,
+    {
+        let driver = ObjectStoreDriver::new(store.clone(), prefix).with_multipart(store.clone());
+        let d: Arc<dyn Driver> = Arc::new(driver);
+        d.put(
+            "kill/data",
+            bytes::Bytes::from_static(b"abc"),
+            berth_registry::storage::driver::Durability::Scratch,
+        )
+        .await
+        .unwrap();
+        let mut a = d.appender("kill/data").await.unwrap();
+        a.write(&super::pattern(17 * super::MIB, 9)).await.unwrap();
+        // Killed: neither Drop nor finish runs.
+        std::mem::forget(a);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(d.get("kill/data").await.unwrap().unwrap(), "abc");
+        assert_eq!(d.list(MULTIPART_RECORDS).await.unwrap().len(), 1);
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        assert_eq!(d.abort_abandoned_writes(hour_ago).await.unwrap(), 0);
+        let later = SystemTime::now() + Duration::from_secs(5);
+        assert_eq!(d.abort_abandoned_writes(later).await.unwrap(), 1);
+        assert!(d.list(MULTIPART_RECORDS).await.unwrap().is_empty());
+        // The upload goes on from what was there.
+        let mut a = d.appender("kill/data").await.unwrap();
+        a.write(b"def").await.unwrap();
+        a.finish().await.unwrap();
+        assert_eq!(d.get("kill/data").await.unwrap().unwrap(), "abcdef");
+    }
+
+    /// One request of any size (here 3 parts) is one segment, committed
+    /// by a server-side copy: no multipart upload is left recorded, and
+    /// a dropped request's upload is aborted at once.
+    async fn a_streamed_request_is_one_segment<S>(store: Arc<S>, prefix: &str)
+    where
+        S: object_store::ObjectStore + MultipartStore,
+    {
+        let driver = ObjectStoreDriver::new(store.clone(), prefix).with_multipart(store.clone());
+        let d: Arc<dyn Driver> = Arc::new(driver);
+        d.put(
+            "one/data",
+            bytes::Bytes::new(),
+            berth_registry::storage::driver::Durability::Scratch,
+        )
+        .await
+        .unwrap();
+        let data = super::pattern(20 * super::MIB + 3, 7);
+        let mut a = d.appender("one/data").await.unwrap();
+        for piece in data.chunks(super::MIB + 1) {
+            a.write(piece).await.unwrap();
+        }
+        a.finish().await.unwrap();
+        assert!(d.list(MULTIPART_RECORDS).await.unwrap().is_empty());
+        let segments = store
+            .list_with_delimiter(Some(&Path::from(
+                format!("{prefix}/one/.data.segments").trim_start_matches('/'),
+            )))
+            .await
+            .unwrap();
+        assert_eq!(segments.objects.len(), 1, "{:?}", segments.objects);
+        assert_eq!(segments.objects[0].size, data.len() as u64);
+        d.commit("one/data", "blobs/one").await.unwrap();
+        assert!(super::read(&d, "blobs/one", 0..data.len() as u64).await == data);
+        // Dropped mid-request: aborted, its record removed.
+        d.put(
+            "drop/data",
+            bytes::Bytes::new(),
+            berth_registry::storage::driver::Durability::Scratch,
+        )
+        .await
+        .unwrap();
+        let mut a = d.appender("drop/data").await.unwrap();
+        a.write(&data).await.unwrap();
+        drop(a);
+        let mut waited = 0;
+        while !d.list(MULTIPART_RECORDS).await.unwrap().is_empty() && waited < 100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        assert!(d.list(MULTIPART_RECORDS).await.unwrap().is_empty());
+        assert_eq!(d.size("drop/data").await.unwrap(), Some(0));
+    }
+
+    fn s3_store() -> Option<(object_store::aws::AmazonS3, String)> {
+        let config = super::s3_config()?;
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(&config.bucket)
+            .with_endpoint(config.endpoint.clone().unwrap())
+            .with_allow_http(true)
+            .with_region(
+                config
+                    .region
+                    .clone()
+                    .unwrap_or_else(|| "us-east-1".to_owned()),
+            )
+            .build()
+            .unwrap();
+        Some((store, config.prefix))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_streaming_memory() {
+        a_killed_streaming_append_is_invisible_and_aborted(
+            Arc::new(object_store::memory::InMemory::new()),
+            "",
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_streaming_s3() {
+        let Some((store, prefix)) = s3_store() else {
+            return;
+        };
+        a_killed_streaming_append_is_invisible_and_aborted(Arc::new(store), &prefix).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_segment_memory() {
+        a_streamed_request_is_one_segment(Arc::new(object_store::memory::InMemory::new()), "")
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_segment_s3() {
+        let Some((store, prefix)) = s3_store() else {
+            return;
+        };
+        a_streamed_request_is_one_segment(Arc::new(store), &format!("{prefix}/one-segment")).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -709,6 +709,7 @@ impl Driver for ObjectStoreDriver {
             last_write: std::time::Instant::now(),
             written: Vec::new(),
             pending: None,
+            streaming: None,
         }))
     }
 
@@ -807,21 +808,54 @@ struct ObjectAppender {
     last_write: std::time::Instant,
     /// Segments this appender wrote (or is writing): removed by `abort`.
     written: Vec<Path>,
-    pending: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    /// The write in flight: a segment (`None`) or a part of `streaming`.
+    pending: Option<tokio::task::JoinHandle<io::Result<Option<PartId>>>>,
+    /// The segment being streamed as a multipart upload, if any.
+    streaming: Option<Streaming>,
 }
+
+/// A segment written as one multipart upload, part by part while a request
+/// streams in: a push of any size becomes one segment object, which
+/// [`Driver::commit`] copies server-side instead of reading it back. It
+/// appears only once completed, so readers see a segment whole or not at
+/// all; it is completed at the latest [`FLUSH_EVERY`] after it began (its
+/// time is the session's activity) or at [`MAX_STREAMED`] bytes.
+struct Streaming {
+    multipart: Arc<dyn MultipartStore>,
+    path: Path,
+    id: MultipartId,
+    /// `_multipart/<uuid>`: lets GC abort it if this process dies.
+    record: Path,
+    parts: Vec<PartId>,
+    /// Bytes handed to parts so far.
+    bytes: u64,
+    began: std::time::Instant,
+}
+
+/// The most one streamed segment holds: S3's CopyObject, which publishes a
+/// lone segment, takes objects up to 5 GiB.
+const MAX_STREAMED: u64 = 4 << 30;
 
 impl ObjectAppender {
     async fn settle(&mut self) -> io::Result<()> {
         if let Some(write) = self.pending.take() {
-            write.await.map_err(io::Error::other)??;
+            let part = write.await.map_err(io::Error::other)??;
+            if let (Some(part), Some(streaming)) = (part, self.streaming.as_mut()) {
+                streaming.parts.push(part);
+            }
         }
         Ok(())
     }
 
-    /// Starts writing the buffer as a segment, after the one in flight.
-    async fn drain(&mut self) -> io::Result<()> {
+    /// Starts writing the buffer, after the write in flight: as the next
+    /// part of the streamed segment, or as a segment of its own. `last`:
+    /// nothing more comes, so a streamed segment is completed.
+    async fn drain(&mut self, last: bool) -> io::Result<()> {
         self.settle().await?;
         if self.buf.is_empty() {
+            if last {
+                self.complete_streaming().await?;
+            }
             return Ok(());
         }
         if let Some(len) = self.whole
@@ -842,25 +876,138 @@ impl ObjectAppender {
         let data = std::mem::take(&mut self.buf);
         self.last_write = std::time::Instant::now();
         let start = self.offset - data.len() as u64;
-        let path = self.driver.segment_path(&self.key, start)?;
-        self.written.push(path.clone());
-        let store = self.driver.store.clone();
+        // Only S3's last part may be under its minimum.
+        let small = (data.len() as u64) < MIN_PART;
+        if self.streaming.is_none()
+            && !small
+            && !last
+            && let Some(multipart) = self.driver.multipart.clone()
+        {
+            self.begin_streaming(multipart, start).await?;
+        }
+        let Some(streaming) = self.streaming.as_mut() else {
+            let path = self.driver.segment_path(&self.key, start)?;
+            self.written.push(path.clone());
+            let store = self.driver.store.clone();
+            self.pending = Some(tokio::spawn(async move {
+                store
+                    .put(&path, PutPayload::from(data))
+                    .await
+                    .map(|_| None)
+                    .map_err(io_err)
+            }));
+            return Ok(());
+        };
+        streaming.bytes += data.len() as u64;
+        let index = streaming.parts.len();
+        let (multipart, path, id) = (
+            streaming.multipart.clone(),
+            streaming.path.clone(),
+            streaming.id.clone(),
+        );
+        let full = streaming.bytes >= MAX_STREAMED || streaming.began.elapsed() >= FLUSH_EVERY;
         self.pending = Some(tokio::spawn(async move {
-            store
-                .put(&path, PutPayload::from(data))
+            multipart
+                .put_part(&path, &id, index, PutPayload::from(data))
                 .await
-                .map(drop)
+                .map(Some)
                 .map_err(io_err)
         }));
+        if last || small || full {
+            self.settle().await?;
+            self.complete_streaming().await?;
+        }
         Ok(())
     }
 
-    /// Removes the segments this appender wrote.
+    /// Opens a multipart upload for the segment at `start`, recorded first.
+    async fn begin_streaming(
+        &mut self,
+        multipart: Arc<dyn MultipartStore>,
+        start: u64,
+    ) -> io::Result<()> {
+        let path = self.driver.segment_path(&self.key, start)?;
+        let id = multipart.create_multipart(&path).await.map_err(io_err)?;
+        let record = self.driver.path(&format!(
+            "{MULTIPART_RECORDS}/{}",
+            uuid::Uuid::new_v4().simple()
+        ))?;
+        if let Err(e) = self
+            .driver
+            .store
+            .put(&record, PutPayload::from(format!("{path}\n{id}")))
+            .await
+        {
+            let _ = multipart.abort_multipart(&path, &id).await;
+            return Err(io_err(e));
+        }
+        self.streaming = Some(Streaming {
+            multipart,
+            path,
+            id,
+            record,
+            parts: Vec::new(),
+            bytes: 0,
+            began: std::time::Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Completes the streamed segment (its parts are all settled), which
+    /// makes it a segment like any other.
+    async fn complete_streaming(&mut self) -> io::Result<()> {
+        let Some(streaming) = self.streaming.take() else {
+            return Ok(());
+        };
+        self.written.push(streaming.path.clone());
+        let completed = streaming
+            .multipart
+            .complete_multipart(&streaming.path, &streaming.id, streaming.parts.clone())
+            .await
+            .map(drop)
+            .map_err(io_err);
+        if completed.is_err()
+            && let Err(e) = streaming
+                .multipart
+                .abort_multipart(&streaming.path, &streaming.id)
+                .await
+        {
+            tracing::warn!(error = %e, "could not abort a multipart upload; GC aborts it later");
+        }
+        forget_record(&self.driver.store, &streaming.record).await;
+        completed
+    }
+
+    /// Removes the segments this appender wrote, and aborts the one being
+    /// streamed.
     async fn undo(&mut self) -> io::Result<()> {
         self.buf.clear();
         let _ = self.settle().await;
+        if let Some(streaming) = self.streaming.take() {
+            streaming.abort(&self.driver.store).await;
+        }
         let written = std::mem::take(&mut self.written);
         self.driver.delete_paths(written).await
+    }
+}
+
+impl Streaming {
+    async fn abort(self, store: &Arc<dyn ObjectStore>) {
+        match self.multipart.abort_multipart(&self.path, &self.id).await {
+            Ok(()) => forget_record(store, &self.record).await,
+            // The record stays: GC tries again.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not abort a multipart upload; GC aborts it later");
+            }
+        }
+    }
+}
+
+async fn forget_record(store: &Arc<dyn ObjectStore>, record: &Path) {
+    if let Err(e) = store.delete(record).await
+        && !is_not_found(&e)
+    {
+        tracing::warn!(error = %e, "could not remove a multipart upload's record");
     }
 }
 
@@ -870,6 +1017,14 @@ impl Drop for ObjectAppender {
         // not sent; one already sent lands as the next contiguous segment.
         if let Some(write) = self.pending.take() {
             write.abort();
+        }
+        // A segment being streamed never appears: its upload is aborted
+        // (or, if this cannot run, by GC through its record).
+        if let Some(streaming) = self.streaming.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let store = self.driver.store.clone();
+            runtime.spawn(async move { streaming.abort(&store).await });
         }
         super::buffer_budget::release(self.reserved);
     }
@@ -894,14 +1049,14 @@ impl Appender for ObjectAppender {
             self.offset += take as u64;
             data = &data[take..];
             if self.buf.len() >= self.segment || self.last_write.elapsed() >= FLUSH_EVERY {
-                self.drain().await?;
+                self.drain(false).await?;
             }
         }
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> io::Result<()> {
-        let flushed = match self.drain().await {
+        let flushed = match self.drain(true).await {
             Ok(()) => self.settle().await,
             Err(e) => Err(e),
         };
