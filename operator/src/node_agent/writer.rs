@@ -164,10 +164,11 @@ fn clear_staging(base: &Base, outcome: &mut SyncOutcome) {
     };
     for entry in entries.flatten() {
         let is_staging = entry.file_name().to_str().is_some_and(is_staging_name);
-        if is_staging && entry.file_type().is_ok_and(|t| t.is_dir()) {
-            if let Err(e) = remove_staging(&entry.path()) {
-                outcome.warnings.push(e.to_string());
-            }
+        if is_staging
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+            && let Err(e) = remove_staging(&entry.path())
+        {
+            outcome.warnings.push(e.to_string());
         }
     }
 }

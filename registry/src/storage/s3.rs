@@ -13,14 +13,17 @@
 //!
 //! A whole object, when present, is authoritative (segments beside it are
 //! left over from an appender that never finished); otherwise the object is
-//! the contiguous run of segments from offset 0. An appender buffers at most
-//! [`SEGMENT`] bytes before writing a segment, and the first append to a
-//! whole object takes effect when `finish` deletes that whole object: an
-//! object always reads as it was before a failed or abandoned append, or
-//! with a correct prefix of it. Segments live in the bucket, so another
-//! registry process sharing it resumes an upload where this one stopped.
-//! [`Driver::commit`] of a segmented object streams its segments, in order,
-//! into one multipart upload (or copies a lone segment server-side).
+//! the contiguous run of segments from offset 0. An appender (one request's
+//! bytes) streams them, [`SEGMENT`] bytes at a time, as the parts of one
+//! multipart upload that is completed into one segment when the request
+//! ends (a request under S3's part minimum is one plain put). The first
+//! append to a whole object takes effect when `finish` deletes that whole
+//! object: an object always reads as it was before a failed or abandoned
+//! append, or with a correct prefix of it. Segments live in the bucket, so
+//! another registry process sharing it resumes an upload where this one
+//! stopped. [`Driver::commit`] copies a lone segment server-side (a push in
+//! one request: no byte passes through this process again), and streams
+//! several, in order, into one multipart upload.
 //!
 //! Names starting with `.` cannot be repository components, tags or
 //! digests, so segment directories never collide with the registry's keys.
@@ -689,8 +692,8 @@ impl Driver for ObjectStoreDriver {
                 }
             }
         };
-        // Two full-size buffers: one filling, one being written.
-        let reserved = super::buffer_budget::reserve(2 * SEGMENT);
+        // Three full-size buffers: one filling, two being written.
+        let reserved = super::buffer_budget::reserve(3 * SEGMENT);
         let segment = if reserved > 0 {
             SEGMENT
         } else {
@@ -708,7 +711,8 @@ impl Driver for ObjectStoreDriver {
             buf: Vec::new(),
             last_write: std::time::Instant::now(),
             written: Vec::new(),
-            pending: None,
+            pending: std::collections::VecDeque::new(),
+            max_in_flight: if reserved > 0 { 2 } else { 1 },
             streaming: None,
         }))
     }
@@ -808,8 +812,11 @@ struct ObjectAppender {
     last_write: std::time::Instant,
     /// Segments this appender wrote (or is writing): removed by `abort`.
     written: Vec<Path>,
-    /// The write in flight: a segment (`None`) or a part of `streaming`.
-    pending: Option<tokio::task::JoinHandle<io::Result<Option<PartId>>>>,
+    /// Writes in flight, oldest first: segments (`None`) or parts of
+    /// `streaming`.
+    pending: std::collections::VecDeque<tokio::task::JoinHandle<io::Result<Option<PartId>>>>,
+    /// How many writes may be in flight while the next buffer fills.
+    max_in_flight: usize,
     /// The segment being streamed as a multipart upload, if any.
     streaming: Option<Streaming>,
 }
@@ -826,7 +833,10 @@ struct Streaming {
     id: MultipartId,
     /// `_multipart/<uuid>`: lets GC abort it if this process dies.
     record: Path,
+    /// Parts written, in order.
     parts: Vec<PartId>,
+    /// The index of the next part.
+    next: usize,
     /// Bytes handed to parts so far.
     bytes: u64,
     began: std::time::Instant,
@@ -837,8 +847,17 @@ struct Streaming {
 const MAX_STREAMED: u64 = 4 << 30;
 
 impl ObjectAppender {
+    /// Waits for every write in flight.
     async fn settle(&mut self) -> io::Result<()> {
-        if let Some(write) = self.pending.take() {
+        self.settle_to(0).await
+    }
+
+    /// Waits for the oldest writes until at most `left` are in flight.
+    async fn settle_to(&mut self, left: usize) -> io::Result<()> {
+        while self.pending.len() > left {
+            let Some(write) = self.pending.pop_front() else {
+                break;
+            };
             let part = write.await.map_err(io::Error::other)??;
             if let (Some(part), Some(streaming)) = (part, self.streaming.as_mut()) {
                 streaming.parts.push(part);
@@ -851,9 +870,10 @@ impl ObjectAppender {
     /// part of the streamed segment, or as a segment of its own. `last`:
     /// nothing more comes, so a streamed segment is completed.
     async fn drain(&mut self, last: bool) -> io::Result<()> {
-        self.settle().await?;
+        self.settle_to(self.max_in_flight - 1).await?;
         if self.buf.is_empty() {
             if last {
+                self.settle().await?;
                 self.complete_streaming().await?;
             }
             return Ok(());
@@ -889,7 +909,7 @@ impl ObjectAppender {
             let path = self.driver.segment_path(&self.key, start)?;
             self.written.push(path.clone());
             let store = self.driver.store.clone();
-            self.pending = Some(tokio::spawn(async move {
+            self.pending.push_back(tokio::spawn(async move {
                 store
                     .put(&path, PutPayload::from(data))
                     .await
@@ -899,14 +919,15 @@ impl ObjectAppender {
             return Ok(());
         };
         streaming.bytes += data.len() as u64;
-        let index = streaming.parts.len();
+        let index = streaming.next;
+        streaming.next += 1;
         let (multipart, path, id) = (
             streaming.multipart.clone(),
             streaming.path.clone(),
             streaming.id.clone(),
         );
         let full = streaming.bytes >= MAX_STREAMED || streaming.began.elapsed() >= FLUSH_EVERY;
-        self.pending = Some(tokio::spawn(async move {
+        self.pending.push_back(tokio::spawn(async move {
             multipart
                 .put_part(&path, &id, index, PutPayload::from(data))
                 .await
@@ -947,6 +968,7 @@ impl ObjectAppender {
             id,
             record,
             parts: Vec::new(),
+            next: 0,
             bytes: 0,
             began: std::time::Instant::now(),
         });
@@ -1015,7 +1037,7 @@ impl Drop for ObjectAppender {
     fn drop(&mut self) {
         // Cut off (the request dropped): a segment write not yet sent is
         // not sent; one already sent lands as the next contiguous segment.
-        if let Some(write) = self.pending.take() {
+        for write in self.pending.drain(..) {
             write.abort();
         }
         // A segment being streamed never appears: its upload is aborted
