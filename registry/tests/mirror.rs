@@ -892,7 +892,11 @@ async fn the_age_cap_counts_pulls_served_from_the_cache_not_only_upstream_re_che
     mirror
         .pull("docker.io/library/pulled", &index.to_string())
         .await;
-    assert_eq!(upstream.requests("/manifests/"), manifests, "served from the cache");
+    assert_eq!(
+        upstream.requests("/manifests/"),
+        manifests,
+        "served from the cache"
+    );
     let opts = GcOptions {
         grace: Duration::ZERO,
         cache_rules: mirror.mirror.cache_rules(),
@@ -906,7 +910,7 @@ async fn the_age_cap_counts_pulls_served_from_the_cache_not_only_upstream_re_che
 
 #[tokio::test]
 async fn over_its_size_cap_the_cache_loses_its_least_recently_pulled_image_and_keeps_the_one_in_use()
-{
+ {
     use berth_access::gc::{InUse, InUseImage};
     use berth_registry::storage::gc::{GcAction, GcOptions};
     let upstream = Upstream::start().await;
@@ -915,7 +919,14 @@ async fn over_its_size_cap_the_cache_loses_its_least_recently_pulled_image_and_k
             .push_multi_arch(&format!("library/{name}"), "v1", name)
             .await;
     }
-    let mirror = Mirror::start_full(&upstream, &[("docker.io", 3600, false)], None, Some(1), None).await;
+    let mirror = Mirror::start_full(
+        &upstream,
+        &[("docker.io", 3600, false)],
+        None,
+        Some(1),
+        None,
+    )
+    .await;
     for name in ["used", "old", "pulled"] {
         mirror
             .pull(&format!("docker.io/library/{name}"), "v1")
@@ -966,7 +977,11 @@ async fn over_its_size_cap_the_cache_loses_its_least_recently_pulled_image_and_k
         })
         .await
         .unwrap();
-    assert_eq!(walk(mirror._dir.path()), before, "a dry run changes nothing");
+    assert_eq!(
+        walk(mirror._dir.path()),
+        before,
+        "a dry run changes nothing"
+    );
     assert_eq!((dry.tags_removed, dry.tags_kept_in_use), (1, 1), "{dry:?}");
     let listed: Vec<(GcAction, String)> = dry
         .items
@@ -990,7 +1005,10 @@ async fn over_its_size_cap_the_cache_loses_its_least_recently_pulled_image_and_k
 
     let report = mirror.store.gc(&opts).await.unwrap();
     assert_eq!((report.tags_removed, report.tags_kept_in_use), (1, 1));
-    assert!(mirror.cached_tag("old").await.is_none(), "least recently pulled");
+    assert!(
+        mirror.cached_tag("old").await.is_none(),
+        "least recently pulled"
+    );
     assert!(mirror.cached_tag("used").await.is_some(), "in use");
     assert!(mirror.cached_tag("pulled").await.is_some(), "pulled lately");
     // Its content is reclaimed (quarantine 0: the second run deletes), and
@@ -1050,8 +1068,7 @@ impl Mirror {
 
     /// What `docker.io/library/<name>:v1` points at in the cache.
     async fn cached_tag(&self, name: &str) -> Option<berth_registry::oci::Digest> {
-        let repo: berth_registry::oci::Name =
-            format!("docker.io/library/{name}").parse().unwrap();
+        let repo: berth_registry::oci::Name = format!("docker.io/library/{name}").parse().unwrap();
         self.store
             .tag_target(&repo, &"v1".parse().unwrap())
             .await

@@ -136,7 +136,12 @@ impl Store {
                 continue;
             };
             if depth < MAX_DEPTH {
-                queue.extend(parsed.manifests.iter().map(|c| (c.digest.clone(), depth + 1)));
+                queue.extend(
+                    parsed
+                        .manifests
+                        .iter()
+                        .map(|c| (c.digest.clone(), depth + 1)),
+                );
             }
             for b in parsed.required_blobs() {
                 let id = b.digest.to_string();
@@ -201,9 +206,21 @@ mod tests {
             // Pushed (fetched) long ago but pulled a minute ago.
             cached("docker.io/nginx", "1", 9000, Some(60), &[("n", 100)]),
             // Fetched an hour ago, never pulled since.
-            cached("docker.io/redis", "7", 3600, None, &[("r", 100), ("base", 50)]),
+            cached(
+                "docker.io/redis",
+                "7",
+                3600,
+                None,
+                &[("r", 100), ("base", 50)],
+            ),
             // Fetched and pulled two hours ago.
-            cached("docker.io/pg", "16", 7200, Some(7200), &[("p", 100), ("base", 50)]),
+            cached(
+                "docker.io/pg",
+                "16",
+                7200,
+                Some(7200),
+                &[("p", 100), ("base", 50)],
+            ),
         ]
     }
 
