@@ -20,9 +20,9 @@ pub struct RetentionConfig {
     pub rules: Vec<RetentionRule>,
 }
 
-/// One rule. A tag stays if any of `keep_last`, `keep_within_seconds` or
-/// `protect` keeps it (or a running pod uses it); with neither `keep_last`
-/// nor `keep_within_seconds` set, the rule removes no tag.
+/// One rule. A tag stays if any of `keep_last`, `keep_within_seconds`,
+/// `keep_pulled_within_seconds` or `protect` keeps it (or a running pod
+/// uses it); with none of the three `keep_*` set, the rule removes no tag.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionRule {
@@ -35,6 +35,12 @@ pub struct RetentionRule {
     /// Keep tags pushed within this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_within_seconds: Option<u64>,
+    /// Keep tags whose manifest was pulled (by the tag, another tag or
+    /// its digest) within this many seconds, as the registry's last-pulled
+    /// record (`_pulls/last.json`) has it. A tag never pulled since the
+    /// record began is not kept by this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_pulled_within_seconds: Option<u64>,
     /// Tag globs never removed (`latest`, `v*`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protect: Vec<String>,
@@ -42,6 +48,16 @@ pub struct RetentionRule {
     /// old (instead of after the GC grace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub untagged_after_seconds: Option<u64>,
+}
+
+impl RetentionRule {
+    /// Whether the rule removes tags at all (it may be there only for
+    /// `untagged_after_seconds`).
+    pub fn removes_tags(&self) -> bool {
+        self.keep_last.is_some()
+            || self.keep_within_seconds.is_some()
+            || self.keep_pulled_within_seconds.is_some()
+    }
 }
 
 impl RetentionConfig {
@@ -115,5 +131,22 @@ mod tests {
             Some(60)
         );
         assert!(RetentionConfig::default().rule_for("a").is_none());
+    }
+
+    #[test]
+    fn a_pulled_within_window_reads_and_makes_a_rule_remove_tags() {
+        let config: RetentionConfig = serde_json::from_str(
+            r#"{"rules":[{"repositories":"*","keepPulledWithinSeconds":86400}]}"#,
+        )
+        .unwrap();
+        let rule = config.rule_for("team/app").unwrap();
+        assert_eq!(rule.keep_pulled_within_seconds, Some(86_400));
+        assert!(rule.removes_tags());
+        let only_untagged = RetentionRule {
+            repositories: "*".into(),
+            untagged_after_seconds: Some(60),
+            ..RetentionRule::default()
+        };
+        assert!(!only_untagged.removes_tags());
     }
 }

@@ -45,14 +45,30 @@ pub struct Upstream {
     /// for a private upstream; added to the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    /// The cache cap: a cached tag no pull has asked for in this many
-    /// seconds is removed by GC (its content then goes as GC removes any
-    /// unreferenced content), unless a running pod uses it. A pull counts
-    /// when the tag is fetched or re-checked against the upstream, so at
-    /// most once per freshness window. Unset: kept until retention or a
-    /// delete removes it.
+    /// The cache's age cap: a cached tag neither fetched nor pulled (a
+    /// manifest GET by the tag, another tag or its digest, as the
+    /// registry's last-pulled record has it) in this many seconds is
+    /// removed by GC (its content then goes as GC removes any unreferenced
+    /// content), unless a running pod uses it. Unset: kept until
+    /// retention or a delete removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age_seconds: Option<u64>,
+    /// The cache's size cap: when the cached repositories' tags reference
+    /// more than this many bytes (each blob once), GC removes cached tags
+    /// least recently pulled first until they fit, never one a running
+    /// pod uses. Unset: no size cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size_bytes: Option<u64>,
+}
+
+/// A size cap over the cached repositories of one upstream, for GC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSizeCap {
+    /// The repositories it covers, as a glob (`docker.io/*`).
+    pub repositories: String,
+    /// Bytes their tags may reference, each blob counted once.
+    pub max_bytes: u64,
 }
 
 /// Five minutes: a tag moved upstream is seen within that.
@@ -79,6 +95,10 @@ pub enum MirrorConfigError {
         "mirror {0:?}: maxAgeSeconds must be above zero (zero would drop every cached image at each GC run); leave it out to keep them"
     )]
     ZeroMaxAge(String),
+    #[error(
+        "mirror {0:?}: maxSizeBytes must be above zero (zero would drop every cached image at each GC run); leave it out for no size cap"
+    )]
+    ZeroMaxSize(String),
 }
 
 impl MirrorConfig {
@@ -108,6 +128,9 @@ impl MirrorConfig {
             if u.max_age_seconds == Some(0) {
                 return Err(MirrorConfigError::ZeroMaxAge(u.prefix.clone()));
             }
+            if u.max_size_bytes == Some(0) {
+                return Err(MirrorConfigError::ZeroMaxSize(u.prefix.clone()));
+            }
         }
         Ok(())
     }
@@ -132,14 +155,30 @@ impl Upstream {
         }
     }
 
-    /// The cache cap as a retention rule over `<prefix>/*` (keep what was
-    /// pulled within `max_age_seconds`), for GC; `None` without a cap.
+    /// The age cap as a retention rule over `<prefix>/*`, for GC; `None`
+    /// without one. A tag stays if it was cached (or its pull re-checked
+    /// it upstream, which rewrites the tag) or pulled within
+    /// `max_age_seconds`: the least recently used go.
     pub fn cache_rule(&self) -> Option<crate::gc::RetentionRule> {
         self.max_age_seconds.map(|age| crate::gc::RetentionRule {
-            repositories: format!("{}/*", self.prefix),
+            repositories: self.cached_repositories(),
             keep_within_seconds: Some(age),
+            keep_pulled_within_seconds: Some(age),
             ..crate::gc::RetentionRule::default()
         })
+    }
+
+    /// The size cap over `<prefix>/*`, for GC; `None` without one.
+    pub fn cache_size_cap(&self) -> Option<CacheSizeCap> {
+        self.max_size_bytes.map(|max_bytes| CacheSizeCap {
+            repositories: self.cached_repositories(),
+            max_bytes,
+        })
+    }
+
+    /// The glob of the repositories this upstream's cache holds.
+    fn cached_repositories(&self) -> String {
+        format!("{}/*", self.prefix)
     }
 
     /// Whether the upstream repository `name` may be fetched.
@@ -178,6 +217,7 @@ mod tests {
             tag_freshness_seconds: 300,
             ca_file: None,
             max_age_seconds: None,
+            max_size_bytes: None,
         }
     }
 
@@ -247,6 +287,28 @@ mod tests {
     }
 
     #[test]
+    fn a_max_size_becomes_a_size_cap_over_the_prefix_and_zero_is_refused() {
+        let mut u = upstream("ghcr.io");
+        assert_eq!(u.cache_size_cap(), None);
+        u.max_size_bytes = Some(20 << 30);
+        assert_eq!(
+            u.cache_size_cap(),
+            Some(CacheSizeCap {
+                repositories: "ghcr.io/*".into(),
+                max_bytes: 20 << 30,
+            })
+        );
+        let c: MirrorConfig = serde_json::from_str(
+            r#"{"upstreams":[{"prefix":"ghcr.io","url":"https://ghcr.io","maxSizeBytes":0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.validate(),
+            Err(MirrorConfigError::ZeroMaxSize("ghcr.io".into()))
+        );
+    }
+
+    #[test]
     fn a_max_age_becomes_a_keep_within_rule_over_the_prefix_only() {
         let mut u = upstream("docker.io");
         assert_eq!(u.cache_rule(), None);
@@ -254,6 +316,7 @@ mod tests {
         let rule = u.cache_rule().unwrap();
         assert_eq!(rule.repositories, "docker.io/*");
         assert_eq!(rule.keep_within_seconds, Some(86_400));
+        assert_eq!(rule.keep_pulled_within_seconds, Some(86_400));
         assert_eq!(rule.keep_last, None);
         assert!(glob_match(&rule.repositories, "docker.io/library/nginx"));
         assert!(!glob_match(&rule.repositories, "team/docker.io"));

@@ -93,7 +93,7 @@ const QUANTITY: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
         json_path = ".status.conditions[?(@.type==\"Ready\")].message"
     )
 )]
-#[x_kube(validation = Rule::new("!has(self.mirrors) || !self.mirrors.exists(m, has(m.maxAge)) || (has(self.gc) && has(self.gc.interval))").message("mirrors[].maxAge is applied by garbage collection: set gc.interval too (e.g. 6h)"))]
+#[x_kube(validation = Rule::new("!has(self.mirrors) || !self.mirrors.exists(m, has(m.maxAge) || has(m.maxSize)) || (has(self.gc) && has(self.gc.interval))").message("mirrors[].maxAge and maxSize are applied by garbage collection: set gc.interval too (e.g. 6h)"))]
 #[x_kube(validation = Rule::new("!has(self.storage.filesystem) || self.replicas <= 1 || (has(self.storage.filesystem.accessMode) && self.storage.filesystem.accessMode == 'ReadWriteMany')").message("filesystem storage is one ReadWriteOnce volume that a single replica can use: set replicas to 0 or 1, set storage.filesystem.accessMode to ReadWriteMany if the storage class offers it, or use s3 storage to run more"))]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySpec {
@@ -223,10 +223,11 @@ pub struct GarbageCollection {
 
 /// One retention rule. A tag stays if `protect` matches it, if it is among
 /// the newest `keepLast` of the tags `protect` does not match, if it was
-/// pushed within `keepWithin`, or if a running pod uses it; the others are
-/// removed, and the images only they reached are reclaimed by GC.
+/// pushed within `keepWithin`, if it was pulled within `keepPulledWithin`,
+/// or if a running pod uses it; the others are removed, and the images
+/// only they reached are reclaimed by GC.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[x_kube(validation = Rule::new("has(self.keepLast) || has(self.keepWithin) || has(self.untaggedAfter)").message("a gc.retention rule needs keepLast, keepWithin or untaggedAfter; without them it does nothing"))]
+#[x_kube(validation = Rule::new("has(self.keepLast) || has(self.keepWithin) || has(self.keepPulledWithin) || has(self.untaggedAfter)").message("a gc.retention rule needs keepLast, keepWithin, keepPulledWithin or untaggedAfter; without them it does nothing"))]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionRule {
     /// A repository glob: `*` matches any run of characters (also `/`),
@@ -244,6 +245,14 @@ pub struct RetentionRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = WHOLE_DURATION), length(max = 32))]
     pub keep_within: Option<String>,
+
+    /// Keep tags whose image was pulled (by this tag, another tag or its
+    /// digest) within this long (e.g. `720h`), however old. Pulls count
+    /// from when the registry began recording them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = WHOLE_DURATION), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("gc.retention[].keepPulledWithin must be at least 1m (pulls are recorded every 30s)"))]
+    pub keep_pulled_within: Option<String>,
 
     /// Tag globs never removed (`latest`, `v*`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -968,16 +977,25 @@ pub struct Mirror {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret: Option<SecretKeyRef>,
 
-    /// The cache cap: a cached tag no pull asked for in this long (e.g.
-    /// `168h`) is removed at the next GC run (needs `gc.interval`), least
-    /// recently pulled first; its layers go as GC removes any unreferenced
-    /// content. Never removed: what a running pod uses. A pull counts when
-    /// it re-checks the tag, so at most once per `tagFreshness`. Unset:
-    /// cached images stay until retention or a delete removes them.
+    /// The cache's age cap: a cached tag neither fetched nor pulled (by
+    /// tag or digest) in this long (e.g. `168h`) is removed at the next GC
+    /// run (needs `gc.interval`); its layers go as GC removes any
+    /// unreferenced content. Never removed: what a running pod uses.
+    /// Unset: cached images stay until retention or a delete removes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = WHOLE_DURATION), length(max = 32))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("mirrors[].maxAge must be at least 1m (shorter would drop images between a pull and the pod's start)"))]
     pub max_age: Option<String>,
+
+    /// The cache's size cap, a quantity (e.g. `20Gi`): when a GC run
+    /// (needs `gc.interval`) finds this upstream's cached images larger
+    /// (each layer counted once), it removes cached tags least recently
+    /// pulled first until they fit. Never removed: what a running pod
+    /// uses. Unset: no size cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = QUANTITY), length(max = 32))]
+    #[x_kube(validation = Rule::new("quantity(self).compareTo(quantity('64Mi')) >= 0").message("mirrors[].maxSize must be at least 64Mi (smaller would drop images between a pull and the pod's start)"))]
+    pub max_size: Option<String>,
 }
 
 /// A key of a Secret in the Registry's namespace.

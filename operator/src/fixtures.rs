@@ -40,5 +40,6 @@ pub fn mirror(prefix: &str, url: &str) -> Mirror {
         tag_freshness: None,
         ca_secret: None,
         max_age: None,
+        max_size: None,
     }
 }

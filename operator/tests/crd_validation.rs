@@ -363,6 +363,11 @@ fn crd_schema_shape() {
     );
     assert!(spec["tls"]["properties"]["duration"]["pattern"].is_string());
     assert!(spec["ingress"]["properties"]["host"]["pattern"].is_string());
+    assert!(spec["mirrors"]["items"]["properties"]["maxSize"]["pattern"].is_string());
+    assert!(
+        spec["gc"]["properties"]["retention"]["items"]["properties"]["keepPulledWithin"]["pattern"]
+            .is_string()
+    );
     let conditions = &schema["properties"]["status"]["properties"]["conditions"];
     assert_eq!(conditions["x-kubernetes-list-type"], json!("map"));
     assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
@@ -386,7 +391,7 @@ fn garbage_collection_more_often_than_a_minute_is_refused() {
 fn a_retention_rule_that_keeps_nothing_or_runs_without_gc_is_refused() {
     assert_refused(
         json!({"gc": {"interval": "6h", "retention": [{"repositories": "team/*", "protect": ["latest"]}]}}),
-        "a gc.retention rule needs keepLast, keepWithin or untaggedAfter",
+        "a gc.retention rule needs keepLast, keepWithin, keepPulledWithin or untaggedAfter",
     );
     assert_refused(
         json!({"gc": {"retention": [{"repositories": "*", "keepLast": 3}]}}),
@@ -398,6 +403,20 @@ fn a_retention_rule_that_keeps_nothing_or_runs_without_gc_is_refused() {
             {"repositories": "*", "untaggedAfter": "1h"}
         ]}}))
         .is_empty()
+    );
+}
+
+#[test]
+fn a_pulled_within_window_alone_makes_a_rule_and_must_be_at_least_a_minute() {
+    assert!(
+        refusals(json!({"gc": {"interval": "6h", "retention": [
+            {"repositories": "team/*", "keepPulledWithin": "720h", "protect": ["latest"]}
+        ]}}))
+        .is_empty()
+    );
+    assert_refused(
+        json!({"gc": {"interval": "6h", "retention": [{"repositories": "*", "keepPulledWithin": "30s"}]}}),
+        "gc.retention[].keepPulledWithin must be at least 1m",
     );
 }
 
@@ -447,11 +466,33 @@ fn a_mirror_url_must_be_http_or_https_and_its_freshness_bounded() {
 }
 
 #[test]
+fn a_mirror_size_cap_needs_gc_and_at_least_64_mebibytes() {
+    let capped = |max_size: &str| json!({"prefix": "docker.io", "url": "https://registry-1.docker.io", "maxSize": max_size});
+    assert_refused(
+        json!({"mirrors": [capped("20Gi")]}),
+        "mirrors[].maxAge and maxSize are applied by garbage collection: set gc.interval",
+    );
+    for small in ["10Mi", "1000000", "60M"] {
+        assert_refused(
+            json!({"gc": {"interval": "6h"}, "mirrors": [capped(small)]}),
+            "mirrors[].maxSize must be at least 64Mi",
+        );
+    }
+    for fine in ["20Gi", "64Mi", "1.5Ti", "100G"] {
+        assert_eq!(
+            refusals(json!({"gc": {"interval": "6h"}, "mirrors": [capped(fine)]})),
+            Vec::<String>::new(),
+            "{fine}"
+        );
+    }
+}
+
+#[test]
 fn a_mirror_age_cap_needs_gc_and_at_least_a_minute() {
     let capped = |max_age: &str| json!({"prefix": "docker.io", "url": "https://registry-1.docker.io", "maxAge": max_age});
     assert_refused(
         json!({"mirrors": [capped("168h")]}),
-        "mirrors[].maxAge is applied by garbage collection: set gc.interval",
+        "mirrors[].maxAge and maxSize are applied by garbage collection: set gc.interval",
     );
     assert_refused(
         json!({"gc": {"interval": "6h"}, "mirrors": [capped("30s")]}),

@@ -444,6 +444,10 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
                     grace: args.gc_grace,
                     quarantine: args.gc_quarantine,
                     cache_rules: mirror.as_ref().map(|m| m.cache_rules()).unwrap_or_default(),
+                    cache_size_caps: mirror
+                        .as_ref()
+                        .map(|m| m.cache_size_caps())
+                        .unwrap_or_default(),
                     ..Default::default()
                 },
                 sources,
@@ -454,6 +458,14 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             if mirror.as_ref().is_some_and(|m| !m.cache_rules().is_empty()) {
                 tracing::warn!(
                     "the mirror config caps cached images by age (maxAgeSeconds), but only GC applies the cap: set --gc-interval"
+                );
+            }
+            if mirror
+                .as_ref()
+                .is_some_and(|m| !m.cache_size_caps().is_empty())
+            {
+                tracing::warn!(
+                    "the mirror config caps the cache's size (maxSizeBytes), but only GC applies the cap: set --gc-interval"
                 );
             }
         }

@@ -1049,6 +1049,78 @@ async fn retention_removes_the_tags_it_does_not_keep_and_their_images_go_through
 }
 
 #[tokio::test]
+async fn keep_pulled_within_keeps_tags_pulled_lately_however_old_and_removes_unpulled_ones() {
+    let (reg, store) = registry();
+    let team = builds(&reg, "team/app").await;
+    // b4 was pulled two hours ago (as a replica recorded it), before the
+    // window; nothing else was pulled before now.
+    let pulls = reg.dir.path().join("repositories/team/app/_pulls");
+    std::fs::create_dir_all(&pulls).unwrap();
+    let two_hours_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 7200;
+    std::fs::write(
+        pulls.join("last.json"),
+        serde_json::json!({ team[3].digest.clone(): two_hours_ago }).to_string(),
+    )
+    .unwrap();
+    // Now: b2 by its tag, b3's image by digest. Both were pushed hours ago.
+    assert_eq!(
+        reg.get("/v2/team/app/manifests/b2").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        reg.get(&format!("/v2/team/app/manifests/{}", team[2].digest))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // The record reaches storage, where every replica's GC reads it.
+    store.flush_pulls().await.unwrap();
+    let retention = rules(serde_json::json!([
+        {"repositories": "team/*", "keepPulledWithinSeconds": 3600}
+    ]));
+
+    let dry = GcOptions {
+        dry_run: true,
+        retention: retention.clone(),
+        ..opts(Duration::ZERO, Duration::ZERO)
+    };
+    let r = store.gc(&dry).await.unwrap();
+    let untagged: Vec<String> = r
+        .items
+        .iter()
+        .filter(|i| i.action == GcAction::Untag)
+        .map(|i| i.key.rsplit('/').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(untagged, ["b4", "b1", "latest"], "{:?}", r.items);
+
+    let o = GcOptions {
+        retention,
+        ..opts(Duration::ZERO, Duration::ZERO)
+    };
+    let first = store.gc(&o).await.unwrap();
+    assert_eq!(first.tags_removed, 3);
+    // b1's and latest's image, and b4's: reachable from no kept tag.
+    assert_eq!(first.manifests_quarantined, 2, "{:?}", first.items);
+    store.gc(&o).await.unwrap();
+    assert_eq!(tags(&reg, "team/app").await, ["b2", "b3"]);
+    for i in [1, 2] {
+        assert_pullable(&reg, "team/app", &team[i]).await;
+    }
+    for i in [0, 3] {
+        assert_eq!(
+            reg.get(&format!("/v2/team/app/manifests/{}", team[i].digest))
+                .await
+                .status,
+            StatusCode::NOT_FOUND
+        );
+    }
+}
+
+#[tokio::test]
 async fn images_pods_run_are_kept_by_gc_and_retention_and_the_dry_run_says_why() {
     let (reg, store) = registry();
     let team = builds(&reg, "team/app").await;

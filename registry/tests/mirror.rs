@@ -314,7 +314,7 @@ impl Mirror {
         upstreams: &[(&str, u64, bool)],
         max_age_seconds: Option<u64>,
     ) -> Mirror {
-        Self::start_full(upstream, upstreams, max_age_seconds, None).await
+        Self::start_full(upstream, upstreams, max_age_seconds, None, None).await
     }
 
     /// Likewise, with logins: htpasswd users of `common::USERS`, `alice`
@@ -354,7 +354,7 @@ impl Mirror {
             },
             anonymous_pull: vec!["docker.io/library/*".into()],
         };
-        let mut m = Self::start_full(upstream, upstreams, None, Some(config)).await;
+        let mut m = Self::start_full(upstream, upstreams, None, None, Some(config)).await;
         m._keys = Some(dir);
         m
     }
@@ -363,6 +363,7 @@ impl Mirror {
         upstream: &Upstream,
         upstreams: &[(&str, u64, bool)],
         max_age_seconds: Option<u64>,
+        max_size_bytes: Option<u64>,
         auth: Option<berth_access::AuthConfig>,
     ) -> Mirror {
         let dir = tempfile::tempdir().unwrap();
@@ -384,6 +385,9 @@ impl Mirror {
                 }
                 if let Some(age) = max_age_seconds {
                     u["maxAgeSeconds"] = serde_json::json!(age);
+                }
+                if let Some(bytes) = max_size_bytes {
+                    u["maxSizeBytes"] = serde_json::json!(bytes);
                 }
                 u
             })
@@ -858,6 +862,218 @@ async fn the_age_cap_removes_the_least_recently_pulled_cached_tags_but_never_one
     let manifests = upstream.requests("/manifests/");
     mirror.pull("docker.io/library/old", "v1").await;
     assert!(upstream.requests("/manifests/") > manifests);
+}
+
+#[tokio::test]
+async fn the_age_cap_counts_pulls_served_from_the_cache_not_only_upstream_re_checks() {
+    use berth_registry::storage::gc::GcOptions;
+    let upstream = Upstream::start().await;
+    for name in ["pulled", "idle"] {
+        upstream
+            .push_multi_arch(&format!("library/{name}"), "v1", name)
+            .await;
+    }
+    // A long freshness: pulls are served from the cache and never re-check
+    // (nor rewrite) the tag upstream.
+    let mirror = Mirror::start_with(&upstream, &[("docker.io", 3600, false)], Some(3600)).await;
+    for name in ["pulled", "idle"] {
+        mirror
+            .pull(&format!("docker.io/library/{name}"), "v1")
+            .await;
+    }
+    // Both were cached two hours ago and their fetches' pulls recorded
+    // then; `pulled` is pulled again now, by digest, from the cache.
+    mirror.store.flush_pulls().await.unwrap();
+    for name in ["pulled", "idle"] {
+        mirror.age_cached(name, Duration::from_secs(7200));
+    }
+    let index = mirror.cached_tag("pulled").await.unwrap();
+    let manifests = upstream.requests("/manifests/");
+    mirror
+        .pull("docker.io/library/pulled", &index.to_string())
+        .await;
+    assert_eq!(
+        upstream.requests("/manifests/"),
+        manifests,
+        "served from the cache"
+    );
+    let opts = GcOptions {
+        grace: Duration::ZERO,
+        cache_rules: mirror.mirror.cache_rules(),
+        ..GcOptions::default()
+    };
+    let report = mirror.store.gc(&opts).await.unwrap();
+    assert_eq!(report.tags_removed, 1, "{report:?}");
+    assert!(mirror.cached_tag("idle").await.is_none());
+    assert!(mirror.cached_tag("pulled").await.is_some());
+}
+
+#[tokio::test]
+async fn over_its_size_cap_the_cache_loses_its_least_recently_pulled_image_and_keeps_the_one_in_use()
+ {
+    use berth_access::gc::{InUse, InUseImage};
+    use berth_registry::storage::gc::{GcAction, GcOptions};
+    let upstream = Upstream::start().await;
+    for name in ["used", "old", "pulled"] {
+        upstream
+            .push_multi_arch(&format!("library/{name}"), "v1", name)
+            .await;
+    }
+    let mirror = Mirror::start_full(
+        &upstream,
+        &[("docker.io", 3600, false)],
+        None,
+        Some(1),
+        None,
+    )
+    .await;
+    for name in ["used", "old", "pulled"] {
+        mirror
+            .pull(&format!("docker.io/library/{name}"), "v1")
+            .await;
+    }
+    // Cached long ago, in this order: `pulled` first, but a pod pulls
+    // it now (from the cache); `used` is the least recently used, but a
+    // running pod uses it; `old` is next.
+    mirror.store.flush_pulls().await.unwrap();
+    mirror.age_cached("used", Duration::from_secs(8 * 3600));
+    mirror.age_cached("pulled", Duration::from_secs(7 * 3600));
+    mirror.age_cached("old", Duration::from_secs(6 * 3600));
+    mirror.pull("docker.io/library/pulled", "v1").await;
+
+    // Every blob on disk is cached content: one byte less than all of it
+    // makes the cap remove one image.
+    let total: u64 = walk(&mirror._dir.path().join("data/blobs"))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let mut caps = mirror.mirror.cache_size_caps();
+    assert_eq!(caps.len(), 1);
+    assert_eq!(caps[0].repositories, "docker.io/*");
+    caps[0].max_bytes = total - 1;
+    let in_use = InUse {
+        images: vec![InUseImage {
+            repository: "docker.io/library/used".into(),
+            digest: None,
+            tag: Some("v1".into()),
+        }],
+    };
+    let opts = GcOptions {
+        grace: Duration::ZERO,
+        quarantine: Duration::ZERO,
+        cache_size_caps: caps,
+        in_use,
+        list: true,
+        ..GcOptions::default()
+    };
+
+    // The dry run says which goes and which stays because a pod runs it.
+    let before = walk(mirror._dir.path());
+    let dry = mirror
+        .store
+        .gc(&GcOptions {
+            dry_run: true,
+            ..opts.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        walk(mirror._dir.path()),
+        before,
+        "a dry run changes nothing"
+    );
+    assert_eq!((dry.tags_removed, dry.tags_kept_in_use), (1, 1), "{dry:?}");
+    let listed: Vec<(GcAction, String)> = dry
+        .items
+        .iter()
+        .filter(|i| i.key.contains("/_manifests/tags/"))
+        .map(|i| (i.action, i.key.clone()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (
+                GcAction::Untag,
+                "repositories/docker.io/library/old/_manifests/tags/v1".to_owned()
+            ),
+            (
+                GcAction::KeepInUse,
+                "repositories/docker.io/library/used/_manifests/tags/v1".to_owned()
+            ),
+        ]
+    );
+
+    let report = mirror.store.gc(&opts).await.unwrap();
+    assert_eq!((report.tags_removed, report.tags_kept_in_use), (1, 1));
+    assert!(
+        mirror.cached_tag("old").await.is_none(),
+        "least recently pulled"
+    );
+    assert!(mirror.cached_tag("used").await.is_some(), "in use");
+    assert!(mirror.cached_tag("pulled").await.is_some(), "pulled lately");
+    // Its content is reclaimed (quarantine 0: the second run deletes), and
+    // the cache is under its cap; the next run removes nothing more.
+    let again = mirror.store.gc(&opts).await.unwrap();
+    assert_eq!(again.tags_removed, 0, "{again:?}");
+    assert!(again.blobs_deleted > 0, "{again:?}");
+    let after: u64 = walk(&mirror._dir.path().join("data/blobs"))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(after < total, "{after} of {total}");
+    // Gone from the cache only: the next pull fetches it again.
+    let manifests = upstream.requests("/manifests/");
+    mirror.pull("docker.io/library/old", "v1").await;
+    assert!(upstream.requests("/manifests/") > manifests);
+}
+
+/// Every file under `dir`, sorted.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+impl Mirror {
+    /// Makes `docker.io/library/<name>:v1` look cached `age` ago and
+    /// never pulled since: the tag's time set back, its flushed pulls
+    /// forgotten.
+    fn age_cached(&self, name: &str, age: Duration) {
+        let repo = self
+            ._dir
+            .path()
+            .join(format!("data/repositories/docker.io/library/{name}"));
+        std::fs::File::options()
+            .write(true)
+            .open(repo.join("_manifests/tags/v1"))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+        std::fs::remove_file(repo.join("_pulls/last.json")).unwrap();
+    }
+
+    /// What `docker.io/library/<name>:v1` points at in the cache.
+    async fn cached_tag(&self, name: &str) -> Option<berth_registry::oci::Digest> {
+        let repo: berth_registry::oci::Name = format!("docker.io/library/{name}").parse().unwrap();
+        self.store
+            .tag_target(&repo, &"v1".parse().unwrap())
+            .await
+            .unwrap()
+    }
 }
 
 #[tokio::test]

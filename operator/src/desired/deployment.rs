@@ -744,6 +744,7 @@ mod tests {
                 tag_freshness: None,
                 ca_secret: None,
                 max_age: None,
+                max_size: None,
             }];
         });
         let d = build(&mirrored);

@@ -48,9 +48,11 @@ pub fn retention_config(gc: &GarbageCollection) -> RetentionConfig {
         .retention
         .iter()
         .filter_map(|r| {
-            let (Ok(keep_within), Ok(untagged_after)) =
-                (seconds(&r.keep_within), seconds(&r.untagged_after))
-            else {
+            let (Ok(keep_within), Ok(keep_pulled_within), Ok(untagged_after)) = (
+                seconds(&r.keep_within),
+                seconds(&r.keep_pulled_within),
+                seconds(&r.untagged_after),
+            ) else {
                 tracing::warn!(
                     repositories = r.repositories,
                     "a gc.retention rule has a bad duration; left out"
@@ -61,6 +63,7 @@ pub fn retention_config(gc: &GarbageCollection) -> RetentionConfig {
                 repositories: r.repositories.clone(),
                 keep_last: r.keep_last,
                 keep_within_seconds: keep_within,
+                keep_pulled_within_seconds: keep_pulled_within,
                 protect: r.protect.clone(),
                 untagged_after_seconds: untagged_after,
             })
@@ -403,6 +406,7 @@ mod tests {
                 repositories: "team/*".into(),
                 keep_last: Some(5),
                 keep_within: Some("720h".into()),
+                keep_pulled_within: Some("168h".into()),
                 protect: vec!["latest".into(), "v*".into()],
                 untagged_after: Some("1h30m".into()),
             }],
@@ -414,6 +418,7 @@ mod tests {
                 repositories: "team/*".into(),
                 keep_last: Some(5),
                 keep_within_seconds: Some(720 * 3600),
+                keep_pulled_within_seconds: Some(168 * 3600),
                 protect: vec!["latest".into(), "v*".into()],
                 untagged_after_seconds: Some(5400),
             }]

@@ -101,6 +101,14 @@ impl Mirror {
             .collect()
     }
 
+    /// The cache's size caps, for GC (`GcOptions::cache_size_caps`).
+    pub fn cache_size_caps(&self) -> Vec<berth_access::mirror::CacheSizeCap> {
+        self.upstreams
+            .iter()
+            .filter_map(|u| u.config.cache_size_cap())
+            .collect()
+    }
+
     fn upstream(&self, prefix: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| u.config.prefix == prefix)
     }

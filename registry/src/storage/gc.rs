@@ -24,7 +24,10 @@
 //! unreachable and take the same path as any other (quarantine, then
 //! delete), so the guarantee below holds for them too. Digests in the
 //! operator's in-use list are roots in every repository that holds them,
-//! with everything they reference, however old and untagged.
+//! with everything they reference, however old and untagged. The
+//! pull-through cache's size caps (`cache_cap.rs`) span repositories, so
+//! they are decided before any repository is marked, and the tags they
+//! remove go with that repository's retention.
 //!
 //! # The race, and why it cannot happen here
 //!
@@ -112,9 +115,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_access::config::glob_match;
 use berth_access::gc::GcRun;
+use berth_access::mirror::CacheSizeCap;
 use bytes::Bytes;
 
-use super::retention::{self, InUse, InUseIndex, RetentionConfig, RetentionRule};
+use super::cache_cap::{self, CachedTag};
+use super::retention::{self, InUse, InUseIndex, RetentionConfig, RetentionRule, TagInfo};
 use super::{StorageError, Store, layout};
 use crate::oci::manifest::{self, Descriptor};
 use crate::oci::{Digest, Name};
@@ -180,6 +185,10 @@ pub struct GcOptions {
     /// (`Upstream::cache_rule`): applied to the repositories they match
     /// on top of `retention`, a tag going if either removes it.
     pub cache_rules: Vec<RetentionRule>,
+    /// The pull-through cache's size caps, one per capped mirror prefix
+    /// (`Upstream::cache_size_cap`): over one, its least recently pulled
+    /// cached tags go until the rest fit.
+    pub cache_size_caps: Vec<CacheSizeCap>,
 }
 
 impl Default for GcOptions {
@@ -192,6 +201,7 @@ impl Default for GcOptions {
             retention: RetentionConfig::default(),
             in_use: InUse::default(),
             cache_rules: Vec::new(),
+            cache_size_caps: Vec::new(),
         }
     }
 }
@@ -321,6 +331,10 @@ struct Run<'a> {
     batch: Option<u64>,
     live: HashSet<Key>,
     in_use: InUseIndex,
+    /// Per repository, the tags the size caps remove (as the cap saw
+    /// them) and the ones they would remove but a pod uses.
+    capped: HashMap<String, Vec<TagInfo>>,
+    capped_in_use: HashMap<String, Vec<String>>,
     report: GcReport,
 }
 
@@ -386,6 +400,8 @@ impl Store {
             batch: None,
             live: HashSet::new(),
             in_use: InUseIndex::new(&opts.in_use),
+            capped: HashMap::new(),
+            capped_in_use: HashMap::new(),
             report: GcReport {
                 dry_run: opts.dry_run,
                 ..GcReport::default()
@@ -393,6 +409,7 @@ impl Store {
         };
         let repos = self.gc_repositories(&run.batches).await?;
         run.report.repositories = repos.len();
+        self.decide_size_caps(&mut run, &repos).await?;
         for name in &repos {
             self.mark_repository(&mut run, name).await?;
         }
@@ -771,17 +788,10 @@ impl Store {
             .await
     }
 
-    /// Removes the tags `name`'s retention rule does not keep (dry: only
-    /// counts them); returns their names, which are no roots in this run.
-    async fn apply_retention(
-        &self,
-        run: &mut Run<'_>,
-        name: &Name,
-    ) -> Result<HashSet<String>, StorageError> {
-        let opts = run.opts;
-        let mut removed = HashSet::new();
-        let rules: Vec<&RetentionRule> = opts
-            .retention
+    /// The retention and cache-age rules that apply to `name` and may
+    /// remove tags.
+    fn tag_rules<'o>(opts: &'o GcOptions, name: &Name) -> Vec<&'o RetentionRule> {
+        opts.retention
             .rule_for(name.as_str())
             .into_iter()
             .chain(
@@ -789,12 +799,109 @@ impl Store {
                     .iter()
                     .filter(|r| glob_match(&r.repositories, name.as_str())),
             )
-            .filter(|r| r.keep_last.is_some() || r.keep_within_seconds.is_some())
-            .collect();
-        if rules.is_empty() {
+            .filter(|r| r.removes_tags())
+            .collect()
+    }
+
+    /// Decides the cache's size caps over the repositories they cover
+    /// (see `cache_cap.rs`), counting only the tags retention and the age
+    /// cap leave; [`Self::apply_retention`] removes what they decide.
+    async fn decide_size_caps(
+        &self,
+        run: &mut Run<'_>,
+        repos: &[Name],
+    ) -> Result<(), StorageError> {
+        let opts = run.opts;
+        let now = SystemTime::now();
+        let mut sizes: HashMap<String, u64> = HashMap::new();
+        for cap in &opts.cache_size_caps {
+            let mut cached: Vec<CachedTag> = Vec::new();
+            for name in repos
+                .iter()
+                .filter(|n| glob_match(&cap.repositories, n.as_str()))
+            {
+                let tags = self.tag_infos(name).await?;
+                let mut removed_by_rules: HashSet<String> = HashSet::new();
+                for rule in Self::tag_rules(opts, name) {
+                    let d = retention::decide(rule, name.as_str(), &tags, now, &run.in_use);
+                    removed_by_rules.extend(d.remove);
+                }
+                for tag in tags {
+                    if removed_by_rules.contains(&tag.name) {
+                        continue;
+                    }
+                    let Some(digest) = tag.digest.as_ref().and_then(|d| d.parse::<Digest>().ok())
+                    else {
+                        continue;
+                    };
+                    let blobs = self.image_blobs(name, &digest, &mut sizes).await?;
+                    cached.push(CachedTag {
+                        repository: name.as_str().to_owned(),
+                        tag,
+                        blobs,
+                    });
+                }
+            }
+            let decision = cache_cap::decide(cap.max_bytes, &cached, now, &run.in_use);
+            if decision.bytes > cap.max_bytes {
+                tracing::info!(
+                    repositories = cap.repositories,
+                    max_bytes = cap.max_bytes,
+                    bytes = decision.bytes,
+                    bytes_after = decision.bytes_after,
+                    tags_removed = decision.remove.len(),
+                    tags_kept_in_use = decision.kept_in_use.len(),
+                    dry_run = opts.dry_run,
+                    "cache over its size cap: removing the least recently pulled tags"
+                );
+            }
+            if decision.bytes_after > cap.max_bytes {
+                tracing::warn!(
+                    repositories = cap.repositories,
+                    max_bytes = cap.max_bytes,
+                    bytes_after = decision.bytes_after,
+                    "the cache stays over its size cap: what is left is in use by running pods; raise maxSize"
+                );
+            }
+            for (repository, tag) in decision.remove {
+                if let Some(seen) = cached
+                    .iter()
+                    .find(|c| c.repository == repository && c.tag.name == tag)
+                {
+                    run.capped
+                        .entry(repository)
+                        .or_default()
+                        .push(seen.tag.clone());
+                }
+            }
+            for (repository, tag) in decision.kept_in_use {
+                run.capped_in_use.entry(repository).or_default().push(tag);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the tags `name`'s retention rule, the cache's age cap and
+    /// its size cap do not keep (dry: only counts them); returns their
+    /// names, which are no roots in this run.
+    async fn apply_retention(
+        &self,
+        run: &mut Run<'_>,
+        name: &Name,
+    ) -> Result<HashSet<String>, StorageError> {
+        let opts = run.opts;
+        let mut removed = HashSet::new();
+        let rules = Self::tag_rules(opts, name);
+        let capped = run.capped.remove(name.as_str()).unwrap_or_default();
+        let capped_in_use = run.capped_in_use.remove(name.as_str()).unwrap_or_default();
+        if rules.is_empty() && capped.is_empty() && capped_in_use.is_empty() {
             return Ok(removed);
         }
-        let tags = self.tag_infos(name).await?;
+        let mut tags = if rules.is_empty() {
+            Vec::new()
+        } else {
+            self.tag_infos(name).await?
+        };
         let now = SystemTime::now();
         let mut remove: Vec<String> = Vec::new();
         let mut kept_in_use: Vec<String> = Vec::new();
@@ -809,6 +916,19 @@ impl Store {
                 if !kept_in_use.contains(&t) {
                     kept_in_use.push(t);
                 }
+            }
+        }
+        for t in capped_in_use {
+            if !kept_in_use.contains(&t) {
+                kept_in_use.push(t);
+            }
+        }
+        for seen in capped {
+            if !remove.contains(&seen.name) {
+                remove.push(seen.name.clone());
+            }
+            if !tags.iter().any(|i| i.name == seen.name) {
+                tags.push(seen);
             }
         }
         for t in &kept_in_use {

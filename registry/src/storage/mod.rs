@@ -6,6 +6,7 @@
 //! partial object.
 
 pub mod buffer_budget;
+pub mod cache_cap;
 pub mod catalog;
 pub mod driver;
 pub mod file_chunks;

@@ -4,16 +4,19 @@
 //! matches decides (a repository no rule matches keeps every tag). A tag
 //! stays if a `protect` glob matches it, if it is among the newest
 //! `keep_last` of the unprotected tags (by when it was last pushed), if it
-//! was pushed within `keep_within`, or if a running pod uses it (its name
-//! or its digest is in the [`InUse`] list the operator keeps). Everything
+//! was pushed within `keep_within`, if its manifest was pulled (by any tag
+//! or by digest: the last-pulled record of `pulls.rs`) within
+//! `keep_pulled_within`, or if a running pod uses it (its name or its
+//! digest is in the [`InUse`] list the operator keeps). Everything
 //! else is removed. A removed tag is only a link: the manifest it pointed
 //! at becomes unreachable and goes through GC's quarantine like any other
 //! (`gc.rs`), so a push that raced the removal still gets its blobs back.
 //!
 //! The decision ([`decide`]) is a pure function of the rule, the tags with
-//! their push times and targets, and what is in use; [`Store`] only reads
-//! the tags and removes what it returns, each only if the tag still points
-//! where it did and was not pushed again meanwhile.
+//! their push and pull times and targets, and what is in use; [`Store`]
+//! only reads the tags (and the repository's last-pulled record) and
+//! removes what it returns, each only if the tag still points where it did
+//! and was not pushed again meanwhile.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -30,6 +33,9 @@ pub struct TagInfo {
     pub name: String,
     /// When it was last pushed; `None` (unknown) counts as just now.
     pub pushed: Option<SystemTime>,
+    /// When its target was last pulled (by any tag or by digest); `None`:
+    /// not since the last-pulled record began.
+    pub pulled: Option<SystemTime>,
     /// What it points at; `None` if unreadable.
     pub digest: Option<String>,
 }
@@ -79,7 +85,7 @@ impl InUseIndex {
         self.digests.contains(digest)
     }
 
-    fn uses(&self, repository: &str, tag: &TagInfo) -> bool {
+    pub(super) fn uses(&self, repository: &str, tag: &TagInfo) -> bool {
         self.tags
             .contains(&(repository.to_owned(), tag.name.clone()))
             || tag.digest.as_deref().is_some_and(|d| self.uses_digest(d))
@@ -97,7 +103,7 @@ pub fn decide(
     let mut decision = Decision::default();
     // A rule that keeps by neither count nor age removes nothing: it may
     // be there only for `untagged_after`.
-    if rule.keep_last.is_none() && rule.keep_within_seconds.is_none() {
+    if !rule.removes_tags() {
         return decision;
     }
     let mut candidates: Vec<&TagInfo> = tags
@@ -113,6 +119,7 @@ pub fn decide(
     });
     let keep_last = rule.keep_last.map_or(0, |n| n as usize);
     let window = rule.keep_within_seconds.map(Duration::from_secs);
+    let pulled_window = rule.keep_pulled_within_seconds.map(Duration::from_secs);
     for (i, tag) in candidates.into_iter().enumerate() {
         if i < keep_last {
             continue;
@@ -121,6 +128,13 @@ pub fn decide(
             .duration_since(tag.pushed.unwrap_or(now))
             .unwrap_or_default();
         if window.is_some_and(|w| age < w) {
+            continue;
+        }
+        // A pull time in the future (another replica's clock) counts as now.
+        let pulled_ago = tag
+            .pulled
+            .map(|p| now.duration_since(p).unwrap_or_default());
+        if pulled_window.is_some_and(|w| pulled_ago.is_some_and(|a| a < w)) {
             continue;
         }
         if in_use.uses(repository, tag) {
@@ -133,8 +147,10 @@ pub fn decide(
 }
 
 impl Store {
-    /// The tags of `name` with when each was last pushed and its target.
+    /// The tags of `name` with when each was last pushed, when its target
+    /// was last pulled, and its target.
     pub(super) async fn tag_infos(&self, name: &Name) -> Result<Vec<TagInfo>, StorageError> {
+        let pulls = self.last_pulled_all(name).await?;
         let mut out = Vec::new();
         for tag in self.list(&layout::tags_dir(name)).await? {
             let Ok(t) = tag.parse::<Tag>() else { continue };
@@ -145,9 +161,15 @@ impl Store {
                 .await
                 .map_err(|e| StorageError::new("stat", &key, e))?;
             let digest = self.tag_target(name, &t).await?.map(|d| d.to_string());
+            let pulled = digest
+                .as_ref()
+                .and_then(|d| pulls.get(d))
+                .and_then(|s| u64::try_from(*s).ok())
+                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
             out.push(TagInfo {
                 name: tag,
                 pushed,
+                pulled,
                 digest,
             });
         }
@@ -204,6 +226,7 @@ mod tests {
         TagInfo {
             name: name.into(),
             pushed: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(NOW - age_secs)),
+            pulled: None,
             digest: Some(format!("sha256:{digest}")),
         }
     }
@@ -322,6 +345,7 @@ mod tests {
         t.push(TagInfo {
             name: "mystery".into(),
             pushed: None,
+            pulled: None,
             digest: None,
         });
         let r = RetentionRule {
@@ -344,5 +368,66 @@ mod tests {
         t.reverse();
         let b = decide(&r, "x", &t, now(), &InUseIndex::default());
         assert_eq!(a, b);
+    }
+
+    fn pulled(mut t: TagInfo, ago_secs: u64) -> TagInfo {
+        t.pulled = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(NOW - ago_secs));
+        t
+    }
+
+    #[test]
+    fn keep_pulled_within_keeps_tags_pulled_inside_the_window_however_old() {
+        let r = RetentionRule {
+            keep_pulled_within_seconds: Some(3600),
+            ..rule()
+        };
+        let t = vec![
+            // Pushed long ago, pulled a minute ago: stays.
+            pulled(tag("old-but-pulled", 90_000, "1"), 60),
+            // Pulled, but before the window: goes.
+            pulled(tag("pulled-long-ago", 90_000, "2"), 7200),
+            // Never pulled since the record began: goes, however fresh.
+            tag("never-pulled", 10, "3"),
+        ];
+        let d = decide(&r, "team/app", &t, now(), &InUseIndex::default());
+        assert_eq!(d.remove, vec!["never-pulled", "pulled-long-ago"]);
+    }
+
+    #[test]
+    fn pushed_or_pulled_within_keeps_either_and_a_future_pull_counts_as_now() {
+        let r = RetentionRule {
+            keep_within_seconds: Some(300),
+            keep_pulled_within_seconds: Some(300),
+            ..rule()
+        };
+        let mut ahead = tag("pulled-by-a-fast-clock", 5000, "4");
+        ahead.pulled = Some(now() + Duration::from_secs(30));
+        let t = vec![
+            tag("pushed-now", 10, "1"),
+            pulled(tag("pulled-now", 5000, "2"), 10),
+            pulled(tag("neither", 5000, "3"), 5000),
+            ahead,
+        ];
+        let d = decide(&r, "team/app", &t, now(), &InUseIndex::default());
+        assert_eq!(d.remove, vec!["neither"]);
+    }
+
+    #[test]
+    fn an_unpulled_tag_a_pod_runs_is_kept_and_reported() {
+        let r = RetentionRule {
+            keep_pulled_within_seconds: Some(60),
+            ..rule()
+        };
+        let in_use = InUseIndex::new(&InUse {
+            images: vec![InUseImage {
+                repository: "team/app".into(),
+                digest: Some("sha256:1".into()),
+                tag: None,
+            }],
+        });
+        let t = vec![tag("a", 100, "1"), tag("b", 100, "2")];
+        let d = decide(&r, "team/app", &t, now(), &in_use);
+        assert_eq!(d.kept_in_use, vec!["a"]);
+        assert_eq!(d.remove, vec!["b"]);
     }
 }
