@@ -71,10 +71,9 @@ mod tests {
 
     #[test]
     fn a_namespace_of_its_own_overrides_the_default() {
-        let c: QuotaConfig = serde_json::from_str(
-            r#"{"defaultBytes":100,"namespaces":{"team-a":500,"frozen":0}}"#,
-        )
-        .unwrap();
+        let c: QuotaConfig =
+            serde_json::from_str(r#"{"defaultBytes":100,"namespaces":{"team-a":500,"frozen":0}}"#)
+                .unwrap();
         assert_eq!(c.limit("team-a"), Some(500));
         assert_eq!(c.limit("frozen"), Some(0));
         assert_eq!(c.limit("other"), Some(100));

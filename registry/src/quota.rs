@@ -84,7 +84,13 @@ impl std::fmt::Display for Exceeded {
 
 impl From<Exceeded> for Error {
     fn from(e: Exceeded) -> Self {
-        tracing::info!(namespace = e.namespace, quota = e.quota, used = e.used, adding = e.adding, "push refused: over the namespace's quota");
+        tracing::info!(
+            namespace = e.namespace,
+            quota = e.quota,
+            used = e.used,
+            adding = e.adding,
+            "push refused: over the namespace's quota"
+        );
         crate::metrics::refusal("quota");
         Error::new(Code::Denied, e.to_string())
     }
@@ -392,7 +398,12 @@ mod tests {
             assert!(msg.contains(part), "{part:?} not in {msg:?}");
         }
         let full = room("team-a", 100, Some(100)).unwrap_err().to_string();
-        assert!(full.starts_with("namespace team-a has used its storage quota: 100 B (100 bytes) stored of 100 B"), "{full}");
+        assert!(
+            full.starts_with(
+                "namespace team-a has used its storage quota: 100 B (100 bytes) stored of 100 B"
+            ),
+            "{full}"
+        );
         let e: Error = room("team-a", 100, Some(100)).unwrap_err().into();
         assert_eq!(e.code, Code::Denied);
     }

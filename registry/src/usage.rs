@@ -263,7 +263,10 @@ impl Usage {
 
     /// A namespace's bytes now (no walk).
     pub fn bytes(&self, namespace: &str) -> u64 {
-        self.state().namespaces.get(namespace).map_or(0, |n| n.bytes)
+        self.state()
+            .namespaces
+            .get(namespace)
+            .map_or(0, |n| n.bytes)
     }
 
     /// Whether `namespace` holds `digest` now (no walk).
@@ -398,7 +401,10 @@ impl Usage {
     }
 
     /// What a repository holds: its manifests and the blobs linked into it.
-    async fn repository_objects(&self, repository: &str) -> Result<Vec<(Digest, u64)>, StorageError> {
+    async fn repository_objects(
+        &self,
+        repository: &str,
+    ) -> Result<Vec<(Digest, u64)>, StorageError> {
         let Ok(name) = repository.parse::<Name>() else {
             return Ok(Vec::new());
         };
@@ -478,14 +484,19 @@ mod tests {
     use super::*;
 
     fn d(c: char) -> Digest {
-        format!("sha256:{}", c.to_string().repeat(64)).parse().unwrap()
+        format!("sha256:{}", c.to_string().repeat(64))
+            .parse()
+            .unwrap()
     }
 
     #[test]
     fn content_already_held_or_repeated_adds_nothing() {
         let held = HashMap::from([(d('a'), 10)]);
         assert_eq!(new_bytes(&held, &[(d('a'), 10)]), 0);
-        assert_eq!(new_bytes(&held, &[(d('a'), 10), (d('b'), 5), (d('b'), 5)]), 5);
+        assert_eq!(
+            new_bytes(&held, &[(d('a'), 10), (d('b'), 5), (d('b'), 5)]),
+            5
+        );
         assert_eq!(new_bytes(&HashMap::new(), &[]), 0);
     }
 

@@ -176,7 +176,11 @@ pub async fn put(
             .await
             .map_err(|e| upload_error(e, name, id))?;
         if let Err(refused) = q
-            .precheck(name, Some(&digest), Some(held.saturating_add(declared.unwrap_or(0))))
+            .precheck(
+                name,
+                Some(&digest),
+                Some(held.saturating_add(declared.unwrap_or(0))),
+            )
             .await
         {
             discard(store, name, id).await;
