@@ -15,6 +15,8 @@
 //!   registry's garbage collector, and the record of a run it hands back.
 //! - [`notify`]: the registry's notification (webhook) config file, also
 //!   written by the operator.
+//! - [`quota`]: storage quotas per namespace (a config file the operator
+//!   writes) and the usage report the registry hands back.
 //!
 //! Nothing here does I/O beyond parsing bytes it is given.
 
@@ -24,6 +26,7 @@ pub mod gc;
 pub mod keys;
 pub mod mirror;
 pub mod notify;
+pub mod quota;
 pub mod repository;
 pub mod scope;
 

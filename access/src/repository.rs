@@ -66,6 +66,17 @@ pub fn split(name: &str) -> Result<RepositoryPath<'_>, NamespaceError> {
     })
 }
 
+/// The namespace a stored repository counts under (storage usage and
+/// quotas): its namespace by [`split`]; for a name [`split`] refuses (a
+/// pull-through cache's `docker.io/...`, or a name pushed with auth off),
+/// its first path component, or "" for a name of one component.
+pub fn namespace_of(name: &str) -> &str {
+    match split(name) {
+        Ok(p) => p.namespace,
+        Err(_) => name.split_once('/').map_or("", |(first, _)| first),
+    }
+}
+
 /// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
 pub fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
@@ -94,6 +105,13 @@ pub fn service_account_namespace(user: &str) -> Option<&str> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_stored_name_counts_under_one_namespace() {
+        assert_eq!(namespace_of("team/app/web"), "team");
+        assert_eq!(namespace_of("docker.io/library/nginx"), "docker.io");
+        assert_eq!(namespace_of("app"), "");
+    }
 
     #[test]
     fn the_first_component_is_the_namespace() {

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_access::quota::UsageReport;
 use futures_util::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -38,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::names::{self, Names};
 use crate::node_agent::report;
 use crate::pki;
+use crate::quota;
 use crate::readiness;
 use crate::status::{self, NodeTrustState, Observed, ServingState, StorageState, WorkloadState};
 use crate::trust::{self, Reports};
@@ -296,6 +298,30 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         }
     }
 
+    // Likewise the quota config (re-read by the registry when it changes).
+    let quota_config = desired::quota::quota_config(registry);
+    match &quota_config {
+        Some(config) => {
+            apply::apply(
+                client,
+                &desired::quota::quota_config_map(registry, &names, config),
+            )
+            .await
+            .map_err(kube_err("applying the quota ConfigMap"))?;
+        }
+        None => {
+            apply::delete_owned::<ConfigMap>(
+                client,
+                registry,
+                &names.namespace,
+                &names.quota_config_map(),
+            )
+            .await
+            .map(drop)
+            .map_err(kube_err("removing the quota ConfigMap"))?;
+        }
+    }
+
     // The UI's session key, made once: its pods mount it.
     if spec.ui.enabled {
         ensure_ui_session_key(ctx, registry, &names).await?;
@@ -374,6 +400,42 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         )
     };
 
+    // Usage per namespace, read back from the registry with quotas on.
+    let usage = match &quota_config {
+        None => None,
+        Some(_) => {
+            let previous = registry.status.as_ref().and_then(|s| s.usage.clone());
+            let serving = matches!(workload, WorkloadState::Running { ready, .. } if ready > 0);
+            let upstream = cluster_ip
+                .as_deref()
+                .and_then(|ip| names::upstream(ip, spec.service.port));
+            match (serving, upstream, bundle.as_deref()) {
+                (true, Some(upstream), Some(ca)) => match gc::fetch::<UsageReport>(
+                    &upstream,
+                    ca,
+                    &names,
+                    auth.signer.as_ref(),
+                    now,
+                    "/berth/v1/usage",
+                )
+                .await
+                {
+                    Ok(Some(report)) => Some(quota::usage_status(&report)),
+                    Ok(None) => previous,
+                    Err(e) => {
+                        tracing::warn!(
+                            registry = %key(registry),
+                            error = %e,
+                            "could not read the registry's storage usage; status.usage keeps the last one seen"
+                        );
+                        previous
+                    }
+                },
+                _ => previous,
+            }
+        }
+    };
+
     // What every selected node's agent installs.
     let upstream = cluster_ip
         .as_deref()
@@ -397,6 +459,7 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         endpoints: names.endpoints(spec),
         auth: auth.state,
         gc,
+        usage,
         serving,
     };
     let new_status = status::status(&observed, registry.status.as_ref(), now);
@@ -457,7 +520,7 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
         .map(|at| pki::until(now, at))
         .fold(RESYNC, Duration::min);
     // The in-use list follows new pods, status.gc new runs.
-    if !spec.gc.is_off() {
+    if !spec.gc.is_off() || spec.quotas.is_some() {
         requeue = requeue.min(gc::REFRESH);
     }
     // Pods ready but not answering through the Service yet: usually

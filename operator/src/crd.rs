@@ -94,6 +94,7 @@ const QUANTITY: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
     )
 )]
 #[x_kube(validation = Rule::new("!has(self.mirrors) || !self.mirrors.exists(m, has(m.maxAge) || has(m.maxSize)) || (has(self.gc) && has(self.gc.interval))").message("mirrors[].maxAge and maxSize are applied by garbage collection: set gc.interval too (e.g. 6h)"))]
+#[x_kube(validation = Rule::new("!has(self.quotas) || (has(self.gc) && has(self.gc.interval))").message("quotas count what storage holds, and deleting images frees it only when garbage collection runs: set gc.interval too (e.g. 6h)"))]
 #[x_kube(validation = Rule::new("!has(self.storage.filesystem) || self.replicas <= 1 || (has(self.storage.filesystem.accessMode) && self.storage.filesystem.accessMode == 'ReadWriteMany')").message("filesystem storage is one ReadWriteOnce volume that a single replica can use: set replicas to 0 or 1, set storage.filesystem.accessMode to ReadWriteMany if the storage class offers it, or use s3 storage to run more"))]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySpec {
@@ -169,6 +170,57 @@ pub struct RegistrySpec {
     /// The web UI the registry serves at `/ui/` (same TLS and logins).
     #[serde(default)]
     pub ui: UiSpec,
+
+    /// Storage quotas per namespace (the first part of a repository's
+    /// name): a push that would take a namespace past its limit is refused
+    /// with `DENIED` and a message naming the quota. Usage per namespace
+    /// shows in `status.usage` and the registry's metrics. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<Quotas>,
+}
+
+/// Byte limits per namespace, as Kubernetes quantities (`10Gi`, `500Mi`).
+/// A namespace's usage is the distinct blobs and manifests its
+/// repositories hold, each counted once (a layer shared by two of its
+/// images counts once); deleted images count until garbage collection
+/// reclaims them. Each registry replica checks against its own count,
+/// which sees the other replicas' pushes within a minute: with several
+/// replicas a burst of pushes may overshoot a little.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Quotas {
+    /// The limit of every namespace not listed in `namespaces` (e.g.
+    /// `10Gi`). Unset: only the listed namespaces are limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = QUANTITY), length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).compareTo(quantity('0')) >= 0").message("quotas.default is a byte quantity such as 10Gi or 500Mi"))]
+    pub default: Option<String>,
+
+    /// Limits of single namespaces, overriding `default`: `{team-a: 50Gi}`.
+    /// `0` lets nothing new be pushed to the namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "namespace_quotas_schema")]
+    pub namespaces: BTreeMap<String, String>,
+}
+
+/// A map of namespace name to quantity, with its keys and values checked.
+fn namespace_quotas_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Limits of single namespaces, overriding `default`: `{team-a: 50Gi}`. `0` lets nothing new be pushed to the namespace.",
+        "type": "object",
+        "maxProperties": 256,
+        "additionalProperties": {"type": "string", "maxLength": 32, "pattern": QUANTITY},
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.all(ns, size(ns) <= 63 && ns.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))",
+                "message": "quotas.namespaces is keyed by Kubernetes namespace names (lower-case letters, digits and '-', at most 63 characters), e.g. team-a: 50Gi"
+            },
+            {
+                "rule": "self.all(ns, isQuantity(self[ns]) && quantity(self[ns]).compareTo(quantity('0')) >= 0)",
+                "message": "each quotas.namespaces value is a byte quantity such as 50Gi or 500Mi"
+            }
+        ]
+    })
 }
 
 /// The registry's web UI: repositories, images, signatures, deletion and
@@ -308,6 +360,7 @@ impl Default for RegistrySpec {
             mirrors: Vec::new(),
             resources: None,
             ui: UiSpec::default(),
+            quotas: None,
         }
     }
 }
@@ -1040,6 +1093,44 @@ pub struct RegistryStatus {
     /// the cluster's pods run from this registry (GC keeps them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcStatus>,
+
+    /// Storage per namespace and its quota (with `spec.quotas`), as the
+    /// registry last counted it; refreshed every few minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageStatus>,
+}
+
+/// Storage by namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageStatus {
+    /// When the registry last walked its storage (pushes since are
+    /// counted in as they happen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// By name; at most 100, the fullest (against their quota) kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<NamespaceUsageStatus>,
+    /// Namespaces left out of `namespaces`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// One namespace's storage.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceUsageStatus {
+    pub namespace: String,
+    pub repositories: i64,
+    /// Distinct blobs and manifests its repositories hold.
+    pub used_bytes: i64,
+    /// Its quota (`spec.quotas`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<i64>,
 }
 
 /// The newest GC run any replica recorded, and what pods use.

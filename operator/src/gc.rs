@@ -41,7 +41,7 @@ pub enum FetchError {
     NoCa,
     #[error("cannot sign a token for the registry: {0}")]
     Sign(String),
-    #[error("cannot reach the registry for its GC record: {0}")]
+    #[error("cannot reach the registry: {0}")]
     Kube(#[from] kube::Error),
 }
 
@@ -83,6 +83,19 @@ pub async fn fetch_last_run(
     signer: Option<&Signer>,
     now: Timestamp,
 ) -> Result<Option<GcRun>, FetchError> {
+    fetch(upstream, ca_bundle, names, signer, now, "/berth/v1/gc").await
+}
+
+/// GETs `path` (JSON) from the registry as [`fetch_last_run`] does; `None`
+/// for a 404.
+pub async fn fetch<T: serde::de::DeserializeOwned>(
+    upstream: &str,
+    ca_bundle: &str,
+    names: &Names,
+    signer: Option<&Signer>,
+    now: Timestamp,
+    path: &str,
+) -> Result<Option<T>, FetchError> {
     let url: axum::http::Uri = upstream
         .parse()
         .map_err(|_| FetchError::Url(upstream.to_owned()))?;
@@ -108,11 +121,11 @@ pub async fn fetch_last_run(
             .push((axum::http::header::AUTHORIZATION, value));
     }
     let client = kube::Client::try_from(config)?;
-    let request = axum::http::Request::get("/berth/v1/gc")
+    let request = axum::http::Request::get(path)
         .body(Vec::new())
         .map_err(|e| FetchError::Url(e.to_string()))?;
-    match client.request::<GcRun>(request).await {
-        Ok(run) => Ok(Some(run)),
+    match client.request::<T>(request).await {
+        Ok(answer) => Ok(Some(answer)),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
         Err(e) => Err(e.into()),
     }

@@ -103,6 +103,11 @@ impl Names {
         format!("{}-notify", self.name)
     }
 
+    /// The ConfigMap holding the registry's quota config file.
+    pub fn quota_config_map(&self) -> String {
+        format!("{}-quota", self.name)
+    }
+
     /// The ConfigMap holding the registry's mirror (pull-through cache)
     /// config file.
     pub fn mirror_config_map(&self) -> String {

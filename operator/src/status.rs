@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{
     CertificateStatus, Endpoints, GcStatus, NodeCounts, NodeTrustStatus, RegistryStatus,
+    UsageStatus,
 };
 
 pub const READY: &str = "Ready";
@@ -156,6 +157,8 @@ pub struct Observed {
     pub auth: AuthState,
     /// `status.gc`: `None` when GC is off.
     pub gc: Option<GcStatus>,
+    /// `status.usage`: `None` without quotas.
+    pub usage: Option<UsageStatus>,
     pub serving: ServingState,
 }
 
@@ -402,6 +405,7 @@ pub fn status(obs: &Observed, previous: Option<&RegistryStatus>, now: Timestamp)
         nodes,
         node_trust,
         gc: obs.gc.clone(),
+        usage: obs.usage.clone(),
     }
 }
 
@@ -462,6 +466,7 @@ mod tests {
             },
             auth: AuthState::Enabled { mode: "Kubernetes" },
             gc: None,
+            usage: None,
             serving: ServingState::Serving {
                 endpoints: 1,
                 note: "/v2/ answers through the Service at 10.96.0.42:443".into(),

@@ -516,3 +516,47 @@ fn mirrors_are_a_list_map_keyed_by_prefix() {
     assert_eq!(mirrors["x-kubernetes-list-map-keys"], json!(["prefix"]));
     assert_eq!(mirrors["items"]["required"], json!(["prefix", "url"]));
 }
+
+#[test]
+fn quotas_take_byte_quantities_per_namespace() {
+    let ok = json!({"gc": {"interval": "6h"}, "quotas": {"default": "10Gi", "namespaces": {"team-a": "50Gi", "frozen": "0", "big": "1.5Ti"}}});
+    assert_eq!(refusals(ok), Vec::<String>::new());
+    assert_refused(
+        json!({"gc": {"interval": "6h"}, "quotas": {"default": "ten gigs"}}),
+        "quotas.default is a byte quantity",
+    );
+    assert_refused(
+        json!({"gc": {"interval": "6h"}, "quotas": {"default": "-1Gi"}}),
+        "quotas.default is a byte quantity",
+    );
+    assert_refused(
+        json!({"gc": {"interval": "6h"}, "quotas": {"namespaces": {"team-a": "lots"}}}),
+        "each quotas.namespaces value is a byte quantity",
+    );
+    assert_refused(
+        json!({"gc": {"interval": "6h"}, "quotas": {"namespaces": {"Team_A": "1Gi"}}}),
+        "quotas.namespaces is keyed by Kubernetes namespace names",
+    );
+    let long = "a".repeat(64);
+    assert_refused(
+        json!({"gc": {"interval": "6h"}, "quotas": {"namespaces": {long: "1Gi"}}}),
+        "quotas.namespaces is keyed by Kubernetes namespace names",
+    );
+}
+
+#[test]
+fn quotas_without_garbage_collection_are_refused() {
+    assert_refused(
+        json!({"quotas": {"default": "10Gi"}}),
+        "deleting images frees it only when garbage collection runs: set gc.interval",
+    );
+}
+
+#[test]
+fn quota_values_are_patterned_quantities_in_the_schema() {
+    let schema = schema().expect("schema");
+    let quotas = &schema["properties"]["spec"]["properties"]["quotas"]["properties"];
+    assert!(quotas["default"]["pattern"].is_string());
+    assert!(quotas["namespaces"]["additionalProperties"]["pattern"].is_string());
+    assert_eq!(quotas["namespaces"]["maxProperties"], json!(256));
+}

@@ -22,14 +22,20 @@ pub async fn get(State(state): State<AppState>, req: Request) -> Response {
     }
 }
 
-async fn answer(state: &AppState, req: Request) -> Result<Response, Error> {
+/// With auth on, refuses a caller who did not log in (`what` names what
+/// they asked for).
+pub(crate) async fn require_login(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    conn: Option<Connection>,
+    what: &str,
+) -> Result<(), Error> {
     if let Some(auth) = &state.auth {
-        let conn = req.extensions().get::<Connection>().copied();
-        let caller = auth.identify(req.headers(), conn.as_ref()).await?;
+        let caller = auth.identify(headers, conn.as_ref()).await?;
         if matches!(caller.identity, crate::auth::Identity::Anonymous) {
             return Err(Error::new(
                 Code::Unauthorized,
-                "the GC record needs credentials: log in as any user of this registry",
+                format!("{what} needs credentials: log in as any user of this registry"),
             )
             .with_header(
                 header::WWW_AUTHENTICATE,
@@ -37,6 +43,12 @@ async fn answer(state: &AppState, req: Request) -> Result<Response, Error> {
             ));
         }
     }
+    Ok(())
+}
+
+async fn answer(state: &AppState, req: Request) -> Result<Response, Error> {
+    let conn = req.extensions().get::<Connection>().copied();
+    require_login(state, req.headers(), conn, "the GC record").await?;
     let run = state.store.last_gc_run().await.map_err(|e| {
         tracing::warn!(error = %e, "cannot read the GC record");
         Error::new(

@@ -14,12 +14,15 @@ pub mod mirror;
 pub mod notify;
 pub mod oci;
 pub mod page_cache;
+pub mod quota;
 pub mod raw_errors;
 pub mod search;
 pub mod server;
 pub mod storage;
 pub mod tls;
 pub mod ui;
+pub mod usage;
+pub mod usage_status;
 pub mod zero_copy;
 
 use std::sync::Arc;
@@ -46,10 +49,15 @@ pub struct AppState {
     pub mirror: Option<Arc<mirror::Mirror>>,
     /// None: no webhooks (no `--notify-config`).
     pub notify: Option<Arc<notify::Notifier>>,
+    /// Storage by namespace (the UI, `/berth/v1/usage`, quotas).
+    pub usage: Arc<usage::Usage>,
+    /// None: no namespace has a quota (no `--quota-config`).
+    pub quota: Option<Arc<quota::Quotas>>,
 }
 
 /// The application: `/v2/...` (the distribution API), `/healthz`
-/// (liveness), `/readyz` (readiness: storage takes writes), `/metrics`.
+/// (liveness), `/readyz` (readiness: storage takes writes), `/metrics`,
+/// `/berth/v1/gc` and `/berth/v1/usage` (for the operator).
 pub fn router(store: Arc<Store>) -> Router {
     router_full(store, None, &limits::Limits::default())
 }
@@ -114,6 +122,9 @@ pub struct Features {
     pub ui_session_key: Option<ui::session::Key>,
     /// The host pods use in `image:` (`--node-endpoint`), shown by the UI.
     pub node_endpoint: Option<String>,
+    /// Storage quotas per namespace (`--quota-config`), checked on every
+    /// push; their usage is also the UI's and `/berth/v1/usage`'s.
+    pub quota: Option<Arc<quota::Quotas>>,
 }
 
 impl Default for Features {
@@ -126,6 +137,7 @@ impl Default for Features {
             notify: None,
             ui_session_key: None,
             node_endpoint: None,
+            quota: None,
         }
     }
 }
@@ -145,11 +157,16 @@ pub fn router_features(
         notify,
         ui_session_key,
         node_endpoint,
+        quota,
     } = features;
     let token_endpoint = auth.is_some();
     if let (Some(auth), Some(mirror)) = (&auth, &mirror) {
         auth.set_mirror_prefixes(mirror.prefixes());
     }
+    let usage = match &quota {
+        Some(q) => q.usage().clone(),
+        None => usage::Usage::new(store.clone()),
+    };
     let state = AppState {
         store,
         auth,
@@ -157,6 +174,8 @@ pub fn router_features(
         audit,
         mirror,
         notify,
+        usage,
+        quota,
     };
     let web = ui.then(|| {
         ui::router(
@@ -178,6 +197,7 @@ pub fn router_features(
         .route("/v1/search", get(search::search))
         .route("/berth/v1/audit", get(audit::http::get))
         .route("/berth/v1/gc", get(gc_status::get))
+        .route("/berth/v1/usage", get(usage_status::get))
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",

@@ -224,6 +224,12 @@ struct Serve {
     /// re-read before every GC run; the tags they do not keep are removed.
     #[arg(long, env = "BERTH_GC_RETENTION")]
     gc_retention: Option<PathBuf>,
+    /// Storage quotas per namespace (JSON: {"defaultBytes":10737418240,
+    /// "namespaces":{"team-a":53687091200}}): a push that would take a
+    /// namespace past its limit is refused with DENIED. Re-read when it
+    /// changes. Without it, no namespace is limited.
+    #[arg(long, env = "BERTH_QUOTA_CONFIG")]
+    quota_config: Option<PathBuf>,
     /// The images running pods use (JSON: {"images":[{"repository":"team/app",
     /// "digest":"sha256:...","tag":"v1"}]}), re-read before every GC run: GC
     /// keeps them and retention never removes their tags. A run is skipped
@@ -511,6 +517,22 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         node_endpoint = args.node_endpoint.as_deref().unwrap_or(""),
         "web UI at /ui/"
     );
+    let quota = match &args.quota_config {
+        Some(path) => {
+            let usage = berth_registry::usage::Usage::new(store.clone());
+            let quotas = berth_registry::quota::Quotas::from_file(usage, path)
+                .context("cannot start with the quota config")?;
+            let config = quotas.config();
+            tracing::info!(
+                default_bytes = config.default_bytes,
+                namespaces = config.namespaces.len(),
+                "storage quotas per namespace on"
+            );
+            tokio::spawn(berth_registry::quota::run_periodically(quotas.clone()));
+            Some(quotas)
+        }
+        None => None,
+    };
     let features = berth_registry::Features {
         audit,
         ui: args.ui == "on",
@@ -518,6 +540,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         notify,
         ui_session_key,
         node_endpoint: args.node_endpoint.clone(),
+        quota,
     };
     tokio::spawn(berth_registry::storage::pulls::flush_periodically(
         store.clone(),

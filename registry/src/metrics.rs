@@ -4,7 +4,7 @@
 //! over the cap, timeouts, a full disk, busy upload sessions), and garbage
 //! collection (runs, what they reclaimed, how long the last took), and
 //! webhook deliveries per endpoint (delivered, failed attempts, dropped,
-//! queue length).
+//! queue length), and storage per namespace with its quota.
 //!
 //! One process-wide registry, so any layer can count without threading a
 //! handle through every call.
@@ -54,6 +54,11 @@ struct EndpointKindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabels {
+    namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthLabels {
     mode: &'static str,
     outcome: &'static str,
@@ -84,6 +89,8 @@ struct Metrics {
     audit: Family<KindLabels, Counter>,
     notify: NotifyMetrics,
     gc: GcMetrics,
+    namespace_bytes: Family<NamespaceLabels, Gauge>,
+    namespace_quota_bytes: Family<NamespaceLabels, Gauge>,
 }
 
 /// Per webhook endpoint (labelled by its configured name, never its URL).
@@ -259,7 +266,7 @@ fn metrics() -> &'static Metrics {
         let refusals = Family::<KindLabels, Counter>::default();
         registry.register(
             "refusals",
-            "Requests refused by a limit (kind: upload_busy, uri_too_long, headers_too_large, upload_buffer_budget)",
+            "Requests refused by a limit (kind: upload_busy, uri_too_long, headers_too_large, upload_buffer_budget, quota)",
             refusals.clone(),
         );
         let auth = Family::<AuthLabels, Counter>::default();
@@ -282,7 +289,21 @@ fn metrics() -> &'static Metrics {
         );
         let gc = GcMetrics::register(&mut registry);
         let notify = NotifyMetrics::register(&mut registry);
+        let namespace_bytes = Family::<NamespaceLabels, Gauge>::default();
+        registry.register(
+            "namespace_bytes",
+            "Bytes a namespace's repositories hold: distinct blobs and manifests, each once per namespace (what quotas limit)",
+            namespace_bytes.clone(),
+        );
+        let namespace_quota_bytes = Family::<NamespaceLabels, Gauge>::default();
+        registry.register(
+            "namespace_quota_bytes",
+            "A namespace's storage quota in bytes (only namespaces that have one)",
+            namespace_quota_bytes.clone(),
+        );
         Metrics {
+            namespace_bytes,
+            namespace_quota_bytes,
             gc,
             mirror,
             notify,
@@ -462,6 +483,45 @@ pub fn gc_run(ok: bool, report: &crate::storage::gc::GcReport, took: Duration) {
 /// Quarantined objects moved back (by GC or by a reader that needed them).
 pub fn gc_restored(n: u64) {
     metrics().gc.restored_objects.inc_by(n);
+}
+
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The bytes `namespace` holds now.
+pub fn namespace_bytes(namespace: &str, bytes: u64) {
+    metrics()
+        .namespace_bytes
+        .get_or_create(&NamespaceLabels {
+            namespace: namespace.to_owned(),
+        })
+        .set(gauge_value(bytes));
+}
+
+/// `namespace`'s quota, or none.
+pub fn namespace_quota(namespace: &str, quota: Option<u64>) {
+    let labels = NamespaceLabels {
+        namespace: namespace.to_owned(),
+    };
+    let family = &metrics().namespace_quota_bytes;
+    match quota {
+        Some(q) => {
+            family.get_or_create(&labels).set(gauge_value(q));
+        }
+        None => {
+            family.remove(&labels);
+        }
+    }
+}
+
+/// `namespace` holds nothing any more: its gauges go.
+pub fn namespace_gone(namespace: &str) {
+    let labels = NamespaceLabels {
+        namespace: namespace.to_owned(),
+    };
+    metrics().namespace_bytes.remove(&labels);
+    metrics().namespace_quota_bytes.remove(&labels);
 }
 
 /// The text exposition format.

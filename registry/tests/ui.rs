@@ -547,10 +547,11 @@ async fn namespace_usage_covers_every_repository_and_counts_shared_layers_once()
     let mut b = Browser::new(&reg.app);
     b.log_in("bob").await;
     // Only team/other on this page (search), yet the namespace's total is
-    // over both repositories: config "{}" (2 B, shared) + 17 B + 19 B.
+    // over both repositories: config "{}" (2 B, shared) + layers of 17 B
+    // and 19 B + two manifests of 393 B.
     let page = text(&b.get("/ui/?q=other").await);
     assert!(
-        page.contains(r#"data-namespace="team"> · 2 repositories · 38 B"#),
+        page.contains(r#"data-namespace="team"> · 2 repositories · 824 B"#),
         "{page}"
     );
     assert!(page.contains("Storage by namespace"), "{page}");

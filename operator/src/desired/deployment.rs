@@ -25,7 +25,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{AuthMode, Registry};
-use crate::desired::{auth, config_file, gc, labels, mirror, notify, owner, storage, ui_session};
+use crate::desired::{
+    auth, config_file, gc, labels, mirror, notify, owner, quota, storage, ui_session,
+};
 use crate::names::Names;
 
 /// The port the registry listens on inside the pod (unprivileged).
@@ -68,6 +70,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
     });
     let notify_config = notify::notify_config(registry);
     let mirror_config = mirror::mirror_config(registry);
+    let quota_config = quota::quota_config(registry);
     let storage = storage::wiring(registry, names);
     let args = ["serve", "--listen"]
         .into_iter()
@@ -81,11 +84,13 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
         .chain(auth_args.into_iter().flatten())
         .chain(notify::args(notify_config.as_ref()))
         .chain(mirror::args(mirror_config.as_ref()))
+        .chain(quota::args(quota_config.as_ref()))
         .collect();
     let (auth_mounts, auth_volumes) = auth_volumes(registry, names, auth_config.is_some());
     let (gc_mounts, gc_volumes) = gc_volumes(registry, names);
     let (notify_mounts, notify_volumes) = notify::volumes(registry, names);
     let (mirror_mounts, mirror_volumes) = mirror::volumes(registry, names);
+    let (quota_mounts, quota_volumes) = quota::volumes(registry, names);
     let (session_mounts, session_volumes) = ui_session::volumes(registry, names);
     let template_annotations: BTreeMap<String, String> = auth_config
         .as_ref()
@@ -155,6 +160,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                 .chain(gc_mounts)
                 .chain(notify_mounts)
                 .chain(mirror_mounts)
+                .chain(quota_mounts)
                 .chain(session_mounts)
                 .collect(),
         ),
@@ -235,6 +241,7 @@ pub fn deployment(registry: &Registry, names: &Names, default_image: &str) -> De
                             .chain(gc_volumes)
                             .chain(notify_volumes)
                             .chain(mirror_volumes)
+                            .chain(quota_volumes)
                             .chain(session_volumes)
                             .collect(),
                     ),

@@ -21,6 +21,7 @@ pub mod notify;
 pub mod owner;
 pub mod pull_secret;
 pub mod pvc;
+pub mod quota;
 pub mod service;
 pub mod storage;
 pub mod tls;

@@ -10,6 +10,7 @@ use super::{Ctx, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, OCI_TAG, empty};
 use crate::error::{Code, Error, Result};
 use crate::oci::manifest::{self, MAX_MANIFEST_BYTES};
 use crate::oci::{Algorithm, Name, Reference, Tag};
+use crate::quota::Quotas;
 use crate::storage::references::ReferenceError;
 use crate::storage::{StorageError, Store, StoredManifest};
 
@@ -64,6 +65,7 @@ fn acceptable(ctx: &Ctx, media_type: &str) -> bool {
 
 pub async fn put(
     store: &Store,
+    quota: Option<&Quotas>,
     name: &Name,
     reference: &str,
     ctx: &Ctx,
@@ -138,6 +140,18 @@ pub async fn put(
             ReferenceError::SizeMismatch { .. } => Error::new(Code::ManifestInvalid, e.to_string()),
             ReferenceError::Storage(e) => reference_gone_or(e),
         })?;
+    // With quotas: the manifest, and what it references that its
+    // namespace does not hold yet (pushed through another replica), must
+    // fit; counted from here on.
+    let reservation = match quota {
+        Some(q) => {
+            let mut objects = vec![(digest.clone(), body.len() as u64)];
+            objects.extend(crate::usage::stored_blobs(&parsed));
+            objects.extend(parsed.manifests.iter().map(|d| (d.digest.clone(), d.size)));
+            Some(q.admit(name, &objects).await?)
+        }
+        None => None,
+    };
     let stored = StoredManifest {
         digest: digest.clone(),
         media_type: parsed.media_type.clone(),
@@ -147,6 +161,9 @@ pub async fn put(
         .manifest_put(name, &stored, &parsed, &tags, checked)
         .await
         .map_err(reference_gone_or)?;
+    if let Some(r) = reservation {
+        r.keep();
+    }
 
     let mut headers = vec![
         (header::LOCATION, format!("/v2/{name}/manifests/{digest}")),

@@ -409,6 +409,7 @@ async fn dispatch_local(
 ) -> Result<Response> {
     use Method as M;
     let store = &state.store;
+    let quota = state.quota.as_deref();
     match (endpoint, ctx.method.clone()) {
         (Endpoint::Base, M::GET | M::HEAD) => Ok(base::get()),
         (Endpoint::Catalog, M::GET) => catalog::get(&state.store, &ctx).await,
@@ -416,16 +417,22 @@ async fn dispatch_local(
         (Endpoint::Manifest(name, r), M::GET | M::HEAD) => {
             manifests::get(store, &name, &r, &ctx).await
         }
-        (Endpoint::Manifest(name, r), M::PUT) => manifests::put(store, &name, &r, &ctx, body).await,
+        (Endpoint::Manifest(name, r), M::PUT) => {
+            manifests::put(store, quota, &name, &r, &ctx, body).await
+        }
         (Endpoint::Manifest(name, r), M::DELETE) => manifests::delete(store, &name, &r).await,
         (Endpoint::Blob(name, d), M::GET | M::HEAD) => blobs::get(store, &name, &d, &ctx).await,
         (Endpoint::Blob(name, d), M::DELETE) => blobs::delete(store, &name, &d).await,
-        (Endpoint::UploadStart(name), M::POST) => uploads::start(store, &name, &ctx, body).await,
+        (Endpoint::UploadStart(name), M::POST) => {
+            uploads::start(store, quota, &name, &ctx, body).await
+        }
         (Endpoint::Upload(name, id), M::GET) => uploads::status(store, &name, &id).await,
         (Endpoint::Upload(name, id), M::PATCH) => {
             uploads::patch(store, &name, &id, &ctx, body).await
         }
-        (Endpoint::Upload(name, id), M::PUT) => uploads::put(store, &name, &id, &ctx, body).await,
+        (Endpoint::Upload(name, id), M::PUT) => {
+            uploads::put(store, quota, &name, &id, &ctx, body).await
+        }
         (Endpoint::Upload(name, id), M::DELETE) => uploads::cancel(store, &name, &id).await,
         (Endpoint::Referrers(name, d), M::GET) => referrers::get(store, &name, &d, &ctx).await,
         (e, m) => Err(Error::new(

@@ -11,19 +11,29 @@ use super::{Ctx, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, empty};
 use crate::error::{Code, Error, Result};
 use crate::oci::range::{content_range_len, parse_content_range};
 use crate::oci::{Algorithm, Digest, Name};
+use crate::quota::Quotas;
+use crate::storage::upload::BodyChunk;
 use crate::storage::{Store, UploadError};
 
-pub async fn start(store: &Store, name: &Name, ctx: &Ctx, body: Body) -> Result<Response> {
+pub async fn start(
+    store: &Store,
+    quota: Option<&Quotas>,
+    name: &Name,
+    ctx: &Ctx,
+    body: Body,
+) -> Result<Response> {
     if let Some(mount) = ctx.query.get("mount") {
         let digest: Digest = mount.parse()?;
         // A source we cannot parse is a source we cannot mount from: fall back to an upload.
         let from = ctx.query.get("from").map(|f| f.parse::<Name>());
-        let mounted = match &from {
-            Some(Ok(source)) => store.blob_mount(name, &digest, Some(source)).await?,
+        let source = match &from {
+            Some(Ok(source)) => Some(Some(source)),
             Some(Err(_)) => None,
-            None => store.blob_mount(name, &digest, None).await?,
+            None => Some(None),
         };
-        if mounted.is_some() {
+        if let Some(source) = source
+            && mount_blob(store, quota, name, &digest, source).await?
+        {
             return Ok(created(name, &digest));
         }
     }
@@ -34,18 +44,21 @@ pub async fn start(store: &Store, name: &Name, ctx: &Ctx, body: Body) -> Result<
             _ => None,
         })
     });
+    // Before any byte is received: a namespace at its quota takes no new
+    // upload, nor one whose declared size cannot fit.
+    let declared = ctx.content_length();
+    if let Some(q) = quota {
+        q.precheck(name, digest.as_ref(), declared.filter(|_| digest.is_some()))
+            .await?;
+    }
     let Some(digest) = digest else {
         let id = store.upload_start(name, algorithm).await?;
         return Ok(session(StatusCode::ACCEPTED, name, &id, 0));
     };
     let id = store.upload_start_monolithic(name, algorithm).await?;
     // Monolithic: the whole blob is this request's body.
-    let declared = ctx.content_length();
     let body = ctx.body_stream(body);
-    if let Err(e) = store
-        .upload_complete(name, &id, &digest, None, declared, body)
-        .await
-    {
+    if let Err(e) = complete(store, quota, name, &id, &digest, None, declared, body).await {
         // The session was this request's alone: leave nothing behind.
         if let Err(cleanup) = store.upload_cancel(name, &id).await {
             tracing::debug!(upload = id, error = %cleanup, "monolithic upload already cleaned up");
@@ -53,6 +66,60 @@ pub async fn start(store: &Store, name: &Name, ctx: &Ctx, body: Body) -> Result<
         return Err(upload_error(e, name, &id));
     }
     Ok(created(name, &digest))
+}
+
+/// A cross-repository mount; false when there is nothing to mount (the
+/// client then uploads). With quotas, the blob counts in `name`'s
+/// namespace like an upload of it.
+async fn mount_blob(
+    store: &Store,
+    quota: Option<&Quotas>,
+    name: &Name,
+    digest: &Digest,
+    source: Option<&Name>,
+) -> Result<bool> {
+    let Some(q) = quota else {
+        return Ok(store.blob_mount(name, digest, source).await?.is_some());
+    };
+    let Some(size) = store.blob_mount_size(digest, source).await? else {
+        return Ok(false);
+    };
+    let reservation = q.admit(name, &[(digest.clone(), size)]).await?;
+    let mounted = store.blob_mount(name, digest, source).await?.is_some();
+    if mounted {
+        reservation.keep();
+    }
+    Ok(mounted)
+}
+
+/// Finishes an upload; with quotas, the verified blob is checked against
+/// its namespace's just before it is committed.
+#[allow(clippy::too_many_arguments)]
+async fn complete(
+    store: &Store,
+    quota: Option<&Quotas>,
+    name: &Name,
+    id: &str,
+    digest: &Digest,
+    start: Option<u64>,
+    declared: Option<u64>,
+    body: impl futures_util::Stream<Item = BodyChunk> + Send + Unpin,
+) -> std::result::Result<(), UploadError> {
+    match quota {
+        None => store
+            .upload_complete(name, id, digest, start, declared, body)
+            .await
+            .map(drop),
+        Some(q) => {
+            let (_, reservation) = store
+                .upload_complete_admitted(name, id, digest, start, declared, body, |size| {
+                    q.admit_now(name, &[(digest.clone(), size)])
+                })
+                .await?;
+            reservation.keep();
+            Ok(())
+        }
+    }
 }
 
 pub async fn status(store: &Store, name: &Name, id: &str) -> Result<Response> {
@@ -81,7 +148,14 @@ pub async fn patch(
     Ok(session(StatusCode::ACCEPTED, name, id, size))
 }
 
-pub async fn put(store: &Store, name: &Name, id: &str, ctx: &Ctx, body: Body) -> Result<Response> {
+pub async fn put(
+    store: &Store,
+    quota: Option<&Quotas>,
+    name: &Name,
+    id: &str,
+    ctx: &Ctx,
+    body: Body,
+) -> Result<Response> {
     check_id(id)?;
     let digest: Digest = ctx
         .query
@@ -94,12 +168,37 @@ pub async fn put(store: &Store, name: &Name, id: &str, ctx: &Ctx, body: Body) ->
         })?
         .parse()?;
     let (start, declared) = chunk_bounds(ctx)?;
+    if let Some(q) = quota {
+        // What is held already plus what this request declares: refused
+        // before the body is read if that cannot fit.
+        let held = store
+            .upload_size(name, id)
+            .await
+            .map_err(|e| upload_error(e, name, id))?;
+        if let Err(refused) = q
+            .precheck(
+                name,
+                Some(&digest),
+                Some(held.saturating_add(declared.unwrap_or(0))),
+            )
+            .await
+        {
+            discard(store, name, id).await;
+            return Err(refused.into());
+        }
+    }
     let body = ctx.body_stream(body);
-    store
-        .upload_complete(name, id, &digest, start, declared, body)
+    complete(store, quota, name, id, &digest, start, declared, body)
         .await
         .map_err(|e| upload_error(e, name, id))?;
     Ok(created(name, &digest))
+}
+
+/// Removes a refused upload's session (its bytes are no blob yet).
+async fn discard(store: &Store, name: &Name, id: &str) {
+    if let Err(e) = store.upload_cancel(name, id).await {
+        tracing::debug!(upload = id, error = %e, "refused upload already gone");
+    }
 }
 
 pub async fn cancel(store: &Store, name: &Name, id: &str) -> Result<Response> {
@@ -199,6 +298,7 @@ fn upload_error(e: UploadError, name: &Name, id: &str) -> Error {
                 .with_header(header::LOCATION, hv(&location(name, id)))
         }
         UploadError::Cancelled => Error::new(Code::BlobUploadUnknown, msg),
+        UploadError::OverQuota(refused) => refused.into(),
         UploadError::Storage(s) => s.into(),
     }
 }

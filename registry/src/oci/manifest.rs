@@ -50,7 +50,7 @@ pub struct Descriptor {
 impl Descriptor {
     /// True for content that lives outside the registry (foreign layers):
     /// a manifest may reference it without it having been pushed.
-    fn is_external(&self) -> bool {
+    pub fn is_external(&self) -> bool {
         NON_DISTRIBUTABLE.contains(&self.media_type.as_str())
             || self.media_type == DOCKER_FOREIGN
             || !self.urls.is_empty()

@@ -87,6 +87,15 @@ pub struct StoredManifest {
     pub body: Bytes,
 }
 
+/// What a repository holds (see [`Store::repository_contents`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepositoryContents {
+    /// Its manifest revisions.
+    pub manifests: Vec<Digest>,
+    /// The blobs linked into it.
+    pub blobs: Vec<Digest>,
+}
+
 pub struct Store {
     driver: Arc<dyn Driver>,
     sessions: upload::Sessions,
@@ -261,6 +270,19 @@ impl Store {
             .map_err(|e| StorageError::new("open", &key, e))
     }
 
+    /// The size of what [`Self::blob_mount`] would link: the blob linked
+    /// into `from`, or without it, stored anywhere; `None`: nothing to mount.
+    pub async fn blob_mount_size(
+        &self,
+        digest: &Digest,
+        from: Option<&Name>,
+    ) -> Result<Option<u64>, StorageError> {
+        match from {
+            Some(source) => self.blob_size(source, digest).await,
+            None => self.size(&layout::blob(digest)).await,
+        }
+    }
+
     /// Links an existing blob into `name` without moving bytes. With `from`,
     /// the blob must be linked there; without, anywhere in the registry.
     /// Returns the blob's size, or `None` if there is nothing to mount.
@@ -270,15 +292,42 @@ impl Store {
         digest: &Digest,
         from: Option<&Name>,
     ) -> Result<Option<u64>, StorageError> {
-        let size = match from {
-            Some(source) => self.blob_size(source, digest).await?,
-            None => self.size(&layout::blob(digest)).await?,
-        };
+        let size = self.blob_mount_size(digest, from).await?;
         if let Some(n) = size {
             self.link_blob(name, digest).await?;
             self.known.remember(name, digest, n);
         }
         Ok(size)
+    }
+
+    /// The size of a blob where it is stored, `None` if it is not there
+    /// (never looked for in GC's quarantine, so reading it never undoes GC).
+    pub async fn blob_stored_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        self.size(&layout::blob(digest)).await
+    }
+
+    /// What `name` holds: its manifest revisions and the blobs linked into
+    /// it, as listed (what GC quarantined is not there).
+    pub async fn repository_contents(
+        &self,
+        name: &Name,
+    ) -> Result<RepositoryContents, StorageError> {
+        let mut contents = RepositoryContents::default();
+        for alg in ["sha256", "sha512"] {
+            let digests = |hexes: Vec<String>| -> Vec<Digest> {
+                hexes
+                    .into_iter()
+                    .filter_map(|hex| format!("{alg}:{hex}").parse().ok())
+                    .collect()
+            };
+            contents
+                .manifests
+                .extend(digests(self.list(&layout::revisions_dir(name, alg)).await?));
+            contents
+                .blobs
+                .extend(digests(self.list(&layout::layers_dir(name, alg)).await?));
+        }
+        Ok(contents)
     }
 
     /// Removes a blob from a repository; the bytes stay until GC finds them

@@ -36,6 +36,10 @@ pub enum UploadError {
     Busy,
     #[error("the upload was cancelled by a DELETE while this request was writing to it")]
     Cancelled,
+    /// The verified blob would take its namespace past its quota; the
+    /// session was discarded.
+    #[error(transparent)]
+    OverQuota(#[from] crate::quota::Exceeded),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -256,9 +260,33 @@ impl Store {
     where
         S: Stream<Item = BodyChunk> + Send + Unpin,
     {
+        self.upload_complete_admitted(name, id, expected, start, declared, body, |_| Ok(()))
+            .await
+            .map(|(size, ())| size)
+    }
+
+    /// [`Self::upload_complete`], asking `admit` (with the blob's size, once
+    /// its digest is verified) whether it may be stored: refused, the
+    /// session is discarded and nothing is published. What `admit` returns
+    /// (a quota reservation) is held through the commit and handed back.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_complete_admitted<S, T>(
+        &self,
+        name: &Name,
+        id: &str,
+        expected: &Digest,
+        start: Option<u64>,
+        declared: Option<u64>,
+        body: S,
+        admit: impl FnOnce(u64) -> Result<T, crate::quota::Exceeded> + Send,
+    ) -> Result<(u64, T), UploadError>
+    where
+        S: Stream<Item = BodyChunk> + Send + Unpin,
+        T: Send,
+    {
         let session = self.sessions.get(id);
         let result = self
-            .complete_locked(&session, name, id, expected, start, declared, body)
+            .complete_locked(&session, name, id, expected, start, declared, body, admit)
             .await;
         if matches!(result, Err(UploadError::Unknown)) {
             self.sessions.forget_unknown(id, session);
@@ -267,7 +295,7 @@ impl Store {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn complete_locked<S>(
+    async fn complete_locked<S, T>(
         &self,
         session: &Session,
         name: &Name,
@@ -276,9 +304,11 @@ impl Store {
         start: Option<u64>,
         declared: Option<u64>,
         body: S,
-    ) -> Result<u64, UploadError>
+        admit: impl FnOnce(u64) -> Result<T, crate::quota::Exceeded> + Send,
+    ) -> Result<(u64, T), UploadError>
     where
         S: Stream<Item = BodyChunk> + Send + Unpin,
+        T: Send,
     {
         let (mut cache, size) = self
             .append_cancellable(session, name, id, start, declared, body)
@@ -297,6 +327,13 @@ impl Store {
                 actual,
             });
         }
+        let admitted = match admit(size) {
+            Ok(a) => a,
+            Err(refused) => {
+                self.upload_cancel_locked(name, id).await?;
+                return Err(refused.into());
+            }
+        };
         let blob = layout::blob(expected);
         if self.size(&blob).await? != Some(size) {
             self.commit(&data, &blob).await?;
@@ -304,7 +341,7 @@ impl Store {
         self.link_blob(name, expected).await?;
         self.known.remember(name, expected, size);
         self.upload_cancel_locked(name, id).await?;
-        Ok(size)
+        Ok((size, admitted))
     }
 
     /// Removes sessions idle (no bytes received) for more than `max_age`,

@@ -5,7 +5,8 @@
 //! is still asked of the store each time (a cheap stat), so a cached
 //! manifest never shows through a repository that lacks it. Repository
 //! summaries (tags, size, last push) are cached for [`SUMMARY_TTL`]: the
-//! repository list reads only the summaries of the page it shows.
+//! repository list reads only the summaries of the page it shows. Storage
+//! by namespace is [`crate::usage`]'s, shared with quotas.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -25,9 +26,6 @@ use crate::storage::{StorageError, layout};
 
 /// How long a repository's summary is reused.
 pub const SUMMARY_TTL: Duration = Duration::from_secs(30);
-/// How long the per-namespace usage is reused before it is recomputed in
-/// the background (the stale figures are shown meanwhile).
-pub const USAGE_TTL: Duration = Duration::from_secs(60);
 /// Cached manifests and configs at most (each kind).
 const CACHE_MAX: usize = 8192;
 /// Configs larger than this are not read (images' are a few KiB).
@@ -103,24 +101,9 @@ pub struct Summary {
     pub pushed: Option<Timestamp>,
 }
 
-/// A namespace's storage: every repository in it, whoever looks.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NamespaceUsage {
-    pub repositories: usize,
-    /// Distinct blobs of its repositories' tagged images, compressed
-    /// (a layer shared by two of its repositories counts once).
-    pub size: u64,
-}
-
-/// Usage by namespace (the first path component; "" for none).
-pub type Usage = BTreeMap<String, NamespaceUsage>;
-
-/// The namespace a repository belongs to.
+/// The namespace a repository belongs to (as storage usage counts it).
 pub fn namespace(repository: &str) -> &str {
-    match repository.split_once('/') {
-        Some((ns, _)) => ns,
-        None => "",
-    }
+    berth_access::repository::namespace_of(repository)
 }
 
 /// A referrer and those referring to it.
@@ -134,9 +117,6 @@ pub struct Inventory {
     images: Mutex<HashMap<Digest, Arc<Image>>>,
     configs: Mutex<HashMap<Digest, Arc<Value>>>,
     summaries: Mutex<HashMap<String, (Instant, Summary)>>,
-    usage: Mutex<Option<(Instant, Arc<Usage>)>>,
-    /// Held while usage is computed: one walk at a time.
-    usage_walk: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn cache_get<K: std::hash::Hash + Eq, V: Clone>(m: &Mutex<HashMap<K, V>>, k: &K) -> Option<V> {
@@ -159,8 +139,6 @@ impl Inventory {
             images: Mutex::default(),
             configs: Mutex::default(),
             summaries: Mutex::default(),
-            usage: Mutex::default(),
-            usage_walk: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -402,98 +380,6 @@ impl Inventory {
             self.blobs(name, &image, into).await?;
         }
         Ok(())
-    }
-
-    /// The distinct blobs of a repository's tagged images.
-    async fn repository_blobs(
-        &self,
-        repository: &str,
-    ) -> Result<HashMap<Digest, u64>, StorageError> {
-        let mut blobs = HashMap::new();
-        let Ok(name) = repository.parse::<Name>() else {
-            return Ok(blobs);
-        };
-        for tag in self.store.tags(&name).await?.unwrap_or_default() {
-            if let Ok(t) = tag.parse::<Tag>() {
-                self.tag_blobs(&name, &t, &mut blobs).await?;
-            }
-        }
-        Ok(blobs)
-    }
-
-    /// Storage by namespace over every repository. Computed by a walk
-    /// (manifests come from the cache), reused for [`USAGE_TTL`], then
-    /// recomputed in the background while the stale figures serve; only
-    /// the very first request waits for a walk.
-    pub async fn usage(self: &Arc<Self>) -> Option<Arc<Usage>> {
-        let cached = self.usage.lock().ok().and_then(|u| u.clone());
-        match cached {
-            Some((at, usage)) if at.elapsed() < USAGE_TTL => Some(usage),
-            Some((_, stale)) => {
-                if let Ok(guard) = self.usage_walk.clone().try_lock_owned() {
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        let _walking = guard;
-                        me.walk_usage().await;
-                    });
-                }
-                Some(stale)
-            }
-            None => {
-                let _walking = self.usage_walk.lock().await;
-                if let Some((_, usage)) = self.usage.lock().ok().and_then(|u| u.clone()) {
-                    return Some(usage);
-                }
-                self.walk_usage().await
-            }
-        }
-    }
-
-    async fn walk_usage(&self) -> Option<Arc<Usage>> {
-        let repos = match self.store.repositories().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "ui: cannot list repositories for storage usage");
-                return None;
-            }
-        };
-        let blobs = futures_util::stream::iter(repos)
-            .map(|r| async move {
-                let b = self.repository_blobs(&r).await;
-                (r, b)
-            })
-            .buffer_unordered(PARALLEL)
-            .collect::<Vec<_>>()
-            .await;
-        let mut by_ns: BTreeMap<String, (usize, HashMap<Digest, u64>)> = BTreeMap::new();
-        for (repo, b) in blobs {
-            let entry = by_ns.entry(namespace(&repo).to_owned()).or_default();
-            entry.0 += 1;
-            match b {
-                Ok(b) => entry.1.extend(b),
-                Err(e) => {
-                    tracing::warn!(repository = %repo, error = %e, "ui: cannot size a repository; its namespace's usage is low")
-                }
-            }
-        }
-        let usage: Arc<Usage> = Arc::new(
-            by_ns
-                .into_iter()
-                .map(|(ns, (repositories, blobs))| {
-                    (
-                        ns,
-                        NamespaceUsage {
-                            repositories,
-                            size: blobs.values().sum(),
-                        },
-                    )
-                })
-                .collect(),
-        );
-        if let Ok(mut u) = self.usage.lock() {
-            *u = Some((Instant::now(), usage.clone()));
-        }
-        Some(usage)
     }
 
     /// Summaries of several repositories, read in parallel.

@@ -4,7 +4,7 @@
 //! the page's rows as one types.
 //!
 //! Each namespace's storage (over all its repositories, not only this
-//! page's: [`crate::ui::inventory::Inventory::usage`]) is shown to who may
+//! page's: [`crate::usage::Usage::by_namespace`]) is shown to who may
 //! pull every repository in it, so sizes never reveal hidden ones.
 
 use axum::extract::{Request, State};
@@ -36,12 +36,12 @@ pub async fn get(State(ui): State<Ui>, req: Request) -> Response {
     for r in &repos {
         *visible_per_ns.entry(namespace(r).to_owned()).or_default() += 1;
     }
-    let usage = ui.inventory.usage().await;
+    let usage = ui.app.usage.by_namespace().await;
     let usage_of = |ns: &str| {
         let u = usage.as_ref()?.get(ns)?;
         (visible_per_ns.get(ns).copied() == Some(u.repositories)).then(|| u.clone())
     };
-    let usage_rows: Vec<(String, crate::ui::inventory::NamespaceUsage)> = visible_per_ns
+    let usage_rows: Vec<(String, crate::usage::NamespaceUsage)> = visible_per_ns
         .keys()
         .filter_map(|ns| usage_of(ns).map(|u| (ns.clone(), u)))
         .collect();
@@ -135,6 +135,7 @@ pub async fn get(State(ui): State<Ui>, req: Request) -> Response {
                         th scope="col" { "Namespace" }
                         th.num scope="col" { "Repositories" }
                         th.num scope="col" { "Size" }
+                        @if let Some(_) = &ui.app.quota { th.num scope="col" { "Quota" } }
                     } }
                     tbody {
                         @for (ns, u) in &usage_rows {
@@ -142,11 +143,19 @@ pub async fn get(State(ui): State<Ui>, req: Request) -> Response {
                                 td { @if ns.is_empty() { "(no namespace)" } @else { (ns) } }
                                 td.num { (u.repositories) }
                                 td.num { (layout::size(u.size)) }
+                                @if let Some(q) = &ui.app.quota {
+                                    td.num.quota data-namespace=(ns) {
+                                        @match q.limit(ns) {
+                                            Some(limit) => (layout::size(limit)),
+                                            None => "—",
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
                 }
-                p.muted { "Distinct layers of tagged images, compressed, shared layers counted once per namespace; refreshed every minute. Shown for namespaces whose every repository you may pull." }
+                p.muted { "Distinct blobs and manifests, compressed, each counted once per namespace; pushes count as they arrive, deleted images until garbage collection reclaims them; re-counted every minute. Shown for namespaces whose every repository you may pull." }
             }
         }
         @if let Some(run) = &gc {
