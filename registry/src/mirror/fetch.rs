@@ -254,9 +254,30 @@ async fn run(
             }
         })
     };
-    let result = store
-        .upload_complete(&name, &id, &digest, None, size, Box::pin(chunks))
-        .await;
+    // The last chunk goes out once the digest checks, while the blob is
+    // made durable and linked: the client need not wait for the fsyncs.
+    let (verified_tx, verified_rx) = oneshot::channel::<()>();
+    let complete = store.upload_complete_then(
+        &name,
+        &id,
+        &digest,
+        None,
+        size,
+        Box::pin(chunks),
+        move || {
+            let _ = verified_tx.send(());
+        },
+    );
+    let release = async {
+        // An error: the verification failed (or never ran); nothing to release.
+        if verified_rx.await.is_ok() {
+            let last = held.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let (Some(tx), Some(last)) = (&tx, last) {
+                let _ = tx.send(Ok(last)).await;
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(complete, release);
     let last = held.lock().unwrap_or_else(|p| p.into_inner()).take();
     match result {
         Ok(_) => {

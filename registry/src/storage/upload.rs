@@ -256,9 +256,34 @@ impl Store {
     where
         S: Stream<Item = BodyChunk> + Send + Unpin,
     {
+        self.upload_complete_then(name, id, expected, start, declared, body, || {})
+            .await
+    }
+
+    /// [`Self::upload_complete`], calling `verified` as soon as the size
+    /// and digest check out, before the blob is made durable and visible:
+    /// a mirror fetch releases its client's last bytes then, so the client
+    /// does not wait on this registry's fsyncs (the bytes it holds are the
+    /// right ones whatever happens to storage next). Not called when the
+    /// upload fails verification.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_complete_then<S, F>(
+        &self,
+        name: &Name,
+        id: &str,
+        expected: &Digest,
+        start: Option<u64>,
+        declared: Option<u64>,
+        body: S,
+        verified: F,
+    ) -> Result<u64, UploadError>
+    where
+        S: Stream<Item = BodyChunk> + Send + Unpin,
+        F: FnOnce() + Send,
+    {
         let session = self.sessions.get(id);
         let result = self
-            .complete_locked(&session, name, id, expected, start, declared, body)
+            .complete_locked(&session, name, id, expected, start, declared, body, verified)
             .await;
         if matches!(result, Err(UploadError::Unknown)) {
             self.sessions.forget_unknown(id, session);
@@ -267,7 +292,7 @@ impl Store {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn complete_locked<S>(
+    async fn complete_locked<S, F>(
         &self,
         session: &Session,
         name: &Name,
@@ -276,9 +301,11 @@ impl Store {
         start: Option<u64>,
         declared: Option<u64>,
         body: S,
+        verified: F,
     ) -> Result<u64, UploadError>
     where
         S: Stream<Item = BodyChunk> + Send + Unpin,
+        F: FnOnce() + Send,
     {
         let (mut cache, size) = self
             .append_cancellable(session, name, id, start, declared, body)
@@ -297,6 +324,7 @@ impl Store {
                 actual,
             });
         }
+        verified();
         let blob = layout::blob(expected);
         if self.size(&blob).await? != Some(size) {
             self.commit(&data, &blob).await?;
@@ -461,7 +489,7 @@ impl Store {
                     got: received,
                 });
             }
-            if let Err(e) = appender.write(&chunk).await {
+            if let Err(e) = appender.write_bytes(chunk.clone()).await {
                 break Some(StorageError::new("write", &data, e).into());
             }
             hasher.update(&chunk);
