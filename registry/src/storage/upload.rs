@@ -283,7 +283,9 @@ impl Store {
     {
         let session = self.sessions.get(id);
         let result = self
-            .complete_locked(&session, name, id, expected, start, declared, body, verified)
+            .complete_locked(
+                &session, name, id, expected, start, declared, body, verified,
+            )
             .await;
         if matches!(result, Err(UploadError::Unknown)) {
             self.sessions.forget_unknown(id, session);
@@ -489,7 +491,7 @@ impl Store {
                     got: received,
                 });
             }
-            if let Err(e) = appender.write_bytes(chunk.clone()).await {
+            if let Err(e) = appender.write(&chunk).await {
                 break Some(StorageError::new("write", &data, e).into());
             }
             hasher.update(&chunk);
