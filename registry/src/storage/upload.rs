@@ -491,7 +491,8 @@ impl Store {
                     got: received,
                 });
             }
-            if let Err(e) = appender.write(&chunk).await {
+            // Owned: a driver may keep the chunk rather than copy it.
+            if let Err(e) = appender.write_bytes(chunk.clone()).await {
                 break Some(StorageError::new("write", &data, e).into());
             }
             hasher.update(&chunk);
