@@ -110,6 +110,8 @@ every_backend!(
     abort_leaves_the_object_as_it_was,
     large_odd_sized_appends_stream_and_commit_whole,
     tiny_chunks_across_many_appenders_commit_whole,
+    kept_and_copied_chunks_interleaved_land_in_order,
+    an_aborted_appender_drops_kept_chunks_too,
     modified_is_the_last_write_time,
     delete_of_an_appended_object_removes_it_whole,
     appends_alternating_between_two_drivers_continue_one_object,
@@ -371,6 +373,71 @@ async fn tiny_chunks_across_many_appenders_commit_whole(
     assert_eq!(read(&d, "tiny/data", 3..300).await, &data[3..300]);
     d.commit("tiny/data", "blobs/tiny").await.unwrap();
     assert_eq!(d.get("blobs/tiny").await.unwrap().unwrap(), data);
+}
+
+/// Owned chunks (kept and written with `pwritev` when large, copied when
+/// small) mixed with borrowed ones, across several buffer-fulls and
+/// appenders: the object is the bytes in the order they were handed over.
+async fn kept_and_copied_chunks_interleaved_land_in_order(
+    d: Arc<dyn Driver>,
+    _twin: Arc<dyn Driver>,
+) {
+    d.put("mixed/data", Bytes::new(), Durability::Scratch)
+        .await
+        .unwrap();
+    let data = Bytes::from(pattern(5 * MIB + 12_345, 9));
+    // Sizes around the keep threshold (32 KiB) and the buffer (1 MiB).
+    let sizes = [
+        400 << 10,
+        1,
+        (32 << 10) - 1,
+        32 << 10,
+        16 << 10,
+        MIB + 3,
+        700 << 10,
+        300 << 10,
+        7,
+    ];
+    let (mut at, mut i, mut appenders) = (0, 0, 0);
+    while at < data.len() {
+        let mut a = d.appender("mixed/data").await.unwrap();
+        appenders += 1;
+        for _ in 0..6 {
+            let len = sizes[i % sizes.len()].min(data.len() - at);
+            if i % 4 == 3 {
+                a.write(&data[at..at + len]).await.unwrap();
+            } else {
+                a.write_bytes(data.slice(at..at + len)).await.unwrap();
+            }
+            at += len;
+            i += 1;
+            assert_eq!(a.offset(), at as u64);
+            if at == data.len() {
+                break;
+            }
+        }
+        a.finish().await.unwrap();
+    }
+    assert!(appenders > 1);
+    assert_eq!(d.size("mixed/data").await.unwrap(), Some(data.len() as u64));
+    assert!(read(&d, "mixed/data", 0..data.len() as u64).await == data[..]);
+    d.commit("mixed/data", "blobs/mixed").await.unwrap();
+    assert!(d.get("blobs/mixed").await.unwrap().unwrap() == data);
+}
+
+/// An abort after owned chunks were handed over (some written out, some
+/// still kept) leaves the object as it was before that appender.
+async fn an_aborted_appender_drops_kept_chunks_too(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {
+    let first = pattern(100_000, 1);
+    append(&d, "kab/data", &[&first]).await;
+    let more = Bytes::from(pattern(3 * MIB, 2));
+    let mut a = d.appender("kab/data").await.unwrap();
+    for piece in more.chunks(400 << 10) {
+        a.write_bytes(more.slice_ref(piece)).await.unwrap();
+    }
+    a.abort().await.unwrap();
+    assert_eq!(d.size("kab/data").await.unwrap(), Some(first.len() as u64));
+    assert_eq!(read(&d, "kab/data", 0..first.len() as u64).await, first);
 }
 
 async fn modified_is_the_last_write_time(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {

@@ -1278,3 +1278,74 @@ async fn a_mirror_with_logins_serves_anonymously_only_what_it_is_told_and_never_
     let text = format!("{:?}{}", r.headers, String::from_utf8_lossy(&r.body));
     assert!(!text.contains(READER_PASSWORD), "{text}");
 }
+
+/// A mirror fetch releases its client's last bytes from the hook the upload
+/// calls once size and digest check out: before the blob is durable and
+/// visible (the client does not wait for the fsyncs), and never for bytes
+/// that miss their digest or their declared size.
+#[tokio::test]
+async fn the_verified_hook_runs_once_the_digest_checks_and_before_the_blob_is_visible() {
+    use berth_registry::storage::UploadError;
+    let dir = tempfile::tempdir().unwrap();
+    let store = berth_registry::filesystem_store(dir.path()).unwrap();
+    let name: berth_registry::oci::Name = "docker.io/library/hook".parse().unwrap();
+    let data: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let digest: berth_registry::oci::Digest = sha256(&data).parse().unwrap();
+    let hex = digest.to_string().trim_start_matches("sha256:").to_owned();
+    let blob = dir.path().join(format!("blobs/sha256/{}/{hex}", &hex[..2]));
+    let body = |bytes: Vec<u8>| {
+        let bytes = Bytes::from(bytes);
+        let chunks: Vec<Result<Bytes, String>> = bytes
+            .chunks(400 << 10)
+            .map(|c| Ok(bytes.slice_ref(c)))
+            .collect();
+        futures_util::stream::iter(chunks)
+    };
+    let len = data.len() as u64;
+
+    let mut bad = data.clone();
+    bad[len as usize - 1] ^= 0xff;
+    let called = AtomicBool::new(false);
+    let id = store.upload_start_monolithic(&name, None).await.unwrap();
+    let result = store
+        .upload_complete_then(&name, &id, &digest, None, Some(len), body(bad), || {
+            called.store(true, Ordering::SeqCst)
+        })
+        .await;
+    assert!(matches!(result, Err(UploadError::DigestMismatch { .. })));
+    assert!(!called.load(Ordering::SeqCst), "called for bytes that miss");
+
+    let id = store.upload_start_monolithic(&name, None).await.unwrap();
+    let result = store
+        .upload_complete_then(
+            &name,
+            &id,
+            &digest,
+            None,
+            Some(len + 1),
+            body(data.clone()),
+            || called.store(true, Ordering::SeqCst),
+        )
+        .await;
+    assert!(matches!(result, Err(UploadError::SizeMismatch { .. })));
+    assert!(!called.load(Ordering::SeqCst), "called for a short body");
+
+    let visible_then: Mutex<Option<bool>> = Mutex::new(None);
+    let id = store.upload_start_monolithic(&name, None).await.unwrap();
+    let size = store
+        .upload_complete_then(&name, &id, &digest, None, Some(len), body(data), || {
+            *visible_then.lock().unwrap() = Some(blob.exists())
+        })
+        .await
+        .unwrap();
+    assert_eq!(size, len);
+    assert_eq!(
+        *visible_then.lock().unwrap(),
+        Some(false),
+        "called once, before the blob was committed"
+    );
+    assert!(blob.exists());
+    assert_eq!(store.blob_size(&name, &digest).await.unwrap(), Some(len));
+}

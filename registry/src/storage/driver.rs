@@ -128,6 +128,12 @@ pub trait Appender: Send {
 
     async fn write(&mut self, data: &[u8]) -> io::Result<()>;
 
+    /// [`Appender::write`] of bytes the caller owns: a driver may keep them
+    /// (no copy) until it writes them out. Same result as `write`.
+    async fn write_bytes(&mut self, data: Bytes) -> io::Result<()> {
+        self.write(&data).await
+    }
+
     /// Flushes what was written (durability comes with [`Driver::commit`]).
     /// If it fails, the object is left as it was before this appender.
     async fn finish(self: Box<Self>) -> io::Result<()>;

@@ -255,6 +255,8 @@ impl Driver for FsDriver {
             start,
             offset: start,
             buf: Vec::with_capacity(size),
+            kept: Vec::new(),
+            kept_len: 0,
             size,
             reserved,
             pending: None,
@@ -362,19 +364,35 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// (more hops to a blocking thread), but memory stays bounded.
 const SMALL_WRITE_BUFFER: usize = 64 << 10;
 
+/// Chunks handed over as [`Bytes`] at least this large are kept as they
+/// are and written with one `pwritev`, not copied into the buffer: a mirror
+/// fetch's chunks (hundreds of KiB from the upstream connection) cost a
+/// memcpy per byte otherwise. Smaller ones are copied: many tiny pieces
+/// would pin their (larger) receive buffers and make long iovec lists.
+const KEEP_AT_LEAST: usize = 32 << 10;
+
+/// At most this many kept chunks per write (the kernel takes 1024).
+const MAX_KEPT: usize = 256;
+
 /// Buffers appends and writes each full buffer on a blocking thread while
 /// the next one fills (receiving and hashing overlap the disk write).
+/// Large [`Bytes`] chunks are kept instead of copied (see [`KEEP_AT_LEAST`]);
+/// either `buf` or `kept` holds data, never both, so order is kept.
 struct FsAppender {
     file: Arc<fs::File>,
     start: u64,
     offset: u64,
     buf: Vec<u8>,
-    /// How full `buf` gets before it is written.
+    /// Chunks kept as they came, `kept_len` bytes, after `buf`'s last write.
+    kept: Vec<Bytes>,
+    kept_len: usize,
+    /// How full `buf` (or `kept`) gets before it is written.
     size: usize,
     /// Bytes of the buffer budget this appender holds (returned on drop).
     reserved: usize,
-    /// The write in flight, if any; it hands its buffer back for reuse.
-    pending: Option<tokio::task::JoinHandle<io::Result<Vec<u8>>>>,
+    /// The write in flight, if any; it hands its buffer (if it wrote one)
+    /// back for reuse.
+    pending: Option<tokio::task::JoinHandle<io::Result<Option<Vec<u8>>>>>,
     /// A written-out buffer to fill next (fresh ones cost page faults).
     spare: Option<Vec<u8>>,
     /// Written bytes whose writeback is not started yet: the last buffer
@@ -385,18 +403,31 @@ struct FsAppender {
 impl FsAppender {
     /// Waits for the write in flight.
     async fn settle(&mut self) -> io::Result<()> {
-        if let Some(write) = self.pending.take() {
-            let mut buf = write.await.map_err(io::Error::other)??;
+        if let Some(write) = self.pending.take()
+            && let Some(mut buf) = write.await.map_err(io::Error::other)??
+        {
             buf.clear();
             self.spare = Some(buf);
         }
         Ok(())
     }
 
-    /// Hands the buffer to a blocking thread (after the previous write).
+    /// Hands the buffer (or the kept chunks) to a blocking thread (after
+    /// the previous write).
     async fn drain(&mut self) -> io::Result<()> {
         self.settle().await?;
-        if !self.buf.is_empty() {
+        if !self.kept.is_empty() {
+            let kept = std::mem::take(&mut self.kept);
+            let len = std::mem::take(&mut self.kept_len) as u64;
+            let file = self.file.clone();
+            let at = self.offset - len;
+            let behind = std::mem::replace(&mut self.unhinted, at..self.offset);
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                write_all_vectored_at(&file, &kept, at)?;
+                page_cache::start_writeback(&file, behind.start, behind.end - behind.start);
+                Ok(None)
+            }));
+        } else if !self.buf.is_empty() {
             let next = self
                 .spare
                 .take()
@@ -413,11 +444,44 @@ impl FsAppender {
                 // behind: starting writeback can wait for a busy disk, and
                 // the end of a chunk (PATCH) should not.
                 page_cache::start_writeback(&file, behind.start, behind.end - behind.start);
-                Ok(buf)
+                Ok(Some(buf))
             }));
         }
         Ok(())
     }
+}
+
+/// Writes all of `parts`, in order, at `at` (`pwritev`, resumed after a
+/// short write).
+fn write_all_vectored_at(file: &fs::File, parts: &[Bytes], mut at: u64) -> io::Result<()> {
+    let mut parts: Vec<&[u8]> = parts
+        .iter()
+        .map(|b| &b[..])
+        .filter(|b| !b.is_empty())
+        .collect();
+    let mut first = 0;
+    while first < parts.len() {
+        let slices: Vec<io::IoSlice<'_>> =
+            parts[first..].iter().map(|p| io::IoSlice::new(p)).collect();
+        let mut n = match rustix::io::pwritev(file, &slices, at) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        at += n as u64;
+        while n > 0 {
+            let len = parts[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                parts[first] = &parts[first][n..];
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Drop for FsAppender {
@@ -433,9 +497,28 @@ impl Appender for FsAppender {
     }
 
     async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        if !self.kept.is_empty() {
+            self.drain().await?;
+        }
         self.buf.extend_from_slice(data);
         self.offset += data.len() as u64;
         if self.buf.len() >= self.size {
+            self.drain().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_bytes(&mut self, data: Bytes) -> io::Result<()> {
+        if data.len() < KEEP_AT_LEAST {
+            return self.write(&data).await;
+        }
+        if !self.buf.is_empty() {
+            self.drain().await?;
+        }
+        self.offset += data.len() as u64;
+        self.kept_len += data.len();
+        self.kept.push(data);
+        if self.kept_len >= self.size || self.kept.len() >= MAX_KEPT {
             self.drain().await?;
         }
         Ok(())
@@ -450,6 +533,7 @@ impl Appender for FsAppender {
             // The last buffer failed (disk full): the object keeps none of
             // this chunk, so the session's range stays what was acknowledged.
             self.buf.clear();
+            self.kept.clear();
             let _ = self.settle().await;
             let (file, start) = (self.file.clone(), self.start);
             if let Err(undo) = blocking(move || file.set_len(start)).await {
@@ -462,6 +546,7 @@ impl Appender for FsAppender {
 
     async fn abort(mut self: Box<Self>) -> io::Result<()> {
         self.buf.clear();
+        self.kept.clear();
         // A failed write in flight changes nothing: the length is reset below.
         let _ = self.settle().await;
         let (file, start) = (self.file.clone(), self.start);

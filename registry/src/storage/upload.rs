@@ -265,6 +265,48 @@ impl Store {
             .map(|(size, ())| size)
     }
 
+    /// [`Self::upload_complete`], calling `verified` as soon as the size
+    /// and digest check out, before the blob is made durable and visible:
+    /// a mirror fetch releases its client's last bytes then, so the client
+    /// does not wait on this registry's fsyncs (the bytes it holds are the
+    /// right ones whatever happens to storage next). Not called when the
+    /// upload fails verification.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_complete_then<S, F>(
+        &self,
+        name: &Name,
+        id: &str,
+        expected: &Digest,
+        start: Option<u64>,
+        declared: Option<u64>,
+        body: S,
+        verified: F,
+    ) -> Result<u64, UploadError>
+    where
+        S: Stream<Item = BodyChunk> + Send + Unpin,
+        F: FnOnce() + Send,
+    {
+        let session = self.sessions.get(id);
+        let result = self
+            .complete_locked(
+                &session,
+                name,
+                id,
+                expected,
+                start,
+                declared,
+                body,
+                |_| Ok(()),
+                verified,
+            )
+            .await
+            .map(|(size, ())| size);
+        if matches!(result, Err(UploadError::Unknown)) {
+            self.sessions.forget_unknown(id, session);
+        }
+        result
+    }
+
     /// [`Self::upload_complete`], asking `admit` (with the blob's size, once
     /// its digest is verified) whether it may be stored: refused, the
     /// session is discarded and nothing is published. What `admit` returns
@@ -286,7 +328,17 @@ impl Store {
     {
         let session = self.sessions.get(id);
         let result = self
-            .complete_locked(&session, name, id, expected, start, declared, body, admit)
+            .complete_locked(
+                &session,
+                name,
+                id,
+                expected,
+                start,
+                declared,
+                body,
+                admit,
+                || {},
+            )
             .await;
         if matches!(result, Err(UploadError::Unknown)) {
             self.sessions.forget_unknown(id, session);
@@ -295,7 +347,7 @@ impl Store {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn complete_locked<S, T>(
+    async fn complete_locked<S, T, F>(
         &self,
         session: &Session,
         name: &Name,
@@ -305,10 +357,12 @@ impl Store {
         declared: Option<u64>,
         body: S,
         admit: impl FnOnce(u64) -> Result<T, crate::quota::Exceeded> + Send,
+        verified: F,
     ) -> Result<(u64, T), UploadError>
     where
         S: Stream<Item = BodyChunk> + Send + Unpin,
         T: Send,
+        F: FnOnce() + Send,
     {
         let (mut cache, size) = self
             .append_cancellable(session, name, id, start, declared, body)
@@ -334,6 +388,7 @@ impl Store {
                 return Err(refused.into());
             }
         };
+        verified();
         let blob = layout::blob(expected);
         if self.size(&blob).await? != Some(size) {
             self.commit(&data, &blob).await?;
@@ -498,7 +553,8 @@ impl Store {
                     got: received,
                 });
             }
-            if let Err(e) = appender.write(&chunk).await {
+            // Owned: a driver may keep the chunk rather than copy it.
+            if let Err(e) = appender.write_bytes(chunk.clone()).await {
                 break Some(StorageError::new("write", &data, e).into());
             }
             hasher.update(&chunk);
