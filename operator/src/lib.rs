@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod names;
 pub mod node_agent;
 pub mod pki;
+pub mod quantity;
 pub mod quota;
 pub(crate) mod readiness;
 pub mod status;

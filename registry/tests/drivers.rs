@@ -914,6 +914,73 @@ mod abandoned_multipart {
         assert_eq!(d.size("drop/data").await.unwrap(), Some(0));
     }
 
+    /// A creator's object appears only at `finish`, whole; aborted or
+    /// dropped, nothing of it stays, and no multipart upload is left open.
+    async fn a_created_object_appears_only_when_finished<S>(store: Arc<S>, prefix: &str)
+    where
+        S: object_store::ObjectStore + MultipartStore,
+    {
+        let driver = ObjectStoreDriver::new(store.clone(), prefix).with_multipart(store.clone());
+        let d: Arc<dyn Driver> = Arc::new(driver);
+        for (key, len) in [
+            ("c/small", 3 * super::MIB + 1),
+            ("c/large", 19 * super::MIB + 5),
+        ] {
+            let data = super::pattern(len, 3);
+            let mut c = d
+                .creator(key)
+                .await
+                .unwrap()
+                .expect("object storage creates directly");
+            for piece in data.chunks(super::MIB - 3) {
+                c.write(bytes::Bytes::copy_from_slice(piece)).await.unwrap();
+            }
+            assert!(
+                d.size(key).await.unwrap().is_none(),
+                "{key} visible before finish"
+            );
+            c.finish().await.unwrap();
+            assert!(super::read(&d, key, 0..len as u64).await == data, "{key}");
+            assert!(d.list(MULTIPART_RECORDS).await.unwrap().is_empty());
+        }
+        let data = super::pattern(19 * super::MIB, 4);
+        let mut c = d.creator("c/aborted").await.unwrap().unwrap();
+        c.write(bytes::Bytes::from(data.clone())).await.unwrap();
+        c.abort().await.unwrap();
+        let mut c = d.creator("c/dropped").await.unwrap().unwrap();
+        c.write(bytes::Bytes::from(data)).await.unwrap();
+        drop(c);
+        let mut waited = 0;
+        while !d.list(MULTIPART_RECORDS).await.unwrap().is_empty() && waited < 100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        assert!(d.list(MULTIPART_RECORDS).await.unwrap().is_empty());
+        assert!(d.size("c/aborted").await.unwrap().is_none());
+        assert!(d.size("c/dropped").await.unwrap().is_none());
+        // The filesystem has nothing cheaper than an appender and a rename.
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = berth_registry::storage::fs::FsDriver::new(tmp.path()).unwrap();
+        assert!(fs.creator("x").await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn creator_memory() {
+        a_created_object_appears_only_when_finished(
+            Arc::new(object_store::memory::InMemory::new()),
+            "",
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn creator_s3() {
+        let Some((store, prefix)) = s3_store() else {
+            return;
+        };
+        a_created_object_appears_only_when_finished(Arc::new(store), &prefix).await;
+    }
+
     fn s3_store() -> Option<(object_store::aws::AmazonS3, String)> {
         let config = super::s3_config()?;
         let store = object_store::aws::AmazonS3Builder::from_env()

@@ -818,7 +818,7 @@ async fn the_age_cap_removes_the_least_recently_pulled_cached_tags_but_never_one
             .await;
     }
     // Freshness 0: every pull of a tag re-checks it, which records the pull.
-    let mirror = Mirror::start_with(&upstream, &[("docker.io", 0, false)], Some(2)).await;
+    let mirror = Mirror::start_with(&upstream, &[("docker.io", 0, false)], Some(6)).await;
     let rules = mirror.mirror.cache_rules();
     assert_eq!(rules.len(), 1);
     for name in ["old", "fresh", "used"] {
@@ -826,7 +826,7 @@ async fn the_age_cap_removes_the_least_recently_pulled_cached_tags_but_never_one
             .pull(&format!("docker.io/library/{name}"), "v1")
             .await;
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(6500)).await;
     // Pulled again: younger than the cap. `used` is as old as `old`, but a
     // running pod uses it.
     mirror.pull("docker.io/library/fresh", "v1").await;

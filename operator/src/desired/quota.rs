@@ -16,48 +16,6 @@ use crate::names::Names;
 pub const QUOTA_DIR: &str = "/etc/berth/quota";
 pub const CONFIG_FILE: &str = "quotas.json";
 
-/// Bytes in a Kubernetes quantity (`10Gi`, `500M`, `1.5Gi`, `1000`),
-/// rounded up to a whole byte; `None` if it is not one (the CRD's pattern
-/// and rules refuse those first). Past 2^64 bytes: the largest count.
-pub fn bytes(quantity: &str) -> Option<u64> {
-    let q = quantity.trim();
-    let digits_end = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (number, suffix) = q.split_at(digits_end);
-    let multiplier: u128 = match suffix {
-        "" => 1,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "P" => 1_000_000_000_000_000,
-        "E" => 1_000_000_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "Pi" => 1 << 50,
-        "Ei" => 1 << 60,
-        _ => return None,
-    };
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() || fraction.contains('.') || fraction.len() > 18 {
-        return None;
-    }
-    let whole: u128 = whole.parse().ok()?;
-    let scale = 10u128.pow(fraction.len() as u32);
-    let fraction: u128 = if fraction.is_empty() {
-        0
-    } else {
-        fraction.parse().ok()?
-    };
-    let total = whole
-        .checked_mul(multiplier)
-        .and_then(|w| w.checked_add((fraction * multiplier).div_ceil(scale)));
-    Some(total.map_or(u64::MAX, |t| u64::try_from(t).unwrap_or(u64::MAX)))
-}
-
 /// The config file for `registry`, or `None` without `spec.quotas` (the
 /// registry then runs without `--quota-config`). A limit that does not
 /// parse (the CRD refuses it first) is left out.
@@ -67,7 +25,7 @@ pub fn quota_config(registry: &Registry) -> Option<QuotaConfig> {
         namespaces,
     } = registry.spec.quotas.as_ref()?;
     let parsed = |q: &str| {
-        let b = bytes(q);
+        let b = crate::quantity::bytes(q);
         if b.is_none() {
             tracing::warn!(
                 quantity = q,
@@ -136,20 +94,6 @@ mod tests {
     use super::*;
     use crate::fixtures;
     use std::collections::BTreeMap;
-
-    #[test]
-    fn quantities_become_bytes_rounded_up() {
-        assert_eq!(bytes("10Gi"), Some(10 << 30));
-        assert_eq!(bytes("500M"), Some(500_000_000));
-        assert_eq!(bytes("1.5Ki"), Some(1536));
-        assert_eq!(bytes("0.1"), Some(1));
-        assert_eq!(bytes("1000"), Some(1000));
-        assert_eq!(bytes("0"), Some(0));
-        assert_eq!(bytes("16Ei"), Some(u64::MAX));
-        for bad in ["", "Gi", "10Gb", "-1Gi", "1.2.3", "100m", "1e3"] {
-            assert_eq!(bytes(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn spec_quotas_become_the_registry_config_file_with_its_flag_and_volume() {

@@ -79,6 +79,15 @@ pub trait Driver: Send + Sync + 'static {
     /// Opens an object for appending (created empty if absent).
     async fn appender(&self, key: &str) -> io::Result<Box<dyn Appender>>;
 
+    /// A writer that creates `key` whole, only when [`Creator::finish`] is
+    /// called: for a push whose bytes all arrive in one request, so they go
+    /// straight to the blob's key once their digest is verified, instead of
+    /// to an upload and then through [`Driver::commit`]. `None` (the
+    /// default) when the driver has nothing cheaper than that.
+    async fn creator(&self, _key: &str) -> io::Result<Option<Box<dyn Creator>>> {
+        Ok(None)
+    }
+
     /// Durably moves `from` to `to`, replacing `to` if present. `to`
     /// appears whole or not at all. Used to publish a verified upload.
     async fn commit(&self, from: &str, to: &str) -> io::Result<()>;
@@ -139,5 +148,18 @@ pub trait Appender: Send {
     async fn finish(self: Box<Self>) -> io::Result<()>;
 
     /// Drops what this appender wrote, leaving the object as it was.
+    async fn abort(self: Box<Self>) -> io::Result<()>;
+}
+
+/// Writes one new object (see [`Driver::creator`]): nothing of it is
+/// visible before `finish`, and after `abort` (or a drop, or a crash)
+/// nothing of it stays.
+#[async_trait]
+pub trait Creator: Send {
+    async fn write(&mut self, data: Bytes) -> io::Result<()>;
+
+    /// Makes the object, whole and durable, replacing any there.
+    async fn finish(self: Box<Self>) -> io::Result<()>;
+
     async fn abort(self: Box<Self>) -> io::Result<()>;
 }

@@ -45,7 +45,7 @@ use object_store::{
     UpdateVersion,
 };
 
-use super::driver::{Appender, ByteStream, Driver, Durability, Version};
+use super::driver::{Appender, ByteStream, Creator, Driver, Durability, Version};
 
 /// The most an appender holds in memory before writing a segment.
 pub const SEGMENT: usize = 8 << 20;
@@ -717,6 +717,28 @@ impl Driver for ObjectStoreDriver {
         }))
     }
 
+    async fn creator(&self, key: &str) -> io::Result<Option<Box<dyn Creator>>> {
+        let Some(multipart) = self.multipart.clone() else {
+            return Ok(None);
+        };
+        // Three full-size buffers, as an appender; without them the
+        // appender's small segments keep memory bounded.
+        let reserved = super::buffer_budget::reserve(3 * SEGMENT);
+        if reserved == 0 {
+            crate::metrics::upload_buffer_budget_spent();
+            return Ok(None);
+        }
+        Ok(Some(Box::new(ObjectCreator {
+            driver: self.clone(),
+            multipart,
+            path: self.path(key)?,
+            reserved,
+            buf: Vec::new(),
+            pending: std::collections::VecDeque::new(),
+            streaming: None,
+        })))
+    }
+
     async fn commit(&self, from: &str, to: &str) -> io::Result<()> {
         let (from_path, to_path) = (self.path(from)?, self.path(to)?);
         if found(self.store.head(&from_path).await)?.is_some() {
@@ -918,22 +940,9 @@ impl ObjectAppender {
             }));
             return Ok(());
         };
-        streaming.bytes += data.len() as u64;
-        let index = streaming.next;
-        streaming.next += 1;
-        let (multipart, path, id) = (
-            streaming.multipart.clone(),
-            streaming.path.clone(),
-            streaming.id.clone(),
-        );
+        let write = streaming.send(data);
         let full = streaming.bytes >= MAX_STREAMED || streaming.began.elapsed() >= FLUSH_EVERY;
-        self.pending.push_back(tokio::spawn(async move {
-            multipart
-                .put_part(&path, &id, index, PutPayload::from(data))
-                .await
-                .map(Some)
-                .map_err(io_err)
-        }));
+        self.pending.push_back(write);
         if last || small || full {
             self.settle().await?;
             self.complete_streaming().await?;
@@ -941,37 +950,14 @@ impl ObjectAppender {
         Ok(())
     }
 
-    /// Opens a multipart upload for the segment at `start`, recorded first.
+    /// Opens a multipart upload for the segment at `start`.
     async fn begin_streaming(
         &mut self,
         multipart: Arc<dyn MultipartStore>,
         start: u64,
     ) -> io::Result<()> {
         let path = self.driver.segment_path(&self.key, start)?;
-        let id = multipart.create_multipart(&path).await.map_err(io_err)?;
-        let record = self.driver.path(&format!(
-            "{MULTIPART_RECORDS}/{}",
-            uuid::Uuid::new_v4().simple()
-        ))?;
-        if let Err(e) = self
-            .driver
-            .store
-            .put(&record, PutPayload::from(format!("{path}\n{id}")))
-            .await
-        {
-            let _ = multipart.abort_multipart(&path, &id).await;
-            return Err(io_err(e));
-        }
-        self.streaming = Some(Streaming {
-            multipart,
-            path,
-            id,
-            record,
-            parts: Vec::new(),
-            next: 0,
-            bytes: 0,
-            began: std::time::Instant::now(),
-        });
+        self.streaming = Some(Streaming::begin(&self.driver, multipart, path).await?);
         Ok(())
     }
 
@@ -982,22 +968,7 @@ impl ObjectAppender {
             return Ok(());
         };
         self.written.push(streaming.path.clone());
-        let completed = streaming
-            .multipart
-            .complete_multipart(&streaming.path, &streaming.id, streaming.parts.clone())
-            .await
-            .map(drop)
-            .map_err(io_err);
-        if completed.is_err()
-            && let Err(e) = streaming
-                .multipart
-                .abort_multipart(&streaming.path, &streaming.id)
-                .await
-        {
-            tracing::warn!(error = %e, "could not abort a multipart upload; GC aborts it later");
-        }
-        forget_record(&self.driver.store, &streaming.record).await;
-        completed
+        streaming.complete(&self.driver.store).await
     }
 
     /// Removes the segments this appender wrote, and aborts the one being
@@ -1014,6 +985,69 @@ impl ObjectAppender {
 }
 
 impl Streaming {
+    /// Opens a multipart upload to `path`, recorded first.
+    async fn begin(
+        driver: &ObjectStoreDriver,
+        multipart: Arc<dyn MultipartStore>,
+        path: Path,
+    ) -> io::Result<Self> {
+        let id = multipart.create_multipart(&path).await.map_err(io_err)?;
+        let record = driver.path(&format!(
+            "{MULTIPART_RECORDS}/{}",
+            uuid::Uuid::new_v4().simple()
+        ))?;
+        if let Err(e) = driver
+            .store
+            .put(&record, PutPayload::from(format!("{path}\n{id}")))
+            .await
+        {
+            let _ = multipart.abort_multipart(&path, &id).await;
+            return Err(io_err(e));
+        }
+        Ok(Streaming {
+            multipart,
+            path,
+            id,
+            record,
+            parts: Vec::new(),
+            next: 0,
+            bytes: 0,
+            began: std::time::Instant::now(),
+        })
+    }
+
+    /// Sends `data` as the next part, in the background.
+    fn send(&mut self, data: Vec<u8>) -> tokio::task::JoinHandle<io::Result<Option<PartId>>> {
+        self.bytes += data.len() as u64;
+        let index = self.next;
+        self.next += 1;
+        let (multipart, path, id) = (self.multipart.clone(), self.path.clone(), self.id.clone());
+        tokio::spawn(async move {
+            multipart
+                .put_part(&path, &id, index, PutPayload::from(data))
+                .await
+                .map(Some)
+                .map_err(io_err)
+        })
+    }
+
+    /// Completes the upload (its parts all settled): the object appears.
+    async fn complete(self, store: &Arc<dyn ObjectStore>) -> io::Result<()> {
+        let completed = self
+            .multipart
+            .complete_multipart(&self.path, &self.id, self.parts.clone())
+            .await
+            .map(drop)
+            .map_err(io_err);
+        if completed.is_err()
+            && let Err(e) = self.multipart.abort_multipart(&self.path, &self.id).await
+        {
+            tracing::warn!(error = %e, "could not abort a multipart upload; GC aborts it later");
+        }
+        forget_record(store, &self.record).await;
+        completed
+    }
+
     async fn abort(self, store: &Arc<dyn ObjectStore>) {
         match self.multipart.abort_multipart(&self.path, &self.id).await {
             Ok(()) => forget_record(store, &self.record).await,
@@ -1101,6 +1135,128 @@ impl Appender for ObjectAppender {
 
     async fn abort(mut self: Box<Self>) -> io::Result<()> {
         self.undo().await
+    }
+}
+
+/// Creates one object as a multipart upload to its own key, completed only
+/// by `finish` (an object of at most one buffer is one plain put then).
+struct ObjectCreator {
+    driver: ObjectStoreDriver,
+    multipart: Arc<dyn MultipartStore>,
+    path: Path,
+    reserved: usize,
+    buf: Vec<u8>,
+    pending: std::collections::VecDeque<tokio::task::JoinHandle<io::Result<Option<PartId>>>>,
+    streaming: Option<Streaming>,
+}
+
+impl ObjectCreator {
+    /// Waits for the oldest parts until at most `left` are in flight.
+    async fn settle_to(&mut self, left: usize) -> io::Result<()> {
+        while self.pending.len() > left {
+            let Some(write) = self.pending.pop_front() else {
+                break;
+            };
+            let part = write.await.map_err(io::Error::other)??;
+            if let (Some(part), Some(streaming)) = (part, self.streaming.as_mut()) {
+                streaming.parts.push(part);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the full buffer as the next part (two in flight at most).
+    async fn send(&mut self) -> io::Result<()> {
+        self.settle_to(1).await?;
+        if self.streaming.is_none() {
+            self.streaming = Some(
+                Streaming::begin(&self.driver, self.multipart.clone(), self.path.clone()).await?,
+            );
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(SEGMENT));
+        if let Some(streaming) = self.streaming.as_mut() {
+            let write = streaming.send(data);
+            self.pending.push_back(write);
+        }
+        Ok(())
+    }
+
+    async fn undo(&mut self) {
+        for write in self.pending.drain(..) {
+            let _ = write.await;
+        }
+        if let Some(streaming) = self.streaming.take() {
+            streaming.abort(&self.driver.store).await;
+        }
+    }
+}
+
+impl Drop for ObjectCreator {
+    fn drop(&mut self) {
+        for write in self.pending.drain(..) {
+            write.abort();
+        }
+        if let Some(streaming) = self.streaming.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let store = self.driver.store.clone();
+            runtime.spawn(async move { streaming.abort(&store).await });
+        }
+        super::buffer_budget::release(self.reserved);
+    }
+}
+
+#[async_trait]
+impl Creator for ObjectCreator {
+    async fn write(&mut self, data: Bytes) -> io::Result<()> {
+        let mut data = &data[..];
+        while !data.is_empty() {
+            if self.buf.capacity() == 0 {
+                self.buf
+                    .reserve(SEGMENT.min(1 << 20).max(data.len().min(SEGMENT)));
+            }
+            let take = (SEGMENT - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() >= SEGMENT {
+                self.send().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> io::Result<()> {
+        if self.streaming.is_none() {
+            // Small: one put.
+            let data = std::mem::take(&mut self.buf);
+            return self
+                .driver
+                .store
+                .put(&self.path, PutPayload::from(data))
+                .await
+                .map(drop)
+                .map_err(io_err);
+        }
+        let sent = async {
+            if !self.buf.is_empty() {
+                self.send().await?;
+            }
+            self.settle_to(0).await
+        }
+        .await;
+        if let Err(e) = sent {
+            self.undo().await;
+            return Err(e);
+        }
+        match self.streaming.take() {
+            Some(streaming) => streaming.complete(&self.driver.store).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) -> io::Result<()> {
+        self.undo().await;
+        Ok(())
     }
 }
 

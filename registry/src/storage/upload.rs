@@ -128,6 +128,19 @@ impl Session {
     }
 }
 
+/// What a completing request's bytes became.
+enum Received {
+    /// Appended to the session's data, which now holds this many bytes.
+    Appended(u64),
+    /// On their way to the blob's key, which appears when `creator`
+    /// finishes; the session's data stays empty.
+    Created {
+        size: u64,
+        hasher: Hasher,
+        creator: Box<dyn super::driver::Creator>,
+    },
+}
+
 /// Marks a one-request push in its session's start-time file.
 const MONOLITHIC: &str = "monolithic";
 
@@ -215,6 +228,127 @@ impl Store {
             self.sessions.forget_unknown(id, session);
         }
         result
+    }
+
+    /// Receives a completing request's bytes under the session's lock (a
+    /// DELETE of the session ends it early, as [`Self::append_cancellable`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn receive_cancellable<'s, S>(
+        &self,
+        session: &'s Session,
+        name: &Name,
+        id: &str,
+        expected: &Digest,
+        start: Option<u64>,
+        declared: Option<u64>,
+        body: S,
+    ) -> Result<(tokio::sync::MutexGuard<'s, HashCache>, Received), UploadError>
+    where
+        S: Stream<Item = BodyChunk> + Send + Unpin,
+    {
+        let cancelled = session.cancel.notified();
+        tokio::pin!(cancelled);
+        cancelled.as_mut().enable();
+        let mut cache = session.lock().await?;
+        let received = tokio::select! {
+            biased;
+            () = cancelled => Err(UploadError::Cancelled),
+            r = self.receive_locked(&mut cache, name, id, expected, start, declared, body) => r,
+        }?;
+        Ok((cache, received))
+    }
+
+    /// When every byte of the blob comes in this request and the driver
+    /// can create the blob's key directly (object storage), the bytes go
+    /// there, not to the session's data: no copy at commit. Otherwise they
+    /// are appended as by any chunk.
+    #[allow(clippy::too_many_arguments)]
+    async fn receive_locked<S>(
+        &self,
+        cache: &mut HashCache,
+        name: &Name,
+        id: &str,
+        expected: &Digest,
+        start: Option<u64>,
+        declared: Option<u64>,
+        body: S,
+    ) -> Result<Received, UploadError>
+    where
+        S: Stream<Item = BodyChunk> + Send + Unpin,
+    {
+        if start.unwrap_or(0) == 0 {
+            let blob = layout::blob(expected);
+            let creator = self
+                .driver
+                .creator(&blob)
+                .await
+                .map_err(|e| StorageError::new("create", &blob, e))?;
+            if let Some(creator) = creator
+                && self.upload_size(name, id).await? == 0
+                && self.size(&blob).await?.is_none()
+            {
+                return self
+                    .create_locked(creator, &blob, expected.algorithm(), declared, body)
+                    .await;
+            }
+        }
+        self.append_locked(cache, name, id, start, declared, body)
+            .await
+            .map(Received::Appended)
+    }
+
+    /// Streams a request's body into `creator`, hashing it; nothing is
+    /// visible until the caller finishes the creator.
+    async fn create_locked<S>(
+        &self,
+        mut creator: Box<dyn super::driver::Creator>,
+        key: &str,
+        alg: Algorithm,
+        declared: Option<u64>,
+        mut body: S,
+    ) -> Result<Received, UploadError>
+    where
+        S: Stream<Item = BodyChunk> + Send + Unpin,
+    {
+        let mut hasher = alg.hasher();
+        let mut received: u64 = 0;
+        let failure = loop {
+            let chunk = match body.next().await {
+                None => break None,
+                Some(Err(e)) => break Some(UploadError::Body(e)),
+                Some(Ok(c)) => c,
+            };
+            received += chunk.len() as u64;
+            if declared.is_some_and(|want| received > want) {
+                break Some(UploadError::SizeMismatch {
+                    want: declared.unwrap_or(0),
+                    got: received,
+                });
+            }
+            hasher.update(&chunk);
+            if let Err(e) = creator.write(chunk).await {
+                break Some(StorageError::new("write", key, e).into());
+            }
+        };
+        let failure = failure.or(match declared {
+            Some(want) if want != received => Some(UploadError::SizeMismatch {
+                want,
+                got: received,
+            }),
+            _ => None,
+        });
+        if let Some(err) = failure {
+            if let Err(e) = creator.abort().await {
+                tracing::warn!(key, error = %e, "could not drop a failed push's bytes");
+            }
+            return Err(err);
+        }
+        crate::metrics::bytes_in(received);
+        Ok(Received::Created {
+            size: received,
+            hasher,
+            creator,
+        })
     }
 
     /// Appends under the session's lock; a DELETE of the session ends the
@@ -364,34 +498,60 @@ impl Store {
         T: Send,
         F: FnOnce() + Send,
     {
-        let (mut cache, size) = self
-            .append_cancellable(session, name, id, start, declared, body)
+        let (mut cache, received) = self
+            .receive_cancellable(session, name, id, expected, start, declared, body)
             .await?;
         let data = layout::upload_data(name, id);
-        let actual = match cache.state.take() {
-            Some((offset, h)) if offset == size && h.algorithm() == expected.algorithm() => {
-                h.finish()
+        let (size, actual, creator) = match received {
+            Received::Appended(size) => {
+                let actual = match cache.state.take() {
+                    Some((offset, h))
+                        if offset == size && h.algorithm() == expected.algorithm() =>
+                    {
+                        h.finish()
+                    }
+                    _ => self.hash_object(&data, expected.algorithm(), size).await?,
+                };
+                (size, actual, None)
             }
-            _ => self.hash_object(&data, expected.algorithm(), size).await?,
+            Received::Created {
+                size,
+                hasher,
+                creator,
+            } => (size, hasher.finish(), Some(creator)),
         };
-        if &actual != expected {
-            self.upload_cancel_locked(name, id).await?;
-            return Err(UploadError::DigestMismatch {
+        let refused = if &actual != expected {
+            Some(UploadError::DigestMismatch {
                 expected: expected.clone(),
                 actual,
-            });
-        }
-        let admitted = match admit(size) {
+            })
+        } else {
+            None
+        };
+        let admitted = match refused.map_or_else(|| admit(size).map_err(UploadError::from), Err) {
             Ok(a) => a,
             Err(refused) => {
+                if let Some(creator) = creator
+                    && let Err(e) = creator.abort().await
+                {
+                    tracing::warn!(upload = id, error = %e, "could not drop a refused push's bytes");
+                }
                 self.upload_cancel_locked(name, id).await?;
-                return Err(refused.into());
+                return Err(refused);
             }
         };
         verified();
         let blob = layout::blob(expected);
-        if self.size(&blob).await? != Some(size) {
-            self.commit(&data, &blob).await?;
+        match creator {
+            Some(creator) => creator
+                .finish()
+                .await
+                .map_err(|e| StorageError::new("create", &blob, e))?,
+            None => {
+                if self.size(&blob).await? != Some(size) {
+                    self.commit(&data, &blob).await?;
+                }
+            }
         }
         self.link_blob(name, expected).await?;
         self.known.remember(name, expected, size);
