@@ -136,7 +136,7 @@ enum Received {
     /// finishes; the session's data stays empty.
     Created {
         size: u64,
-        hasher: Hasher,
+        hasher: Box<Hasher>,
         creator: Box<dyn super::driver::Creator>,
     },
 }
@@ -346,7 +346,7 @@ impl Store {
         crate::metrics::bytes_in(received);
         Ok(Received::Created {
             size: received,
-            hasher,
+            hasher: Box::new(hasher),
             creator,
         })
     }
