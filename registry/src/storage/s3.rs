@@ -836,7 +836,7 @@ struct ObjectAppender {
     written: Vec<Path>,
     /// Writes in flight, oldest first: segments (`None`) or parts of
     /// `streaming`.
-    pending: std::collections::VecDeque<tokio::task::JoinHandle<io::Result<Option<PartId>>>>,
+    pending: std::collections::VecDeque<PendingWrite>,
     /// How many writes may be in flight while the next buffer fills.
     max_in_flight: usize,
     /// The segment being streamed as a multipart upload, if any.
@@ -876,16 +876,7 @@ impl ObjectAppender {
 
     /// Waits for the oldest writes until at most `left` are in flight.
     async fn settle_to(&mut self, left: usize) -> io::Result<()> {
-        while self.pending.len() > left {
-            let Some(write) = self.pending.pop_front() else {
-                break;
-            };
-            let part = write.await.map_err(io::Error::other)??;
-            if let (Some(part), Some(streaming)) = (part, self.streaming.as_mut()) {
-                streaming.parts.push(part);
-            }
-        }
-        Ok(())
+        settle(&mut self.pending, &mut self.streaming, left).await
     }
 
     /// Starts writing the buffer, after the write in flight: as the next
@@ -1017,7 +1008,7 @@ impl Streaming {
     }
 
     /// Sends `data` as the next part, in the background.
-    fn send(&mut self, data: Vec<u8>) -> tokio::task::JoinHandle<io::Result<Option<PartId>>> {
+    fn send(&mut self, data: Vec<u8>) -> PendingWrite {
         self.bytes += data.len() as u64;
         let index = self.next;
         self.next += 1;
@@ -1057,6 +1048,29 @@ impl Streaming {
             }
         }
     }
+}
+
+/// A write in the background: a segment (`None`) or a part of a
+/// [`Streaming`] upload.
+type PendingWrite = tokio::task::JoinHandle<io::Result<Option<PartId>>>;
+
+/// Waits for the oldest of `pending` until at most `left` are in flight,
+/// handing the parts written to `streaming`, in order.
+async fn settle(
+    pending: &mut std::collections::VecDeque<PendingWrite>,
+    streaming: &mut Option<Streaming>,
+    left: usize,
+) -> io::Result<()> {
+    while pending.len() > left {
+        let Some(write) = pending.pop_front() else {
+            break;
+        };
+        let part = write.await.map_err(io::Error::other)??;
+        if let (Some(part), Some(streaming)) = (part, streaming.as_mut()) {
+            streaming.parts.push(part);
+        }
+    }
+    Ok(())
 }
 
 async fn forget_record(store: &Arc<dyn ObjectStore>, record: &Path) {
@@ -1146,23 +1160,14 @@ struct ObjectCreator {
     path: Path,
     reserved: usize,
     buf: Vec<u8>,
-    pending: std::collections::VecDeque<tokio::task::JoinHandle<io::Result<Option<PartId>>>>,
+    pending: std::collections::VecDeque<PendingWrite>,
     streaming: Option<Streaming>,
 }
 
 impl ObjectCreator {
     /// Waits for the oldest parts until at most `left` are in flight.
     async fn settle_to(&mut self, left: usize) -> io::Result<()> {
-        while self.pending.len() > left {
-            let Some(write) = self.pending.pop_front() else {
-                break;
-            };
-            let part = write.await.map_err(io::Error::other)??;
-            if let (Some(part), Some(streaming)) = (part, self.streaming.as_mut()) {
-                streaming.parts.push(part);
-            }
-        }
-        Ok(())
+        settle(&mut self.pending, &mut self.streaming, left).await
     }
 
     /// Sends the full buffer as the next part (two in flight at most).
