@@ -616,6 +616,55 @@ mod tests {
     }
 
     #[test]
+    fn with_quotas_the_registry_reads_them_from_the_quota_config_map() {
+        let on = fixtures::registry_with(|s| {
+            s.gc.interval = Some("6h".into());
+            s.quotas = Some(crate::crd::Quotas {
+                default: Some("10Gi".into()),
+                namespaces: Default::default(),
+            });
+        });
+        let d = build(&on);
+        let c = container(&d);
+        let a = c.args.clone().unwrap_or_default();
+        assert!(
+            a.windows(2)
+                .any(|w| w == ["--quota-config", "/etc/berth/quota/quotas.json"]),
+            "{a:?}"
+        );
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "quota")
+            .expect("quota mount");
+        assert_eq!(mount.mount_path, "/etc/berth/quota");
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod(&d)
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "quota")
+            .expect("quota volume");
+        assert!(volume.config_map.is_some(), "{volume:?}");
+        let off = build(&fixtures::registry());
+        assert!(
+            !pod(&off)
+                .volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == "quota")
+        );
+        assert!(
+            !container(&off)
+                .args
+                .iter()
+                .flatten()
+                .any(|a| a == "--quota-config")
+        );
+    }
+
+    #[test]
     fn one_replica_has_no_spread_constraint() {
         let d = build(&on_object_storage(1));
         let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
