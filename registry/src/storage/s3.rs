@@ -1073,6 +1073,25 @@ async fn settle(
     Ok(())
 }
 
+/// On a drop: writes not yet sent are not sent, and a multipart upload
+/// under way never appears: it is aborted in the background (or, if that
+/// cannot run, by GC through its record).
+fn abandon(
+    pending: &mut std::collections::VecDeque<PendingWrite>,
+    streaming: Option<Streaming>,
+    store: &Arc<dyn ObjectStore>,
+) {
+    for write in pending.drain(..) {
+        write.abort();
+    }
+    if let Some(streaming) = streaming
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        let store = store.clone();
+        runtime.spawn(async move { streaming.abort(&store).await });
+    }
+}
+
 async fn forget_record(store: &Arc<dyn ObjectStore>, record: &Path) {
     if let Err(e) = store.delete(record).await
         && !is_not_found(&e)
@@ -1085,17 +1104,7 @@ impl Drop for ObjectAppender {
     fn drop(&mut self) {
         // Cut off (the request dropped): a segment write not yet sent is
         // not sent; one already sent lands as the next contiguous segment.
-        for write in self.pending.drain(..) {
-            write.abort();
-        }
-        // A segment being streamed never appears: its upload is aborted
-        // (or, if this cannot run, by GC through its record).
-        if let Some(streaming) = self.streaming.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let store = self.driver.store.clone();
-            runtime.spawn(async move { streaming.abort(&store).await });
-        }
+        abandon(&mut self.pending, self.streaming.take(), &self.driver.store);
         super::buffer_budget::release(self.reserved);
     }
 }
@@ -1198,15 +1207,7 @@ impl ObjectCreator {
 
 impl Drop for ObjectCreator {
     fn drop(&mut self) {
-        for write in self.pending.drain(..) {
-            write.abort();
-        }
-        if let Some(streaming) = self.streaming.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let store = self.driver.store.clone();
-            runtime.spawn(async move { streaming.abort(&store).await });
-        }
+        abandon(&mut self.pending, self.streaming.take(), &self.driver.store);
         super::buffer_budget::release(self.reserved);
     }
 }

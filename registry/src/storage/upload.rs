@@ -141,6 +141,14 @@ enum Received {
     },
 }
 
+impl Received {
+    fn size(&self) -> u64 {
+        match self {
+            Received::Appended(size) | Received::Created { size, .. } => *size,
+        }
+    }
+}
+
 /// Marks a one-request push in its session's start-time file.
 const MONOLITHIC: &str = "monolithic";
 
@@ -221,24 +229,26 @@ impl Store {
     {
         let session = self.sessions.get(id);
         let result = self
-            .append_cancellable(&session, name, id, start, declared, body)
+            .receive_cancellable(&session, name, id, None, start, declared, body)
             .await
-            .map(|(_, size)| size);
+            .map(|(_, received)| received.size());
         if matches!(result, Err(UploadError::Unknown)) {
             self.sessions.forget_unknown(id, session);
         }
         result
     }
 
-    /// Receives a completing request's bytes under the session's lock (a
-    /// DELETE of the session ends it early, as [`Self::append_cancellable`]).
+    /// Receives a request's bytes under the session's lock; a DELETE of the
+    /// session ends it early (the DELETE removes what was written). Returns
+    /// the lock, still held, so a completion goes on under it. `expected`:
+    /// the digest, when this request completes the upload.
     #[allow(clippy::too_many_arguments)]
     async fn receive_cancellable<'s, S>(
         &self,
         session: &'s Session,
         name: &Name,
         id: &str,
-        expected: &Digest,
+        expected: Option<&Digest>,
         start: Option<u64>,
         declared: Option<u64>,
         body: S,
@@ -246,6 +256,7 @@ impl Store {
     where
         S: Stream<Item = BodyChunk> + Send + Unpin,
     {
+        // Listening before taking the lock: a DELETE that comes later is heard.
         let cancelled = session.cancel.notified();
         tokio::pin!(cancelled);
         cancelled.as_mut().enable();
@@ -258,17 +269,17 @@ impl Store {
         Ok((cache, received))
     }
 
-    /// When every byte of the blob comes in this request and the driver
-    /// can create the blob's key directly (object storage), the bytes go
-    /// there, not to the session's data: no copy at commit. Otherwise they
-    /// are appended as by any chunk.
+    /// When this request completes the upload, every byte of the blob comes
+    /// in it, and the driver can create the blob's key directly (object
+    /// storage), the bytes go there, not to the session's data: no copy at
+    /// commit. Otherwise they are appended as by any chunk.
     #[allow(clippy::too_many_arguments)]
     async fn receive_locked<S>(
         &self,
         cache: &mut HashCache,
         name: &Name,
         id: &str,
-        expected: &Digest,
+        expected: Option<&Digest>,
         start: Option<u64>,
         declared: Option<u64>,
         body: S,
@@ -276,7 +287,13 @@ impl Store {
     where
         S: Stream<Item = BodyChunk> + Send + Unpin,
     {
-        if start.unwrap_or(0) == 0 {
+        // A session this process knows holds bytes (a PATCH went before,
+        // as docker pushes) is appended to without asking storage.
+        let known_written = cache.state.as_ref().is_some_and(|(offset, _)| *offset > 0);
+        if let Some(expected) = expected
+            && start.unwrap_or(0) == 0
+            && !known_written
+        {
             let blob = layout::blob(expected);
             let creator = self
                 .driver
@@ -349,34 +366,6 @@ impl Store {
             hasher: Box::new(hasher),
             creator,
         })
-    }
-
-    /// Appends under the session's lock; a DELETE of the session ends the
-    /// append early (the DELETE removes what was written). Returns the lock,
-    /// still held, with the session's size, so a completion goes on under it.
-    async fn append_cancellable<'s, S>(
-        &self,
-        session: &'s Session,
-        name: &Name,
-        id: &str,
-        start: Option<u64>,
-        declared: Option<u64>,
-        body: S,
-    ) -> Result<(tokio::sync::MutexGuard<'s, HashCache>, u64), UploadError>
-    where
-        S: Stream<Item = BodyChunk> + Send + Unpin,
-    {
-        // Listening before taking the lock: a DELETE that comes later is heard.
-        let cancelled = session.cancel.notified();
-        tokio::pin!(cancelled);
-        cancelled.as_mut().enable();
-        let mut cache = session.lock().await?;
-        let size = tokio::select! {
-            biased;
-            () = cancelled => Err(UploadError::Cancelled),
-            r = self.append_locked(&mut cache, name, id, start, declared, body) => r,
-        }?;
-        Ok((cache, size))
     }
 
     /// Appends the final chunk (if any, checked like [`Self::upload_append`]),
@@ -499,7 +488,7 @@ impl Store {
         F: FnOnce() + Send,
     {
         let (mut cache, received) = self
-            .receive_cancellable(session, name, id, expected, start, declared, body)
+            .receive_cancellable(session, name, id, Some(expected), start, declared, body)
             .await?;
         let data = layout::upload_data(name, id);
         let (size, actual, creator) = match received {
