@@ -435,6 +435,22 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
             }
         }
     };
+    // A Warning per namespace that newly reached its quota: pushes into
+    // it are refused from now on, and whoever owns it should hear why.
+    if let Some(current) = &usage {
+        let previous = registry.status.as_ref().and_then(|s| s.usage.as_ref());
+        for note in quota::reached_events(previous, current) {
+            publish(
+                ctx,
+                registry,
+                EventType::Warning,
+                quota::QUOTA_REACHED,
+                "CountUsage",
+                note,
+            )
+            .await;
+        }
+    }
 
     // What every selected node's agent installs.
     let upstream = cluster_ip
