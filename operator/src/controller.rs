@@ -17,7 +17,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+    ConfigMap, Namespace, ObjectReference, PersistentVolumeClaim, Pod, Secret, Service,
+    ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
@@ -165,12 +166,25 @@ pub(crate) async fn publish(
     action: &str,
     note: String,
 ) {
+    publish_related(ctx, registry, type_, reason, action, note, None).await;
+}
+
+/// [`publish`] with a related object (the Event's `related`).
+async fn publish_related(
+    ctx: &Context,
+    registry: &Registry,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
         note: Some(note),
         action: action.into(),
-        secondary: None,
+        secondary: related,
     };
     if let Err(e) = ctx
         .recorder
@@ -439,14 +453,24 @@ async fn reconcile_inner(registry: &Registry, ctx: &Context) -> Result<Action, E
     // it are refused from now on, and whoever owns it should hear why.
     if let Some(current) = &usage {
         let previous = registry.status.as_ref().and_then(|s| s.usage.as_ref());
-        for note in quota::reached_events(previous, current) {
-            publish(
+        for (namespace, note) in quota::reached_events(previous, current) {
+            // The namespace as the related object: the recorder folds
+            // Events with the same reason and objects into one series that
+            // keeps the first note, which would hide a second namespace.
+            let related = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Namespace".into()),
+                name: Some(namespace),
+                ..ObjectReference::default()
+            };
+            publish_related(
                 ctx,
                 registry,
                 EventType::Warning,
                 quota::QUOTA_REACHED,
                 "CountUsage",
                 note,
+                Some(related),
             )
             .await;
         }

@@ -57,12 +57,15 @@ fn at_quota(n: &NamespaceUsageStatus) -> bool {
     n.quota_bytes.is_some_and(|q| n.used_bytes >= q)
 }
 
-/// The notes of the [`QUOTA_REACHED`] Events to publish: one per namespace
-/// at or over its quota in `current` that was not in `previous` (under it,
-/// not listed, or no usage read yet). A namespace that stays full is not
-/// reported again on every refresh; one that went under and filled up
-/// again is.
-pub fn reached_events(previous: Option<&UsageStatus>, current: &UsageStatus) -> Vec<String> {
+/// The [`QUOTA_REACHED`] Events to publish, as (namespace, note): one per
+/// namespace at or over its quota in `current` that was not in `previous`
+/// (under it, not listed, or no usage read yet). A namespace that stays
+/// full is not reported again on every refresh; one that went under and
+/// filled up again is.
+pub fn reached_events(
+    previous: Option<&UsageStatus>,
+    current: &UsageStatus,
+) -> Vec<(String, String)> {
     let was_full = |namespace: &str| {
         previous
             .and_then(|p| p.namespaces.iter().find(|n| n.namespace == namespace))
@@ -75,12 +78,13 @@ pub fn reached_events(previous: Option<&UsageStatus>, current: &UsageStatus) -> 
         .map(|n| {
             let used = u64::try_from(n.used_bytes).unwrap_or(0);
             let quota = u64::try_from(n.quota_bytes.unwrap_or(0)).unwrap_or(0);
-            format!(
+            let note = format!(
                 "namespace {ns} has reached its storage quota: {} ({used} bytes) stored of {} ({quota} bytes), so pushes that add to it are refused; delete images from {ns} it no longer needs (their space is freed when garbage collection next runs) or raise its quota in spec.quotas",
                 human(used),
                 human(quota),
                 ns = n.namespace,
-            )
+            );
+            (n.namespace.clone(), note)
         })
         .collect()
 }
@@ -161,7 +165,8 @@ mod tests {
         ]);
         let notes = reached_events(Some(&before), &after);
         assert_eq!(notes.len(), 1, "{notes:?}");
-        let note = &notes[0];
+        let (namespace, note) = &notes[0];
+        assert_eq!(namespace, "team-a");
         assert!(
             note.starts_with("namespace team-a has reached its storage quota: 1.5 KiB (1536 bytes) stored of 1.0 KiB (1024 bytes)"),
             "{note}"
