@@ -15,6 +15,7 @@ pub mod gc;
 pub mod layout;
 pub mod locks;
 pub mod pulls;
+pub mod ranged_get;
 pub mod references;
 pub mod retention;
 pub mod s3;
@@ -222,15 +223,18 @@ impl Store {
         name: &Name,
         digest: &Digest,
     ) -> Result<Option<u64>, StorageError> {
-        if self
-            .size(&layout::layer_link(name, digest))
-            .await?
-            .is_none()
-        {
+        // Both at once: on object storage each is a round trip before the
+        // first byte of a pull.
+        let (link, blob) = (layout::layer_link(name, digest), layout::blob(digest));
+        let (linked, size) = tokio::join!(self.size(&link), self.size(&blob));
+        if linked?.is_none() {
             return Ok(None);
         }
-        // Linked but quarantined by GC: the link says it is wanted.
-        let size = self.size_or_restore(&layout::blob(digest)).await?;
+        let size = match size? {
+            Some(n) => Some(n),
+            // Linked but quarantined by GC: the link says it is wanted.
+            None => self.size_or_restore(&blob).await?,
+        };
         if let Some(n) = size {
             self.known.remember(name, digest, n);
         }
