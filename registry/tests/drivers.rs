@@ -251,7 +251,11 @@ async fn a_large_object_deleted_mid_read_yields_a_prefix_of_its_bytes_or_an_erro
     // unless the read failed (a filesystem keeps reading an open file).
     assert!(got.len() <= data.len());
     assert!(got == data[..got.len()], "bytes differ");
-    assert!(failed || got.len() == data.len(), "{} bytes and no error", got.len());
+    assert!(
+        failed || got.len() == data.len(),
+        "{} bytes and no error",
+        got.len()
+    );
 }
 
 async fn list_names_direct_children_once(d: Arc<dyn Driver>, _twin: Arc<dyn Driver>) {

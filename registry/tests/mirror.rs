@@ -1111,18 +1111,30 @@ async fn offline_gc_with_the_mirror_config_applies_its_size_cap_least_recently_p
     );
     assert!(out.contains("library/used/_manifests/tags/v1"), "{out}");
     assert!(!out.contains("library/pulled/"), "{out}");
-    assert!(mirror.cached_tag("old").await.is_some(), "a dry run changes nothing");
+    assert!(
+        mirror.cached_tag("old").await.is_some(),
+        "a dry run changes nothing"
+    );
 
     let out = offline_gc(&mirror, &with_cap);
-    assert!(out.contains("gc: 1 tags removed by retention (1 kept because in use)"), "{out}");
-    assert!(mirror.cached_tag("old").await.is_none(), "least recently pulled: {out}");
+    assert!(
+        out.contains("gc: 1 tags removed by retention (1 kept because in use)"),
+        "{out}"
+    );
+    assert!(
+        mirror.cached_tag("old").await.is_none(),
+        "least recently pulled: {out}"
+    );
     assert!(mirror.cached_tag("used").await.is_some(), "in use");
     assert!(mirror.cached_tag("pulled").await.is_some(), "pulled lately");
     let after: u64 = walk(&mirror._dir.path().join("data/blobs"))
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
-    assert!(after < total, "its content is reclaimed: {after} of {total}");
+    assert!(
+        after < total,
+        "its content is reclaimed: {after} of {total}"
+    );
 }
 
 /// Every file under `dir`, sorted.

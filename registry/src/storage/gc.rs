@@ -1444,7 +1444,11 @@ impl GcSources {
         }
         if let Some(p) = &self.mirror {
             let config = crate::mirror::config::load(p)?;
-            opts.cache_rules = config.upstreams.iter().filter_map(|u| u.cache_rule()).collect();
+            opts.cache_rules = config
+                .upstreams
+                .iter()
+                .filter_map(|u| u.cache_rule())
+                .collect();
             opts.cache_size_caps = config
                 .upstreams
                 .iter()

@@ -5,9 +5,11 @@
 //! fetched whole alongside (each on its own connection). Pieces are
 //! yielded strictly in order; an error in any piece ends the stream (the
 //! client sees a cut-off response, never wrong bytes); dropping the
-//! stream aborts the GETs in flight. The pieces held in memory come out of
-//! the shared [`super::buffer_budget`]; when it is spent, the caller
-//! reads with one GET.
+//! stream aborts the GETs in flight. The pieces held in memory (those in
+//! flight and the one being yielded, [`Reservation::take`]) come out of
+//! the shared [`super::buffer_budget`], up to half of it (uploads keep the
+//! rest); past that, the caller reads with one GET. Each piece keeps the
+//! HTTP body's own buffers: no copy.
 
 use std::collections::VecDeque;
 use std::io;
@@ -15,7 +17,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use tokio::task::JoinHandle;
@@ -35,8 +37,9 @@ pub struct Reservation(usize);
 impl Reservation {
     /// The budget for one parallel read, if the shared budget has it.
     pub fn take() -> Option<Self> {
-        let want = IN_FLIGHT * PIECE as usize;
-        (buffer_budget::reserve(want) == want).then_some(Reservation(want))
+        // The pieces in flight and the one being yielded.
+        let want = (IN_FLIGHT + 1) * PIECE as usize;
+        (buffer_budget::reserve_spare(want) == want).then_some(Reservation(want))
     }
 }
 
@@ -48,7 +51,7 @@ impl Drop for Reservation {
 
 /// The GETs in flight; dropping them (the stream dropped, or ended by an
 /// error) aborts them.
-struct Pending(VecDeque<JoinHandle<io::Result<Bytes>>>);
+struct Pending(VecDeque<JoinHandle<io::Result<Vec<Bytes>>>>);
 
 impl Drop for Pending {
     fn drop(&mut self) {
@@ -66,6 +69,8 @@ struct State {
     e_tag: Option<String>,
     /// The first piece's bytes as they arrive; `None` once read.
     first: Option<ByteStream>,
+    /// The rest of the piece being yielded.
+    ready: VecDeque<Bytes>,
     pending: Pending,
     /// Where the next piece to fetch starts, and where the read ends.
     next: u64,
@@ -87,46 +92,62 @@ impl State {
             };
             self.pending.0.push_back(tokio::spawn(async move {
                 let got = store.get_opts(&path, opts).await.map_err(super::s3::io_err)?;
-                let bytes = got.bytes().await.map_err(super::s3::io_err)?;
+                // The body's own buffers, kept as they came: no copy.
+                let chunks: Vec<Bytes> = got
+                    .into_stream()
+                    .try_collect()
+                    .await
+                    .map_err(super::s3::io_err)?;
+                let len: usize = chunks.iter().map(Bytes::len).sum();
                 // A short answer would shift every byte after it.
-                if bytes.len() as u64 != range.end - range.start {
+                if len as u64 != range.end - range.start {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!(
-                            "{path}: asked for bytes {range:?}, got {} bytes; the object changed while being read",
-                            bytes.len()
+                            "{path}: asked for bytes {range:?}, got {len} bytes; the object changed while being read"
                         ),
                     ));
                 }
-                Ok(bytes)
+                Ok(chunks)
             }));
         }
     }
 
     async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
-        if self.failed {
-            return None;
-        }
-        self.top_up();
-        if let Some(first) = &mut self.first {
-            match first.next().await {
-                Some(got) => {
-                    self.failed = got.is_err();
-                    return Some(got);
+        loop {
+            if self.failed {
+                return None;
+            }
+            if let Some(chunk) = self.ready.pop_front() {
+                return Some(Ok(chunk));
+            }
+            self.top_up();
+            if let Some(first) = &mut self.first {
+                match first.next().await {
+                    Some(got) => {
+                        self.failed = got.is_err();
+                        return Some(got);
+                    }
+                    None => self.first = None,
                 }
-                None => self.first = None,
+                continue;
+            }
+            let head = self.pending.0.pop_front()?;
+            match head.await {
+                Ok(Ok(chunks)) => {
+                    self.ready = chunks.into();
+                    self.top_up();
+                }
+                Ok(Err(e)) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(io::Error::other(e)));
+                }
             }
         }
-        let head = self.pending.0.pop_front()?;
-        let got = match head.await {
-            Ok(got) => got,
-            Err(e) => Err(io::Error::other(e)),
-        };
-        self.failed = got.is_err();
-        if !self.failed {
-            self.top_up();
-        }
-        Some(got)
     }
 }
 
@@ -147,6 +168,7 @@ pub fn stream(
         path,
         e_tag,
         first: Some(first),
+        ready: VecDeque::new(),
         pending: Pending(VecDeque::new()),
         next: first_end,
         end,
