@@ -165,9 +165,7 @@ struct Serve {
     /// MiB that uploads in flight may hold in full-size write buffers
     /// (1 MiB on the filesystem, 8 MiB segments on S3); past it, uploads
     /// get small buffers (64 KiB; 256 KiB on S3), so memory stays bounded
-    /// however many clients stall mid-upload. S3 blob reads over 8 MiB take
-    /// 32 MiB each from its first half for ranged GETs run ahead; past
-    /// that, one GET.
+    /// however many clients stall mid-upload.
     #[arg(long, env = "BERTH_UPLOAD_BUFFER_MIB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
     upload_buffer_mib: u64,
     /// Seconds between write probes of the storage; /readyz fails while

@@ -194,8 +194,8 @@ async fn a_large_object_reads_back_identical_whole_and_by_ranges_across_piece_bo
     d: Arc<dyn Driver>,
     _twin: Arc<dyn Driver>,
 ) {
-    // Object storage reads past one piece with several ranged GETs at once.
-    let piece = berth_registry::storage::ranged_get::PIECE;
+    // Past one S3 segment, across its boundaries.
+    let piece = berth_registry::storage::s3::SEGMENT as u64;
     let total = 3 * piece + 12_345;
     let data = pattern(total as usize, 7);
     d.put("large/blob", data.clone().into(), Durability::Durable)
@@ -228,7 +228,7 @@ async fn a_large_object_deleted_mid_read_yields_a_prefix_of_its_bytes_or_an_erro
     d: Arc<dyn Driver>,
     _twin: Arc<dyn Driver>,
 ) {
-    let piece = berth_registry::storage::ranged_get::PIECE;
+    let piece = berth_registry::storage::s3::SEGMENT as u64;
     let total = 4 * piece;
     let data = pattern(total as usize, 9);
     d.put("going/blob", data.clone().into(), Durability::Durable)

@@ -1,9 +1,7 @@
 //! The memory that uploads in flight may hold in full-size write buffers,
-//! shared by every driver's appenders, and that large object storage reads
-//! may hold in pieces fetched ahead ([`super::ranged_get`]). Past it, an
-//! upload gets small buffers and a read one GET (slower, but bounded):
-//! memory stays bounded however many clients stall mid-transfer
-//! (`--upload-buffer-mib`).
+//! shared by every driver's appenders. Past it, an upload gets small
+//! buffers (slower, but bounded): memory stays bounded however many clients
+//! stall mid-upload (`--upload-buffer-mib`).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,17 +27,7 @@ pub fn reserve(want: usize) -> usize {
     if reserved.is_ok() { want } else { 0 }
 }
 
-/// Reserves `want` bytes only while at least half the budget would stay
-/// free (`want` or 0): for reads ahead, which must not starve uploads.
-pub fn reserve_spare(want: usize) -> usize {
-    let cap = *BUDGET.get_or_init(|| DEFAULT);
-    let reserved = USED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-        (used + want <= cap / 2).then_some(used + want)
-    });
-    if reserved.is_ok() { want } else { 0 }
-}
-
-/// Returns bytes reserved by [`reserve`] or [`reserve_spare`].
+/// Returns bytes reserved by [`reserve`].
 pub fn release(bytes: usize) {
     USED.fetch_sub(bytes, Ordering::AcqRel);
 }

@@ -15,7 +15,6 @@ pub mod gc;
 pub mod layout;
 pub mod locks;
 pub mod pulls;
-pub mod ranged_get;
 pub mod references;
 pub mod retention;
 pub mod s3;

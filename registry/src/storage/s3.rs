@@ -46,7 +46,6 @@ use object_store::{
 };
 
 use super::driver::{Appender, ByteStream, Creator, Driver, Durability, Version};
-use super::ranged_get;
 
 /// The most an appender holds in memory before writing a segment.
 pub const SEGMENT: usize = 8 << 20;
@@ -119,7 +118,7 @@ impl Segment {
 }
 
 /// Maps `object_store`'s errors to the I/O kinds [`super::Store`] knows.
-pub(super) fn io_err(e: object_store::Error) -> io::Error {
+fn io_err(e: object_store::Error) -> io::Error {
     use object_store::Error as E;
     let kind = match &e {
         E::NotFound { .. } => io::ErrorKind::NotFound,
@@ -659,28 +658,7 @@ impl Driver for ObjectStoreDriver {
             return Ok(exists.then(|| Box::pin(futures_util::stream::empty()) as ByteStream));
         }
         let path = self.path(key)?;
-        // Past one piece, several ranged GETs in flight, when memory allows.
-        let parallel = (range.end - range.start > ranged_get::PIECE)
-            .then(ranged_get::Reservation::take)
-            .flatten();
-        if let Some(budget) = parallel {
-            let first = ranged_get::first_piece(&range);
-            if let Some(got) = found(self.store.get_opts(&path, range_opts(first.clone())).await)? {
-                let e_tag = got.meta.e_tag.clone();
-                let chunks = Box::pin(got.into_stream().map_err(io_err));
-                return Ok(Some(ranged_get::stream(
-                    self.store.clone(),
-                    path,
-                    chunks,
-                    first.end,
-                    e_tag,
-                    range.end,
-                    budget,
-                )));
-            }
-        } else if let Some(got) =
-            found(self.store.get_opts(&path, range_opts(range.clone())).await)?
-        {
+        if let Some(got) = found(self.store.get_opts(&path, range_opts(range.clone())).await)? {
             return Ok(Some(Box::pin(got.into_stream().map_err(io_err))));
         }
         let segments = self.segments(key).await?;
