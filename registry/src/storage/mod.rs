@@ -222,18 +222,15 @@ impl Store {
         name: &Name,
         digest: &Digest,
     ) -> Result<Option<u64>, StorageError> {
-        // Both at once: on object storage each is a round trip before the
-        // first byte of a pull.
-        let (link, blob) = (layout::layer_link(name, digest), layout::blob(digest));
-        let (linked, size) = tokio::join!(self.size(&link), self.size(&blob));
-        if linked?.is_none() {
+        if self
+            .size(&layout::layer_link(name, digest))
+            .await?
+            .is_none()
+        {
             return Ok(None);
         }
-        let size = match size? {
-            Some(n) => Some(n),
-            // Linked but quarantined by GC: the link says it is wanted.
-            None => self.size_or_restore(&blob).await?,
-        };
+        // Linked but quarantined by GC: the link says it is wanted.
+        let size = self.size_or_restore(&layout::blob(digest)).await?;
         if let Some(n) = size {
             self.known.remember(name, digest, n);
         }
