@@ -92,6 +92,13 @@ struct GcArgs {
     /// retention keeps (listed as "keep (in use)").
     #[arg(long)]
     in_use: Option<PathBuf>,
+    /// The mirror config (JSON, as for `serve`): its cache caps apply as in
+    /// the online GC. Cached images pulled longer ago than `maxAgeSeconds`
+    /// go, and over `maxSizeBytes` the least recently pulled go first;
+    /// images in use (--in-use) always stay. Not read from the environment:
+    /// a gc run in the registry's pod applies the caps only when asked to.
+    #[arg(long)]
+    mirror_config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -437,6 +444,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             let sources = berth_registry::storage::gc::GcSources {
                 retention: args.gc_retention.clone(),
                 in_use: args.gc_in_use.clone(),
+                mirror: args.mirror_config.clone(),
             };
             // Re-read before every run; a run is skipped while one cannot be
             // used (the operator may not have written it yet).
@@ -449,11 +457,6 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
                 berth_registry::storage::gc::GcOptions {
                     grace: args.gc_grace,
                     quarantine: args.gc_quarantine,
-                    cache_rules: mirror.as_ref().map(|m| m.cache_rules()).unwrap_or_default(),
-                    cache_size_caps: mirror
-                        .as_ref()
-                        .map(|m| m.cache_size_caps())
-                        .unwrap_or_default(),
                     ..Default::default()
                 },
                 sources,
@@ -571,7 +574,13 @@ fn gc_once(args: &GcArgs) -> anyhow::Result<()> {
     let sources = berth_registry::storage::gc::GcSources {
         retention: args.retention.clone(),
         in_use: args.in_use.clone(),
+        mirror: args.mirror_config.clone(),
     };
+    if args.mirror_config.is_some() && args.in_use.is_none() {
+        tracing::warn!(
+            "--mirror-config without --in-use: the cache caps may remove cached images that running pods use; give --in-use (the operator's in-use list) to keep them"
+        );
+    }
     let opts = sources.load(&GcOptions {
         grace: args.grace,
         quarantine: args.quarantine,

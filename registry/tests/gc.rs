@@ -1264,14 +1264,31 @@ async fn gc_inputs_are_read_from_files_and_an_unreadable_in_use_list_stops_the_r
         r#"{"images":[{"repository":"a/b","digest":"sha256:00"}]}"#,
     )
     .unwrap();
+    let mirror = dir.path().join("mirror.json");
+    std::fs::write(
+        &mirror,
+        r#"{"upstreams":[{"prefix":"docker.io","url":"https://registry-1.docker.io","maxAgeSeconds":60,"maxSizeBytes":1000},{"prefix":"ghcr.io","url":"https://ghcr.io"}]}"#,
+    )
+    .unwrap();
     let sources = GcSources {
         retention: Some(retention),
         in_use: Some(used.clone()),
+        mirror: Some(mirror.clone()),
     };
     let o = sources.load(&GcOptions::default()).unwrap();
     assert_eq!(o.retention.rules[0].keep_last, Some(3));
     assert_eq!(o.in_use.images.len(), 1);
     let _: &RetentionRule = &o.retention.rules[0];
+    // The mirror's caps, one per capped prefix (ghcr.io has none).
+    assert_eq!(o.cache_rules.len(), 1);
+    assert_eq!(o.cache_rules[0].repositories, "docker.io/*");
+    assert_eq!(o.cache_size_caps.len(), 1);
+    assert_eq!(o.cache_size_caps[0].repositories, "docker.io/*");
+    assert_eq!(o.cache_size_caps[0].max_bytes, 1000);
+    std::fs::write(&mirror, r#"{"upstreams":[{"prefix":"docker.io"}]}"#).unwrap();
+    let e = sources.load(&GcOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("mirror.json"), "{e}");
+    std::fs::remove_file(&mirror).unwrap();
 
     std::fs::remove_file(&used).unwrap();
     let e = sources.load(&GcOptions::default()).unwrap_err();

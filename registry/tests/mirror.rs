@@ -1027,6 +1027,116 @@ async fn over_its_size_cap_the_cache_loses_its_least_recently_pulled_image_and_k
     assert!(upstream.requests("/manifests/") > manifests);
 }
 
+/// Runs `berth-registry gc` (the offline subcommand) on the mirror's data
+/// directory with `args`; its stdout.
+fn offline_gc(mirror: &Mirror, args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-registry"))
+        .arg("gc")
+        .arg("--data")
+        .arg(mirror._dir.path().join("data"))
+        .args(["--grace", "0", "--quarantine", "0"])
+        .args(args)
+        .env_remove("BERTH_DATA")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn offline_gc_with_the_mirror_config_applies_its_size_cap_least_recently_pulled_first_and_keeps_the_image_in_use()
+ {
+    let upstream = Upstream::start().await;
+    for name in ["used", "old", "pulled"] {
+        upstream
+            .push_multi_arch(&format!("library/{name}"), "v1", name)
+            .await;
+    }
+    let mirror = Mirror::start(&upstream, &[("docker.io", 3600, false)]).await;
+    for name in ["used", "old", "pulled"] {
+        mirror
+            .pull(&format!("docker.io/library/{name}"), "v1")
+            .await;
+    }
+    // As in the online test: `used` least recently pulled but in use,
+    // `old` next, `pulled` pulled just now.
+    mirror.store.flush_pulls().await.unwrap();
+    mirror.age_cached("used", Duration::from_secs(8 * 3600));
+    mirror.age_cached("pulled", Duration::from_secs(7 * 3600));
+    mirror.age_cached("old", Duration::from_secs(6 * 3600));
+    mirror.pull("docker.io/library/pulled", "v1").await;
+    mirror.store.flush_pulls().await.unwrap();
+
+    let total: u64 = walk(&mirror._dir.path().join("data/blobs"))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let dir = mirror._dir.path();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("mirror.json")).unwrap()).unwrap();
+    config["upstreams"][0]["maxSizeBytes"] = serde_json::json!(total - 1);
+    let capped = dir.join("capped-mirror.json");
+    std::fs::write(&capped, config.to_string()).unwrap();
+    let in_use = dir.join("in-use.json");
+    std::fs::write(
+        &in_use,
+        r#"{"images":[{"repository":"docker.io/library/used","tag":"v1"}]}"#,
+    )
+    .unwrap();
+
+    // Without --mirror-config, as before: the cache is not capped.
+    let out = offline_gc(&mirror, &["--in-use".as_ref(), in_use.as_os_str()]);
+    assert!(out.contains("gc: 0 tags removed by retention"), "{out}");
+    for name in ["used", "old", "pulled"] {
+        assert!(mirror.cached_tag(name).await.is_some(), "{name}: {out}");
+    }
+
+    // The dry run lists what the cap takes and what stays because in use.
+    let with_cap = [
+        "--mirror-config".as_ref(),
+        capped.as_os_str(),
+        "--in-use".as_ref(),
+        in_use.as_os_str(),
+    ];
+    let mut dry_args: Vec<&std::ffi::OsStr> = vec!["--dry-run".as_ref()];
+    dry_args.extend(with_cap);
+    let out = offline_gc(&mirror, &dry_args);
+    assert!(
+        out.contains("would untag repositories/docker.io/library/old/_manifests/tags/v1"),
+        "{out}"
+    );
+    assert!(out.contains("library/used/_manifests/tags/v1"), "{out}");
+    assert!(!out.contains("library/pulled/"), "{out}");
+    assert!(
+        mirror.cached_tag("old").await.is_some(),
+        "a dry run changes nothing"
+    );
+
+    let out = offline_gc(&mirror, &with_cap);
+    assert!(
+        out.contains("gc: 1 tags removed by retention (1 kept because in use)"),
+        "{out}"
+    );
+    assert!(
+        mirror.cached_tag("old").await.is_none(),
+        "least recently pulled: {out}"
+    );
+    assert!(mirror.cached_tag("used").await.is_some(), "in use");
+    assert!(mirror.cached_tag("pulled").await.is_some(), "pulled lately");
+    let after: u64 = walk(&mirror._dir.path().join("data/blobs"))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        after < total,
+        "its content is reclaimed: {after} of {total}"
+    );
+}
+
 /// Every file under `dir`, sorted.
 fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -1393,6 +1393,11 @@ pub struct GcSources {
     pub retention: Option<PathBuf>,
     /// An [`InUse`] list (JSON).
     pub in_use: Option<PathBuf>,
+    /// The mirror config (`--mirror-config`, JSON): its upstreams' cache
+    /// caps (`maxAgeSeconds`, `maxSizeBytes`) become
+    /// [`GcOptions::cache_rules`] and [`GcOptions::cache_size_caps`], for
+    /// the online GC and `berth-registry gc` alike.
+    pub mirror: Option<PathBuf>,
 }
 
 /// A GC input file that cannot be used: the run is skipped, since GC must
@@ -1413,6 +1418,8 @@ pub enum SourceError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Mirror(#[from] crate::mirror::config::ConfigError),
 }
 
 impl GcSources {
@@ -1434,6 +1441,19 @@ impl GcSources {
         }
         if let Some(p) = &self.in_use {
             opts.in_use = read(p)?;
+        }
+        if let Some(p) = &self.mirror {
+            let config = crate::mirror::config::load(p)?;
+            opts.cache_rules = config
+                .upstreams
+                .iter()
+                .filter_map(|u| u.cache_rule())
+                .collect();
+            opts.cache_size_caps = config
+                .upstreams
+                .iter()
+                .filter_map(|u| u.cache_size_cap())
+                .collect();
         }
         Ok(opts)
     }
