@@ -16,6 +16,24 @@ pub struct MirrorConfig {
     pub upstreams: Vec<Upstream>,
 }
 
+impl MirrorConfig {
+    /// Every upstream's age cap, as retention rules for GC.
+    pub fn cache_rules(&self) -> Vec<crate::gc::RetentionRule> {
+        self.upstreams
+            .iter()
+            .filter_map(Upstream::cache_rule)
+            .collect()
+    }
+
+    /// Every upstream's size cap, for GC.
+    pub fn cache_size_caps(&self) -> Vec<CacheSizeCap> {
+        self.upstreams
+            .iter()
+            .filter_map(Upstream::cache_size_cap)
+            .collect()
+    }
+}
+
 /// One upstream registry, served under `<prefix>/...`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

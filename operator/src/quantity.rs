@@ -2,23 +2,6 @@
 //! fields that size things the registry enforces (quotas, the mirror's
 //! size cap). k8s-openapi keeps a `Quantity` as its string only.
 
-/// `bytes` for people: `512 B`, `1.5 KiB`, `10.0 GiB` (as the registry's
-/// own messages write sizes).
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 /// Bytes in a Kubernetes quantity (`10Gi`, `500M`, `1.5Gi`, `1000`),
 /// rounded up to a whole byte; `None` if it is not one (the CRD's pattern
 /// and rules refuse those first). Past 2^64 bytes: the largest count.
@@ -64,13 +47,6 @@ pub fn bytes(quantity: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_are_written_in_binary_units() {
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(10 << 30), "10.0 GiB");
-    }
 
     #[test]
     fn quantities_become_bytes_rounded_up() {

@@ -4,12 +4,11 @@
 //! read: [`crate::gc::fetch`]) into `status.usage`, with a Warning Event
 //! when a namespace reaches its quota.
 
-use berth_access::quota::{NamespaceUsage, UsageReport};
+use berth_access::quota::{NamespaceUsage, UsageReport, size};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::{NamespaceUsageStatus, UsageStatus};
-use crate::quantity::human;
 
 /// The reason of the Warning Event for a namespace that reached its quota.
 pub const QUOTA_REACHED: &str = "QuotaReached";
@@ -80,8 +79,8 @@ pub fn reached_events(
             let quota = u64::try_from(n.quota_bytes.unwrap_or(0)).unwrap_or(0);
             let note = format!(
                 "namespace {ns} has reached its storage quota: {} ({used} bytes) stored of {} ({quota} bytes), so pushes that add to it are refused; delete images from {ns} it no longer needs (their space is freed when garbage collection next runs) or raise its quota in spec.quotas",
-                human(used),
-                human(quota),
+                size(used),
+                size(quota),
                 ns = n.namespace,
             );
             (n.namespace.clone(), note)

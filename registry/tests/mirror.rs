@@ -927,19 +927,7 @@ async fn over_its_size_cap_the_cache_loses_its_least_recently_pulled_image_and_k
         None,
     )
     .await;
-    for name in ["used", "old", "pulled"] {
-        mirror
-            .pull(&format!("docker.io/library/{name}"), "v1")
-            .await;
-    }
-    // Cached long ago, in this order: `pulled` first, but a pod pulls
-    // it now (from the cache); `used` is the least recently used, but a
-    // running pod uses it; `old` is next.
-    mirror.store.flush_pulls().await.unwrap();
-    mirror.age_cached("used", Duration::from_secs(8 * 3600));
-    mirror.age_cached("pulled", Duration::from_secs(7 * 3600));
-    mirror.age_cached("old", Duration::from_secs(6 * 3600));
-    mirror.pull("docker.io/library/pulled", "v1").await;
+    mirror.cache_used_old_pulled().await;
 
     // Every blob on disk is cached content: one byte less than all of it
     // makes the cap remove one image.
@@ -1057,18 +1045,7 @@ async fn offline_gc_with_the_mirror_config_applies_its_size_cap_least_recently_p
             .await;
     }
     let mirror = Mirror::start(&upstream, &[("docker.io", 3600, false)]).await;
-    for name in ["used", "old", "pulled"] {
-        mirror
-            .pull(&format!("docker.io/library/{name}"), "v1")
-            .await;
-    }
-    // As in the online test: `used` least recently pulled but in use,
-    // `old` next, `pulled` pulled just now.
-    mirror.store.flush_pulls().await.unwrap();
-    mirror.age_cached("used", Duration::from_secs(8 * 3600));
-    mirror.age_cached("pulled", Duration::from_secs(7 * 3600));
-    mirror.age_cached("old", Duration::from_secs(6 * 3600));
-    mirror.pull("docker.io/library/pulled", "v1").await;
+    mirror.cache_used_old_pulled().await;
     mirror.store.flush_pulls().await.unwrap();
 
     let total: u64 = walk(&mirror._dir.path().join("data/blobs"))
@@ -1159,6 +1136,21 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
 }
 
 impl Mirror {
+    /// Caches `docker.io/library/{used,old,pulled}:v1` as long ago, in
+    /// this order of last pull: `used` the least recently pulled (a test
+    /// marks it in use), `old` next, and `pulled` pulled again just now
+    /// (served from the cache).
+    async fn cache_used_old_pulled(&self) {
+        for name in ["used", "old", "pulled"] {
+            self.pull(&format!("docker.io/library/{name}"), "v1").await;
+        }
+        self.store.flush_pulls().await.unwrap();
+        self.age_cached("used", Duration::from_secs(8 * 3600));
+        self.age_cached("pulled", Duration::from_secs(7 * 3600));
+        self.age_cached("old", Duration::from_secs(6 * 3600));
+        self.pull("docker.io/library/pulled", "v1").await;
+    }
+
     /// Makes `docker.io/library/<name>:v1` look cached `age` ago and
     /// never pulled since: the tag's time set back, its flushed pulls
     /// forgotten.

@@ -1444,16 +1444,8 @@ impl GcSources {
         }
         if let Some(p) = &self.mirror {
             let config = crate::mirror::config::load(p)?;
-            opts.cache_rules = config
-                .upstreams
-                .iter()
-                .filter_map(|u| u.cache_rule())
-                .collect();
-            opts.cache_size_caps = config
-                .upstreams
-                .iter()
-                .filter_map(|u| u.cache_size_cap())
-                .collect();
+            opts.cache_rules = config.cache_rules();
+            opts.cache_size_caps = config.cache_size_caps();
         }
         Ok(opts)
     }

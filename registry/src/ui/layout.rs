@@ -60,21 +60,7 @@ pub fn page(title: &str, user: Option<&str>, csrf: &str, body: Markup) -> Page {
     })
 }
 
-/// Bytes as a short human size, in binary units.
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
+pub use berth_access::quota::size;
 
 /// A time as `2026-11-30 13:05 UTC`.
 pub fn time(t: Option<jiff::Timestamp>) -> String {
